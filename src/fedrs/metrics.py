@@ -1,0 +1,80 @@
+"""Classification metrics of the remote-sensing literature: the one implementation in fedrs.
+
+Labels here are 0-based class indices (0..K-1); the scene's "0 = unlabelled" convention never
+reaches this module (patch sets store ``label - 1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``C[i, j]`` of pixels of true class ``i`` predicted as ``j``."""
+    y_true = np.asarray(y_true).ravel().astype(np.int64)
+    y_pred = np.asarray(y_pred).ravel().astype(np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
+    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(
+                f"{name} holds values {arr.min()}..{arr.max()}; expected class indices 0..{num_classes - 1}"
+            )
+    flat = y_true * num_classes + y_pred
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Recall of each class; NaN for a class with no test pixel (it cannot be scored)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(confusion) / support, np.nan)
+
+
+def overall_accuracy(confusion: np.ndarray) -> float:
+    confusion = np.asarray(confusion, dtype=np.float64)
+    total = confusion.sum()
+    return float(np.trace(confusion) / total) if total else float("nan")
+
+
+def average_accuracy(confusion: np.ndarray) -> float:
+    """Mean of the per-class accuracies over the classes present in the test set."""
+    acc = per_class_accuracy(confusion)
+    return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+
+def cohen_kappa(confusion: np.ndarray) -> float:
+    confusion = np.asarray(confusion, dtype=np.float64)
+    total = confusion.sum()
+    if not total:
+        return float("nan")
+    p_observed = np.trace(confusion) / total
+    p_expected = float((confusion.sum(axis=0) * confusion.sum(axis=1)).sum()) / total**2
+    if p_expected == 1.0:
+        return 1.0 if p_observed == 1.0 else 0.0
+    return float((p_observed - p_expected) / (1.0 - p_expected))
+
+
+def classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, class_names: list[str] | None = None
+) -> dict[str, Any]:
+    """OA, AA, κ, per-class accuracy (with names), spread and the confusion matrix in one dict.
+
+    The values are plain Python types so the dict can go straight to JSON and MLflow.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    acc = per_class_accuracy(cm)
+    names = list(class_names) if class_names is not None else [str(i + 1) for i in range(num_classes)]
+    finite = acc[np.isfinite(acc)]
+    return {
+        "oa": overall_accuracy(cm),
+        "aa": average_accuracy(cm),
+        "kappa": cohen_kappa(cm),
+        "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(names, acc)},
+        "per_class_spread": float(finite.max() - finite.min()) if finite.size else float("nan"),
+        "confusion": cm.tolist(),
+        "num_samples": int(cm.sum()),
+    }
