@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny seeded scenes, throw-away Kedro projects, the shared real datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+# A small synthetic scene that still has every class: integration tests run in seconds.
+TINY_SCENE = {
+    "seed": 7,
+    "size": 64,
+    "bands": 16,
+    "train_per_class": 6,
+    "n_buildings": 20,
+    "n_tree_clusters": 10,
+    "n_plazas": 5,
+}
+
+for key, value in {
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MPLBACKEND": "Agg",
+}.items():
+    os.environ.setdefault(key, value)
+
+
+def requires_shared(*parts: str) -> pytest.MarkDecorator:
+    path = SHARED_DATASETS.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"real dataset files not found at {path}")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+class KedroProject:
+    """A copy of the project's configuration in a temporary folder, run through KedroSession."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write_conf(self, env: str, name: str, content: dict[str, Any]) -> None:
+        folder = self.root / "conf" / env
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(yaml.safe_dump(content, sort_keys=False))
+
+    def run(self, pipelines: list[str], env: str | None = None, params: dict | None = None) -> dict:
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        bootstrap_project(self.root)
+        with KedroSession.create(project_path=self.root, env=env, runtime_params=params) as session:
+            return session.run(pipeline_names=pipelines)
+
+    def catalog(self, env: str | None = None):
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        bootstrap_project(self.root)
+        with KedroSession.create(project_path=self.root, env=env) as session:
+            return session.load_context().catalog
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProject:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
+    shutil.copy(REPO / ".telemetry", root / ".telemetry")
+    shutil.copytree(REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    monkeypatch.chdir(root)
+    project = KedroProject(root)
+    project.write_conf("local", "globals.yml", {"synthetic_scene": dict(TINY_SCENE)})
+    # 60 training pixels: let 8 Dirichlet clients hold as few as 2 each
+    project.write_conf("local", "parameters_partition.yml", {
+        "modality_split": {"partition": {"min_samples_per_client": 2}},
+        "horizontal": {"partition": {"min_samples_per_client": 2}},
+    })
+    return project
+
+
+@pytest.fixture(autouse=True)
+def close_stray_mlflow_runs():
+    """A session that fails mid-run can leave an MLflow run active in this process; end it."""
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run("FAILED")
