@@ -1,0 +1,324 @@
+"""A seeded synthetic HSI + LiDAR scene on which both modalities are needed.
+
+Design (see ../shared/spec/architecture.md, "The synthetic scene"):
+- ten land-cover classes built from six surface materials and three height regimes, so that three
+  class pairs share a material and differ only in height (grass / trees, asphalt road / asphalt
+  roof, concrete pavement / concrete building) and every ground-level or roof-level group shares a
+  height and differs only in material;
+- reflectance spectra with the physical shapes of the materials (red edge of vegetation, rising
+  soil, dark water, flat asphalt, bright concrete, red clay, metal), per-object variability, a
+  spatially autocorrelated illumination field, mixing at object borders (sensor PSF) and sensor
+  noise;
+- a DSM = smooth terrain + object heights + noise, and a LiDAR intensity raster (reflectance at
+  ~1 µm with speckle), so LiDAR alone separates height regimes and a few bright/dark materials;
+- labels: every object pixel except object borders; a sparse, spatially spread training split of
+  ``train_per_class`` pixels per class, the rest test.
+
+The generator returns band-first arrays; ``fedrs.datasets.SyntheticRasterDataset`` writes them as
+GeoTIFFs and every run reads them back through the same rasterio path as real data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from fedrs.datasets.raster import Raster
+
+CLASS_NAMES = [
+    "Grass",
+    "Trees",
+    "Bare soil",
+    "Water",
+    "Asphalt road",
+    "Asphalt roof",
+    "Concrete pavement",
+    "Concrete building",
+    "Clay-tile roof",
+    "Metal roof",
+]
+# class index (1-based) -> surface material
+CLASS_MATERIAL = {1: "grass", 2: "tree", 3: "soil", 4: "water", 5: "asphalt", 6: "asphalt",
+                  7: "concrete", 8: "concrete", 9: "clay", 10: "metal"}
+ROOF_CLASSES = (6, 8, 9, 10)
+# building heights (m): overlapping ranges so height alone cannot name the roof
+ROOF_HEIGHT = {6: (4.0, 12.0), 8: (6.0, 16.0), 9: (4.0, 9.0), 10: (5.0, 12.0)}
+
+# UTM 32N around Trento, 1 m pixels: a real CRS so the georeferencing path is exercised.
+_CRS_EPSG = 32632
+_ORIGIN = (664000.0, 5104000.0)
+
+
+@dataclass(frozen=True)
+class SyntheticSceneConfig:
+    seed: int = 42
+    size: int = 160
+    bands: int = 56
+    wavelength_range: tuple[float, float] = (400.0, 1000.0)
+    lidar_channels: int = 2  # 1 = DSM only; 2 = DSM + intensity
+    train_per_class: int = 30
+    # calibration knobs (see README, "The synthetic scene")
+    noise_std: float = 0.025
+    illumination_amplitude: float = 0.15
+    object_variability: float = 1.75
+    psf_sigma: float = 0.7
+    height_noise_std: float = 0.6
+    intensity_speckle_shape: float = 3.0
+    n_buildings: int = 64
+    n_tree_clusters: int = 45
+    n_plazas: int = 14
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, params: dict | None) -> "SyntheticSceneConfig":
+        params = dict(params or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"synthetic scene: unknown settings {sorted(unknown)}; known are {sorted(known)}")
+        if "wavelength_range" in params:
+            params["wavelength_range"] = tuple(params["wavelength_range"])
+        cfg = cls(**params)
+        if cfg.size < 48:
+            raise ValueError(f"synthetic scene: size {cfg.size} too small; expected at least 48 pixels")
+        if cfg.lidar_channels not in (1, 2):
+            raise ValueError(f"synthetic scene: lidar_channels {cfg.lidar_channels}; expected 1 or 2")
+        return cfg
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _gauss(w: np.ndarray, mu: float, sd: float) -> np.ndarray:
+    return np.exp(-0.5 * ((w - mu) / sd) ** 2)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def material_spectra(wavelengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean reflectance (0..1) of each material at the given wavelengths (nm)."""
+    w = np.asarray(wavelengths, dtype=np.float64)
+    ramp = (w - 400.0) / 600.0
+    return {
+        "grass": 0.035 + 0.07 * _gauss(w, 550, 35) - 0.02 * _gauss(w, 670, 20)
+        + 0.44 * _sigmoid((w - 712) / 17),
+        # canopy: the grass curve, a touch darker with its red edge 3 nm later; within-object
+        # variability is larger than this difference, so only height tells the two apart
+        "tree": 0.95 * (0.035 + 0.07 * _gauss(w, 552, 35) - 0.02 * _gauss(w, 672, 20)
+                        + 0.44 * _sigmoid((w - 715) / 17)),
+        "soil": 0.07 + 0.27 * ramp - 0.06 * ramp**2 - 0.02 * _gauss(w, 900, 60),
+        "water": 0.012 + 0.06 * np.exp(-(w - 400.0) / 140.0),
+        "asphalt": 0.065 + 0.035 * ramp,
+        "concrete": 0.27 + 0.08 * ramp - 0.03 * _gauss(w, 430, 40),
+        "clay": 0.07 + 0.30 * _sigmoid((w - 585) / 22) + 0.03 * ramp,
+        "metal": 0.42 - 0.05 * ramp + 0.015 * np.sin(w / 40.0),
+    }
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+    return (field_ - field_.mean()) / (field_.std() + 1e-12)
+
+
+def _layout(cfg: SyntheticSceneConfig, rng: np.random.Generator):
+    """Class map, object ids and object heights (before terrain)."""
+    n = cfg.size
+    scale = n / 160.0
+    cls = np.zeros((n, n), dtype=np.int16)
+    objects = np.zeros((n, n), dtype=np.int32)
+    height = np.zeros((n, n), dtype=np.float64)
+    next_id = 1
+
+    # ground cover: grass and soil fields from a smooth random field
+    ground = _smooth_field(rng, (n, n), 9 * scale)
+    cls[:] = np.where(ground > 0.35, 3, 1)
+    # water: the top of another smooth field, a pond or two
+    water = _smooth_field(rng, (n, n), 12 * scale)
+    cls[water > np.quantile(water, 0.94)] = 4
+    labels_ground, count = ndimage.label(cls > 0)
+    objects[:] = labels_ground
+    next_id = count + 1
+    # ground regions are split into objects by class so each carries its own variability
+    for klass in (1, 3, 4):
+        lab, cnt = ndimage.label(cls == klass)
+        objects[lab > 0] = lab[lab > 0] + next_id
+        next_id += cnt + 1
+
+    occupied = np.zeros((n, n), dtype=bool)
+
+    # roads: a grid of asphalt strips
+    for axis in (0, 1):
+        for _ in range(2):
+            pos = int(rng.integers(int(0.1 * n), int(0.9 * n)))
+            width = int(rng.integers(3, 6))
+            sl = (slice(pos, pos + width), slice(None)) if axis == 0 else (slice(None), slice(pos, pos + width))
+            cls[sl] = 5
+            objects[sl] = next_id
+            occupied[sl] = True
+            next_id += 1
+
+    def place_rect(klass: int, lo: int, hi: int, obj_height: float, tries: int = 60) -> bool:
+        nonlocal next_id
+        for _ in range(tries):
+            h = int(rng.integers(lo, hi + 1))
+            w = int(rng.integers(lo, hi + 1))
+            r = int(rng.integers(1, n - h - 1))
+            c = int(rng.integers(1, n - w - 1))
+            window = (slice(r - 1, r + h + 1), slice(c - 1, c + w + 1))
+            if occupied[window].any():
+                continue
+            sl = (slice(r, r + h), slice(c, c + w))
+            cls[sl] = klass
+            objects[sl] = next_id
+            occupied[sl] = True
+            if obj_height > 0:
+                # gently tilted roof plane
+                tilt = rng.normal(0, 0.08, size=2)
+                rr, cc = np.mgrid[0:h, 0:w]
+                height[sl] = obj_height + tilt[0] * (rr - h / 2) + tilt[1] * (cc - w / 2)
+            next_id += 1
+            return True
+        return False
+
+    size_lo, size_hi = max(4, int(6 * scale)), max(6, int(14 * scale))
+    for _ in range(cfg.n_plazas):
+        place_rect(7, size_lo, size_hi, 0.0)
+    for i in range(cfg.n_buildings):
+        klass = ROOF_CLASSES[i % len(ROOF_CLASSES)]
+        lo, hi = ROOF_HEIGHT[klass]
+        place_rect(klass, size_lo, size_hi, float(rng.uniform(lo, hi)))
+
+    # trees: clusters of round crowns on free ground
+    rr, cc = np.mgrid[0:n, 0:n]
+    for _ in range(cfg.n_tree_clusters):
+        cr, cc0 = rng.integers(0, n, size=2)
+        placed = False
+        for _ in range(int(rng.integers(3, 7))):
+            r0 = cr + rng.normal(0, 4 * scale)
+            c0 = cc0 + rng.normal(0, 4 * scale)
+            radius = rng.uniform(2.0, 4.0) * max(scale, 0.6)
+            top = rng.uniform(6.0, 14.0)
+            d = np.hypot(rr - r0, cc - c0)
+            crown = (d <= radius) & ~occupied & (cls != 4)
+            if not crown.any():
+                continue
+            cls[crown] = 2
+            objects[crown] = next_id  # one stand: crowns of a cluster form one object
+            height[crown] = np.maximum(height[crown], top * np.sqrt(np.clip(1 - (d[crown] / radius) ** 2, 0.05, 1)))
+            placed = True
+        next_id += int(placed)
+    return cls, objects, height
+
+
+def _spread_sample(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, k: int, block: int) -> np.ndarray:
+    """Indices of ``k`` pixels drawn round-robin over spatial blocks, so the sample is spread out."""
+    if k >= rows.size:
+        return np.arange(rows.size)
+    block_id = (rows // block) * 10_000 + (cols // block)
+    order = rng.permutation(rows.size)
+    _, first = np.unique(block_id[order], return_inverse=True)
+    # rank of each pixel within its block (in random order) → take rank 0 of every block, then 1 ...
+    sort = np.argsort(first, kind="stable")
+    rank = np.empty(rows.size, dtype=np.int64)
+    boundaries = np.r_[0, np.flatnonzero(np.diff(first[sort])) + 1, rows.size]
+    for start, stop in zip(boundaries[:-1], boundaries[1:]):
+        rank[sort[start:stop]] = np.arange(stop - start)
+    key = rank * rows.size + np.arange(rows.size)
+    return order[np.argsort(key)[:k]]
+
+
+def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) -> dict[str, Raster]:
+    """Build the scene; returns ``{"hsi", "lidar", "train_labels", "test_labels"}`` rasters."""
+    cfg = config if isinstance(config, SyntheticSceneConfig) else SyntheticSceneConfig.from_dict(config)
+    rng = np.random.default_rng(cfg.seed)
+    n = cfg.size
+    wavelengths = np.linspace(*cfg.wavelength_range, cfg.bands)
+    spectra = material_spectra(wavelengths)
+
+    cls, objects, obj_height = _layout(cfg, rng)
+
+    # --- reflectance: per-object variability, then PSF mixing, illumination and noise
+    v = cfg.object_variability
+    n_obj = int(objects.max()) + 1
+    obj_scale = 1.0 + v * rng.normal(0.0, 0.07, n_obj)           # brightness of each object
+    obj_mix = np.clip(v * rng.beta(1.2, 6.0, n_obj), 0, 0.6)      # fraction of a secondary material
+    obj_tilt = v * rng.normal(0.0, 0.04, n_obj)                   # spectral slope change
+    secondary = {"grass": "soil", "tree": "grass", "soil": "grass", "water": "soil",
+                 "asphalt": "concrete", "concrete": "asphalt", "clay": "concrete", "metal": "concrete"}
+    ramp = (wavelengths - wavelengths.mean()) / np.ptp(wavelengths)
+    cube = np.empty((n, n, cfg.bands), dtype=np.float64)
+    for klass, material in CLASS_MATERIAL.items():
+        mask = cls == klass
+        if not mask.any():
+            continue
+        ids = objects[mask]
+        base = spectra[material][None, :]
+        other = spectra[secondary[material]][None, :]
+        mix = obj_mix[ids][:, None] * (0.5 if material in ("water", "metal") else 1.0)
+        spec = (1 - mix) * base + mix * other
+        spec = spec * obj_scale[ids][:, None] * (1.0 + obj_tilt[ids][:, None] * ramp[None, :])
+        # within-object, pixel-level variability (texture)
+        spec = spec * (1.0 + v * 0.05 * rng.standard_normal((ids.size, 1)))
+        cube[mask] = spec
+    if cfg.psf_sigma > 0:
+        cube = ndimage.gaussian_filter(cube, sigma=(cfg.psf_sigma, cfg.psf_sigma, 0), mode="reflect")
+    illumination = 1.0 + cfg.illumination_amplitude * _smooth_field(rng, (n, n), 14 * n / 160)
+    cube *= illumination[..., None]
+    band_noise = cfg.noise_std * (1.0 + 1.5 * np.abs(ramp) ** 2)  # noisier at the sensor's edges
+    cube += rng.standard_normal(cube.shape) * band_noise[None, None, :]
+    hsi = np.clip(cube, 0.0, None).astype(np.float32).transpose(2, 0, 1)
+
+    # --- LiDAR: DSM and intensity
+    terrain = 200.0 + 3.0 * _smooth_field(rng, (n, n), 30 * n / 160) + 0.01 * np.arange(n)[None, :]
+    dsm = terrain + obj_height - 0.4 * (cls == 4)
+    dsm = dsm + cfg.height_noise_std * rng.standard_normal((n, n))
+    layers = [dsm]
+    if cfg.lidar_channels == 2:
+        nir = np.zeros((n, n))
+        for klass, material in CLASS_MATERIAL.items():
+            nir[cls == klass] = spectra[material][-1]
+        nir *= obj_scale[objects]
+        speckle = rng.gamma(cfg.intensity_speckle_shape, 1.0 / cfg.intensity_speckle_shape, (n, n))
+        layers.append(1000.0 * nir * speckle)
+    lidar = np.stack(layers).astype(np.float32)
+
+    # --- labels: object interiors only (borders are mixed pixels, left unlabelled as in real GT)
+    border = np.zeros((n, n), dtype=bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            border |= np.roll(objects, shift, axis=axis) != objects
+    border[[0, -1], :] = True
+    border[:, [0, -1]] = True
+    labelled = np.where(border, 0, cls).astype(np.uint8)
+
+    train = np.zeros_like(labelled)
+    block = max(8, n // 8)
+    for klass in range(1, len(CLASS_NAMES) + 1):
+        rows, cols = np.nonzero(labelled == klass)
+        if rows.size == 0:
+            raise RuntimeError(f"synthetic scene (seed {cfg.seed}) has no pixel of class {klass}; enlarge size")
+        k = min(cfg.train_per_class, max(1, rows.size // 4))
+        pick = _spread_sample(rng, rows, cols, k, block)
+        train[rows[pick], cols[pick]] = klass
+    test = np.where(train > 0, 0, labelled).astype(np.uint8)
+
+    from rasterio.crs import CRS
+
+    crs = CRS.from_epsg(_CRS_EPSG).to_wkt()
+    transform = (1.0, 0.0, _ORIGIN[0], 0.0, -1.0, _ORIGIN[1])
+    meta = {"generator": "fedrs.scene.synthetic", "config_digest": cfg.digest()}
+    hsi_meta = {**meta, "wavelengths": ",".join(f"{w:.2f}" for w in wavelengths),
+                "class_names": "|".join(CLASS_NAMES)}
+    return {
+        "hsi": Raster(hsi, crs, transform, None, "synthetic:hsi", hsi_meta),
+        "lidar": Raster(lidar, crs, transform, None, "synthetic:lidar",
+                        {**meta, "channels": "dsm" if cfg.lidar_channels == 1 else "dsm,intensity"}),
+        "train_labels": Raster(train, crs, transform, None, "synthetic:train_labels", dict(meta)),
+        "test_labels": Raster(test, crs, transform, None, "synthetic:test_labels", dict(meta)),
+    }
