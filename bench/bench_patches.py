@@ -1,0 +1,87 @@
+"""Patch extraction on a Houston-size scene (349×1905, 144 bands): patches/s and peak memory.
+
+Usage: .venv/bin/python bench/bench_patches.py [--repeats 3]
+Prints a table and writes bench/results/patches.json (median of the repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from fedrs.patching import PatchExtractor, apply_normaliser, fit_normaliser, iter_scene_patches
+
+ROWS, COLS, BANDS = 349, 1905, 144
+LABELLED = 15029  # Houston 2013: 2,832 train + 12,197 test
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--patch-size", type=int, default=7)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    hsi = (rng.random((BANDS, ROWS, COLS), dtype=np.float32) * 4000).astype(np.uint16)
+    lidar = rng.random((1, ROWS, COLS), dtype=np.float32) * 60
+    flat = rng.choice(ROWS * COLS, LABELLED, replace=False)
+    rows, cols = (flat // COLS).astype(np.int32), (flat % COLS).astype(np.int32)
+    train_mask = np.zeros((ROWS, COLS), bool)
+    train_mask[rows[:2832], cols[:2832]] = True
+
+    timings: dict[str, list[float]] = {"normalise": [], "labelled_patches": [], "full_scene_iteration": []}
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        norm = apply_normaliser(hsi, fit_normaliser(hsi, train_mask))
+        norm_lidar = apply_normaliser(lidar, fit_normaliser(lidar, train_mask))
+        timings["normalise"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        patches = PatchExtractor(norm, args.patch_size)(rows, cols)
+        timings["labelled_patches"].append(time.perf_counter() - t)
+        del patches
+        t = time.perf_counter()
+        n = 0
+        for r, _, h, _l in iter_scene_patches(norm, norm_lidar, args.patch_size, batch_size=4096):
+            n += r.size
+        timings["full_scene_iteration"].append(time.perf_counter() - t)
+
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "scene": f"{ROWS}x{COLS}x{BANDS}",
+        "patch_size": args.patch_size,
+        "normalise_s": med["normalise"],
+        "labelled_patches": LABELLED,
+        "labelled_patches_s": med["labelled_patches"],
+        "labelled_patches_per_s": LABELLED / med["labelled_patches"],
+        "full_scene_pixels": ROWS * COLS,
+        "full_scene_s": med["full_scene_iteration"],
+        "full_scene_pixels_per_s": ROWS * COLS / med["full_scene_iteration"],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "patches.json").write_text(json.dumps(result, indent=2))
+    print(f"Houston-size scene {result['scene']}, P={args.patch_size}, median of {args.repeats}:")
+    print(f"  normalise (fit on train, apply)  {result['normalise_s']:8.2f} s")
+    print(f"  {LABELLED} labelled patches        {result['labelled_patches_s']:8.2f} s  "
+          f"({result['labelled_patches_per_s']:,.0f} patches/s)")
+    print(f"  all {ROWS * COLS} pixels, batched      {result['full_scene_s']:8.2f} s  "
+          f"({result['full_scene_pixels_per_s']:,.0f} patches/s)")
+    print(f"  peak memory                      {result['peak_rss_mb']:8.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
