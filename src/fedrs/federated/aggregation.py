@@ -1,0 +1,87 @@
+"""Server-side aggregation and update screening: plain functions over tensors.
+
+``aggregate_modality_aware`` is sample-weighted FedAvg in which a parameter owned by modality m is
+averaged only over the clients that hold m; a parameter nobody contributed keeps its global value.
+Ownership comes from a function (``owner(name) -> modality | None``), so FedDiff and FedCMI reuse
+this with their own naming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+State = dict[str, torch.Tensor]
+Owner = Callable[[str], "str | None"]
+
+
+@dataclass
+class ClientUpdate:
+    client_id: int
+    state: State               # only the tensors this client trained and sent
+    num_samples: int
+    modalities: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def aggregate_modality_aware(global_state: State, updates: list[ClientUpdate], owner: Owner) -> tuple[State, dict[str, int]]:
+    """Weighted average per tensor over its eligible contributors; returns (state, contributors)."""
+    new_state: State = {}
+    contributors: dict[str, int] = {}
+    for name, current in global_state.items():
+        modality = owner(name)
+        eligible = [u for u in updates if name in u.state and (modality is None or modality in u.modalities)]
+        contributors[name] = len(eligible)
+        if not eligible:
+            new_state[name] = current.clone()
+            continue
+        if not torch.is_floating_point(current):
+            # counters such as BatchNorm's num_batches_tracked: averaging has no meaning
+            new_state[name] = torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
+            continue
+        total = float(sum(u.num_samples for u in eligible))
+        acc = torch.zeros_like(current, dtype=torch.float64)
+        for u in eligible:
+            acc += (u.num_samples / total) * u.state[name].to(torch.float64)
+        new_state[name] = acc.to(current.dtype)
+    return new_state, contributors
+
+
+def update_norm(update: State, global_state: State) -> float:
+    """L2 norm of (update − global) over the floating-point tensors the update carries."""
+    total = 0.0
+    for name, tensor in update.items():
+        if torch.is_floating_point(tensor) and name in global_state:
+            total += float((tensor.double() - global_state[name].double()).pow(2).sum())
+    return total ** 0.5
+
+
+def screen_updates(updates: list[ClientUpdate], global_state: State, outlier_factor: float,
+                   max_norm: float | None = None) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
+    """Split into (accepted, rejected-with-reason): non-finite values, or an update norm above
+    ``max_norm`` or above ``outlier_factor`` × the round's median norm (with three or more updates)."""
+    rejected: list[tuple[int, str]] = []
+    finite: list[ClientUpdate] = []
+    for u in updates:
+        bad = next((name for name, t in u.state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()), None)
+        if bad is not None:
+            rejected.append((u.client_id, f"non-finite values in {bad}"))
+        elif set(u.state) - set(global_state):
+            rejected.append((u.client_id, f"unknown tensors {sorted(set(u.state) - set(global_state))[:3]}"))
+        else:
+            finite.append(u)
+    norms = {u.client_id: update_norm(u.state, global_state) for u in finite}
+    median = float(torch.tensor(list(norms.values())).median()) if len(norms) >= 3 else None
+    accepted = []
+    for u in finite:
+        n = norms[u.client_id]
+        if max_norm is not None and n > max_norm:
+            rejected.append((u.client_id, f"update norm {n:.3g} above max_update_norm {max_norm:.3g}"))
+        elif median is not None and median > 0 and n > outlier_factor * median:
+            rejected.append((u.client_id, f"update norm {n:.3g} above {outlier_factor} × median {median:.3g}"))
+        else:
+            accepted.append(u)
+    return accepted, rejected

@@ -1,0 +1,1 @@
+"""Torch modules only: nothing here knows Kedro or Flower."""

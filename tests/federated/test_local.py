@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.local import TrainConfig, derive_seed, proximal_term, supervised_update
+
+
+def tiny_data(rng, n=24, modalities=("hsi", "lidar")):
+    data = {"labels": rng.integers(0, 3, n)}
+    if "hsi" in modalities:
+        data["hsi"] = rng.standard_normal((n, 5, 5, 5)).astype(np.float32)
+    if "lidar" in modalities:
+        data["lidar"] = rng.standard_normal((n, 1, 5, 5)).astype(np.float32)
+    return data
+
+
+SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
+
+
+def test_proximal_term_by_hand():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 3.0]]))
+    ref = {"weight": torch.tensor([[0.0, 1.0]])}
+    assert proximal_term(model, ref, {"weight"}).item() == pytest.approx(1.0 + 4.0)
+
+
+def test_fedprox_keeps_weights_near_the_global_model(rng):
+    alg = get_algorithm("fedprox")
+    data = tiny_data(rng)
+
+    def drift(mu):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        supervised_update(model, data, ("hsi", "lidar"), TrainConfig(epochs=3, batch_size=8, lr=0.05, proximal_mu=mu), seed=1)
+        return sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in model.named_parameters())
+
+    assert drift(100.0) < 0.5 * drift(0.0)
+
+
+def test_same_seed_same_update(rng):
+    alg = get_algorithm("fedavg")
+    data = tiny_data(rng)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        state, metrics = alg.client_update(model, data, ("hsi", "lidar"), {"epochs": 2, "batch_size": 8}, seed=derive_seed(3, 1, 2))
+        states.append(state)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert metrics["num_samples"] == 24 and metrics["train_loss"] > 0
+
+
+def test_unimodal_client_sends_and_changes_only_what_it_holds(rng):
+    alg = get_algorithm("fedavg")
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state, _ = alg.client_update(model, tiny_data(rng, modalities=("hsi",)), ("hsi",), {"epochs": 1, "batch_size": 8}, seed=0)
+    assert state and not any(k.startswith("lidar_encoder.") for k in state)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("lidar_encoder."))
+    assert any(not torch.equal(state[k], before[k]) for k in state if k.startswith("hsi_encoder."))
+
+
+def test_unimodal_algorithm_eligibility():
+    assert not get_algorithm("fedavg_hsi").is_eligible(("lidar",))
+    assert get_algorithm("fedavg_lidar").is_eligible(("hsi", "lidar"))
+    with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'"):
+        get_algorithm("fedsgd")
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown keys \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_cosine_schedule_by_hand():
+    from fedrs.federated.local import lr_at_round
+
+    assert lr_at_round(0.1, 1, 5) == pytest.approx(0.1)
+    assert lr_at_round(0.1, 3, 5) == pytest.approx(0.1 * (0.05 + 0.95 * 0.5))
+    assert lr_at_round(0.1, 5, 5) == pytest.approx(0.005)
+    assert lr_at_round(0.1, 4, 5, "constant") == 0.1
+    with pytest.raises(ValueError, match="expected 'cosine' or 'constant'"):
+        lr_at_round(0.1, 2, 5, "step")
