@@ -1,0 +1,85 @@
+"""The Flower ClientApp every algorithm runs in. It only unpacks messages, loads the client's own
+partition and calls the algorithm's plain ``client_update``.
+
+Which file is "its own": the node config's ``partition-path`` on Flower's deployment engine (each
+SuperNode is started pointing at its organisation's file), else ``client_<partition-id>.npz`` in
+the ``partition_dir`` the server names (simulation, where node configs carry a partition id).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrs.datasets.npz import NpzDataset
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.local import derive_seed
+
+app = ClientApp()
+_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def partition_path(context: Context, settings: dict[str, Any]) -> Path:
+    node = context.node_config
+    if "partition-path" in node:
+        return Path(str(node["partition-path"]))
+    return Path(settings["partition_dir"]) / f"client_{int(node['partition-id']):03d}.npz"
+
+
+def load_partition(path: Path) -> dict[str, Any]:
+    """Load once per process (Ray reuses its actors): keyed on path and modification time."""
+    key = (str(path), path.stat().st_mtime_ns if path.exists() else 0)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = NpzDataset(str(path)).load()
+    return _CACHE[key]
+
+
+def settings_of(msg: Message) -> dict[str, Any]:
+    return json.loads(str(msg.content["config"]["settings"]))
+
+
+def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | None:
+    """Test hooks for fault tolerance: fail, stall or poison this client in a given round."""
+    faults = settings.get("faults") or {}
+    if [rnd, client_id] in faults.get("raise", []):
+        raise RuntimeError(f"injected failure of client {client_id} in round {rnd}")
+    for r, c, seconds in faults.get("sleep", []):
+        if (r, c) == (rnd, client_id):
+            time.sleep(seconds)
+    return "nan" if [rnd, client_id] in faults.get("nan", []) else None
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    data = load_partition(partition_path(context, settings_of(msg)))
+    info = ConfigRecord({"client_id": int(data["client_id"]), "modalities": ",".join(data["modalities"]),
+                         "num_samples": int(len(data["labels"]))})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings = settings_of(msg)
+    data = load_partition(partition_path(context, settings))
+    client_id, rnd = int(data["client_id"]), int(settings["round"])
+    poison = inject_faults(settings, rnd, client_id)
+    algorithm = get_algorithm(settings["algorithm"])
+    model = algorithm.build_model(settings["model"])
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
+                                             derive_seed(settings["seed"], rnd, client_id))
+    if poison == "nan":
+        first = next(k for k, v in state.items() if torch.is_floating_point(v))
+        state[first] = torch.full_like(state[first], float("nan"))
+    record = RecordDict({
+        "arrays": ArrayRecord.from_torch_state_dict(state),
+        "metrics": MetricRecord({**{k: float(v) for k, v in metrics.items()}, "client_id": client_id}),
+    })
+    return Message(record, reply_to=msg)

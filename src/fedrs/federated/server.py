@@ -1,0 +1,207 @@
+"""The server's round loop, shared by every algorithm and by both Flower engines.
+
+Per round: sample clients (seeded), send each the global tensors it can use, collect replies within
+the timeout, drop clients that failed or did not answer, reject non-finite or outlying updates,
+aggregate if at least ``min_clients`` updates survive, score the global model on the test pixels,
+log traffic, and checkpoint (global model, RNG state, history) so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from tqdm.auto import tqdm
+
+from fedrs.federated.aggregation import ClientUpdate, screen_updates
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
+from fedrs.federated.local import derive_seed, lr_at_round
+
+logger = logging.getLogger(__name__)
+
+# settings that do not change the result, so a checkpoint made with other values can be resumed
+_RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "node_wait_timeout", "faults"}
+
+
+class RunInterrupted(RuntimeError):
+    """Raised after the checkpoint of ``stop_after_round``: a deliberate, resumable stop."""
+
+
+@dataclass
+class FederatedConfig:
+    algorithm: str
+    model: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    num_rounds: int = 5
+    clients_per_round: int | None = None   # None: every eligible client
+    min_clients: int = 1
+    seed: int = 0
+    partition_dir: str = ""
+    round_timeout: float | None = None     # seconds to wait for replies; None: wait for all
+    lr_schedule: str = "cosine"           # per-round learning rate: cosine | constant
+    outlier_factor: float = 10.0
+    max_update_norm: float | None = None
+    eval_samples: int | None = None        # test pixels scored each round (seeded subset); None: all
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    stop_after_round: int | None = None
+    node_wait_timeout: float = 120.0
+    faults: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FederatedConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"federated config: unknown keys {sorted(unknown)}; known are {sorted(known)}")
+        return cls(**d)
+
+    def digest(self) -> str:
+        relevant = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def wait_for_nodes(grid: Any, expected: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {expected} Flower nodes connected within {timeout:.0f} s")
+        time.sleep(0.1)
+        nodes = list(grid.get_node_ids())
+    return nodes
+
+
+def _message(content: dict[str, Any], settings: dict[str, Any], node: int, kind: str, rnd: int) -> Message:
+    record = RecordDict({**content, "config": ConfigRecord({"settings": json.dumps(settings)})})
+    return Message(record, dst_node_id=node, message_type=kind, group_id=str(rnd))
+
+
+def discover_clients(grid: Any, nodes: list[int], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Ask every node which partition it holds: client id → {node, modalities, num_samples}."""
+    replies = grid.send_and_receive([_message({}, settings, n, "query", 0) for n in nodes])
+    clients: dict[int, dict[str, Any]] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} could not load its partition: {reply.error.reason}")
+        info = reply.content["info"]
+        cid = int(info["client_id"])
+        if cid in clients:
+            raise RuntimeError(f"two nodes hold the partition of client {cid}")
+        clients[cid] = {"node": reply.metadata.src_node_id, "modalities": tuple(str(info["modalities"]).split(",")),
+                        "num_samples": int(info["num_samples"])}
+    return clients
+
+
+def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
+    total = len(test["labels"])
+    if not n or n >= total:
+        return test
+    idx = np.sort(np.random.default_rng(derive_seed(seed, 7_777)).choice(total, n, replace=False))
+    return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
+
+
+def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
+    """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients."""
+    algorithm = get_algorithm(cfg.algorithm)
+    torch.manual_seed(derive_seed(cfg.seed, 0))
+    model = algorithm.build_model(cfg.model)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(derive_seed(cfg.seed, 1))
+    history: list[dict[str, Any]] = []
+    traffic: list[dict[str, Any]] = []
+    start_round = 1
+
+    checkpoint = load_checkpoint(cfg.checkpoint_dir) if (cfg.checkpoint_dir and cfg.resume) else None
+    if checkpoint is not None:
+        if checkpoint["config_digest"] != cfg.digest():
+            raise RuntimeError(
+                f"the checkpoint in {cfg.checkpoint_dir} was made with other settings; remove it or set resume: false"
+            )
+        global_state, history, traffic = checkpoint["state"], checkpoint["history"], checkpoint["traffic"]
+        rng.bit_generator.state = checkpoint["rng"]
+        start_round = int(checkpoint["round"]) + 1
+        logger.info("Resuming %s from the checkpoint of round %d", cfg.algorithm, checkpoint["round"])
+
+    base = {"algorithm": cfg.algorithm, "model": cfg.model, "train": cfg.train, "seed": cfg.seed,
+            "partition_dir": cfg.partition_dir, "faults": cfg.faults}
+    nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
+    clients = discover_clients(grid, nodes, {**base, "round": 0})
+    eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
+    if len(eligible) < cfg.min_clients:
+        raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
+    test_round = eval_subset(test, cfg.eval_samples, cfg.seed)
+    per_round = min(cfg.clients_per_round or len(eligible), len(eligible))
+
+    rounds = tqdm(range(start_round, cfg.num_rounds + 1), desc=f"{cfg.algorithm} rounds", unit="round",
+                  initial=start_round - 1, total=cfg.num_rounds, leave=False)
+    for rnd in rounds:
+        t0 = time.perf_counter()
+        sampled = sorted(int(c) for c in rng.choice(eligible, size=per_round, replace=False))
+        lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
+        settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
+        messages, down = [], {}
+        for cid in sampled:
+            keys = algorithm.client_keys(model, clients[cid]["modalities"])
+            arrays = ArrayRecord.from_torch_state_dict({k: global_state[k] for k in sorted(keys)})
+            down[cid] = arrays.count_bytes()
+            messages.append(_message({"arrays": arrays}, settings, clients[cid]["node"], "train", rnd))
+        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+
+        updates, dropped, up = [], [], {}
+        for cid in sampled:
+            reply = replies.get(clients[cid]["node"])
+            if reply is None:
+                dropped.append({"client_id": cid, "reason": "no reply within the round timeout"})
+            elif reply.has_error():
+                dropped.append({"client_id": cid, "reason": reply.error.reason.splitlines()[-1][:300]})
+            else:
+                arrays = reply.content["arrays"]
+                up[cid] = arrays.count_bytes()
+                metrics = dict(reply.content["metrics"])
+                updates.append(ClientUpdate(cid, dict(arrays.to_torch_state_dict()), clients[cid]["num_samples"],
+                                            clients[cid]["modalities"], metrics))
+        accepted, rejected = screen_updates(updates, global_state, cfg.outlier_factor, cfg.max_update_norm)
+        aggregated = len(accepted) >= cfg.min_clients
+        if aggregated:
+            global_state = algorithm.aggregate(global_state, accepted)
+        else:
+            logger.warning("round %d: %d usable updates, below min_clients=%d; global model kept",
+                           rnd, len(accepted), cfg.min_clients)
+        model.load_state_dict(global_state)
+        scores = algorithm.evaluate(model, test_round, settings["train"])
+        weight = sum(u.num_samples for u in accepted)
+        train_loss = sum(u.metrics.get("train_loss", 0.0) * u.num_samples for u in accepted) / weight if weight else None
+        for cid in sampled:
+            traffic.append({"round": rnd, "client_id": cid, "direction": "down", "bytes_dense": down[cid], "bytes_sent": down[cid]})
+            if cid in up:
+                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "bytes_dense": up[cid], "bytes_sent": up[cid]})
+        row = {
+            "round": rnd, "sampled": sampled, "accepted": [u.client_id for u in accepted],
+            "dropped": dropped, "rejected": [{"client_id": c, "reason": r} for c, r in rejected],
+            "aggregated": aggregated, "train_loss": train_loss, "lr": lr,
+            "test_oa": scores["oa"], "test_aa": scores["aa"], "test_kappa": scores["kappa"],
+            "bytes_down": int(sum(down.values())), "bytes_up": int(sum(up.values())),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        rounds.set_postfix(oa=f"{scores['oa']:.3f}")
+        logger.info("%s round %d/%d: %d/%d updates used (%d dropped, %d rejected), test OA %.4f",
+                    cfg.algorithm, rnd, cfg.num_rounds, len(accepted), len(sampled), len(dropped), len(rejected),
+                    scores["oa"])
+        if cfg.checkpoint_dir:
+            save_checkpoint(cfg.checkpoint_dir, {"round": rnd, "state": global_state, "rng": rng.bit_generator.state,
+                                                 "history": history, "traffic": traffic, "config_digest": cfg.digest()})
+        if cfg.stop_after_round == rnd and rnd < cfg.num_rounds:
+            raise RunInterrupted(f"stopped after round {rnd} as requested (stop_after_round); resume to continue")
+    rounds.close()
+    return {"state": global_state, "history": history, "traffic": traffic,
+            "clients": {str(c): {"modalities": list(i["modalities"]), "num_samples": i["num_samples"]} for c, i in clients.items()}}

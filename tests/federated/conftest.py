@@ -1,0 +1,32 @@
+"""A tiny federation on disk (partition files + test patches), built with the library functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedrs.datasets import NpzDataset
+from fedrs.partition import client_bundle, make_partition
+from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation
+from fedrs.scene.assemble import assemble_scene
+from fedrs.scene.synthetic import generate_synthetic_scene
+from tests.conftest import TINY_SCENE
+
+TINY_MODEL = {"width": 8, "dim": 16}
+
+
+@pytest.fixture(scope="session")
+def tiny_federation(tmp_path_factory) -> dict:
+    root: Path = tmp_path_factory.mktemp("federation")
+    raw = generate_synthetic_scene(TINY_SCENE)
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    norm = fit_normalisation(scene, {})
+    train, test = build_patch_sets(scene, norm, {"patch_size": 5})
+    clients = make_partition(train, tuple(train["grid_shape"]),
+                             {"layout": "horizontal", "num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0, "seed": 0})
+    for c in clients:
+        NpzDataset(str(root / f"client_{c.client_id:03d}.npz")).save(client_bundle(train, c))
+    spec = {"bands": int(train["hsi"].shape[1]), "lidar_channels": int(train["lidar"].shape[1]),
+            "num_classes": int(train["num_classes"]), **TINY_MODEL}
+    return {"dir": str(root), "test": test, "spec": spec, "num_clients": 3}

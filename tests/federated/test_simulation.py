@@ -1,0 +1,63 @@
+"""Real Flower simulations: faults during a run, and kill-and-resume against an uninterrupted run."""
+
+import pytest
+import torch
+
+from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.server import FederatedConfig, RunInterrupted
+
+pytestmark = pytest.mark.integration
+RESOURCES = SimulationResources(num_cpus_per_client=1, total_cpus=2)
+
+
+def config(fed, **overrides):
+    base = dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8}, num_rounds=3,
+                min_clients=1, seed=5, partition_dir=fed["dir"])
+    return FederatedConfig.from_dict({**base, **overrides})
+
+
+def test_failures_timeouts_and_nan_updates_are_survived(tiny_federation):
+    cfg = config(tiny_federation, num_rounds=2, round_timeout=6,
+                 faults={"raise": [[1, 0]], "nan": [[2, 1]], "sleep": [[2, 2, 12]]})
+    result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
+    first, second = result["history"]
+    assert first["sampled"] == [0, 1, 2] and first["accepted"] == [1, 2]
+    assert first["dropped"][0]["client_id"] == 0 and "injected failure of client 0" in first["dropped"][0]["reason"]
+    assert second["accepted"] == [0]
+    assert second["rejected"] == [{"client_id": 1, "reason": second["rejected"][0]["reason"]}]
+    assert "non-finite" in second["rejected"][0]["reason"]
+    assert second["dropped"] == [{"client_id": 2, "reason": "no reply within the round timeout"}]
+    assert all(row["aggregated"] for row in result["history"])
+    assert all(torch.isfinite(t).all() for t in result["state"].values() if torch.is_floating_point(t))
+    # traffic: three downloads per round, uploads only from clients that answered
+    ups = [t for t in result["traffic"] if t["direction"] == "up"]
+    assert len([t for t in result["traffic"] if t["direction"] == "down"]) == 6 and len(ups) == 4
+
+
+def test_too_few_updates_keep_the_global_model(tiny_federation):
+    cfg = config(tiny_federation, num_rounds=1, min_clients=3, faults={"raise": [[1, 2]]})
+    result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
+    assert result["history"][0]["aggregated"] is False
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny_federation, tmp_path):
+    test = tiny_federation["test"]
+    straight = run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "a")), test, 3, RESOURCES)
+    with pytest.raises(RunInterrupted):
+        run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), stop_after_round=2), test, 3, RESOURCES)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), resume=True), test, 3, RESOURCES)
+    assert [r["round"] for r in resumed["history"]] == [1, 2, 3]
+    assert [r["sampled"] for r in resumed["history"]] == [r["sampled"] for r in straight["history"]]
+    assert resumed["history"][-1]["test_oa"] == straight["history"][-1]["test_oa"]
+    for key, tensor in straight["state"].items():
+        assert torch.equal(tensor, resumed["state"][key]), key
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_federation, tmp_path):
+    from fedrs.federated.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path, {"round": 1, "config_digest": "0000", "state": {}, "history": [], "traffic": [], "rng": {}})
+    cfg = config(tiny_federation, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(RuntimeError, match="made with other settings"):
+        run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
