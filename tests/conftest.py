@@ -89,6 +89,10 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
     monkeypatch.chdir(root)
     project = KedroProject(root)
     project.write_conf("local", "globals.yml", {"synthetic_scene": dict(TINY_SCENE)})
+    # an absolute store per project: MLflow caches engines by URI string within a process
+    mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
+    mlflow_conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    project.write_conf("local", "mlflow.yml", mlflow_conf)
     # 60 training pixels: let 8 Dirichlet clients hold as few as 2 each
     project.write_conf("local", "parameters_partition.yml", {
         "modality_split": {"partition": {"min_samples_per_client": 2}},
@@ -98,8 +102,9 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
 
 
 @pytest.fixture(autouse=True)
-def close_stray_mlflow_runs():
+def isolate_mlflow(monkeypatch):
     """A session that fails mid-run can leave an MLflow run active in this process; end it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
     import mlflow
 

@@ -1,18 +1,27 @@
-"""Project pipelines: data preparation now; algorithms register here as they land."""
+"""Project pipelines.
+
+- data: ``ingest``, ``patches``, ``partition`` (and ``data`` = all three)
+- baselines: one per algorithm (training + the shared evaluation template under its namespace),
+  ``baselines`` = all of them with the data pipelines
+"""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from fedrs.pipelines import ingest, partition, patches
+from fedrs.pipelines import evaluation, ingest, partition, patches, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     data = ingest.create_pipeline() + patches.create_pipeline() + partition.create_pipeline()
-    return {
+    pipelines: dict[str, Pipeline] = {
         "ingest": ingest.create_pipeline(),
         "patches": patches.create_pipeline(),
         "partition": partition.create_pipeline(),
         "data": data,
-        "__default__": data,
     }
+    for algorithm in training.BASELINES:
+        pipelines[algorithm] = data + training.create_pipeline(algorithm) + evaluation.create_pipeline(algorithm)
+    pipelines["baselines"] = sum((pipelines[a] for a in training.BASELINES), Pipeline([]))
+    pipelines["__default__"] = pipelines["baselines"]
+    return pipelines

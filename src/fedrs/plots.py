@@ -74,3 +74,66 @@ def client_class_figure(manifest: dict[str, Any], class_names: list[str]) -> Fig
     ax.set_title(f"Pixels per client per class — {manifest.get('layout')}")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig
+
+
+def confusion_figure(report: dict[str, Any], class_names: list[str]) -> Figure:
+    cm = np.asarray(report["confusion"], dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.55 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="row-normalised")
+    ax.set_title(f"{report.get('algorithm', '')}: OA {report['oa']:.4f}, AA {report['aa']:.4f}, κ {report['kappa']:.4f}")
+    return fig
+
+
+def classification_map_figure(prediction: np.ndarray, scene: dict[str, Any], title: str) -> Figure:
+    names = list(scene["class_names"])
+    cmap = class_colours(len(names))
+    truth = np.maximum(scene["train_labels"], scene["test_labels"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), constrained_layout=True)
+    for ax, image, label in ((axes[0], prediction, f"{title}: prediction"), (axes[1], truth, "ground truth")):
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
+        ax.set_title(label)
+        ax.set_axis_off()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), bbox_to_anchor=(0.5, -0.1))
+    return fig
+
+
+def curves_figure(history: dict[str, Any]) -> Figure:
+    rounds = history.get("rounds") or []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    name = history.get("algorithm", "")
+    if not rounds:  # local training has per-client results instead of rounds
+        clients = history.get("clients", [])
+        axes[0].bar([str(c["client_id"]) for c in clients], [c["test_oa"] for c in clients])
+        axes[0].set_title(f"{name}: test OA per client")
+        axes[0].set_xlabel("client")
+        for ax in axes[1:]:
+            ax.set_axis_off()
+        return fig
+    r = [row["round"] for row in rounds]
+    axes[0].plot(r, [row.get("train_loss") or np.nan for row in rounds], marker="o")
+    axes[0].set_title("training loss")
+    axes[1].plot(r, [row["test_oa"] for row in rounds], marker="o", label="OA")
+    axes[1].plot(r, [row["test_aa"] for row in rounds], marker=".", label="AA")
+    axes[1].set_title("test accuracy")
+    axes[1].legend()
+    sent = np.cumsum([row.get("bytes_down", 0) + row.get("bytes_up", 0) for row in rounds]) / 1e6
+    axes[2].plot(sent, [row["test_oa"] for row in rounds], marker="o")
+    axes[2].set_xlabel("cumulative MB sent (both directions)")
+    axes[2].set_title("OA against traffic")
+    for ax in axes[:2]:
+        ax.set_xlabel("round")
+    fig.suptitle(name)
+    return fig

@@ -1,0 +1,35 @@
+"""A folder as a catalog entry whose value is its path.
+
+Federated clients load their own partition files; the training node only needs to tell them where
+those live. This keeps that location in the catalog (like every other path) instead of parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset
+
+from fedrs.errors import InputError
+
+
+class FolderPathDataset(AbstractDataset[str, str]):
+    def __init__(self, path: str, must_exist: bool = True, metadata: dict | None = None):
+        self._path = Path(path)
+        self._must_exist = must_exist
+        self.metadata = metadata
+
+    def _load(self) -> str:
+        if self._must_exist and not self._path.is_dir():
+            raise InputError(f"Folder {self._path} is missing; expected it to be written by an earlier pipeline")
+        return str(self._path.resolve())
+
+    def _save(self, data: str) -> None:
+        raise NotImplementedError("FolderPathDataset only names a folder; other entries write into it")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

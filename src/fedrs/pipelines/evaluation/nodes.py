@@ -1,0 +1,50 @@
+"""Evaluation nodes, one modular pipeline reused for every algorithm under its namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+from torch import nn
+
+from fedrs.evaluation import evaluate_artifact, load_model, predict_scene
+from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
+
+
+def evaluate(model: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]) -> tuple[dict, Figure]:
+    report = evaluate_artifact(model, test_patches, params.get("inference", {}))
+    return report, confusion_figure(report, list(test_patches["class_names"]))
+
+
+def classification_map(model: dict[str, Any], scene: dict[str, Any], normalisation: dict[str, Any],
+                       patches: dict[str, Any], params: dict[str, Any]) -> Figure:
+    prediction = predict_scene(model, scene, normalisation, int(patches["patch_size"]),
+                               int(patches.get("inference_batch_size", 4096)), params.get("inference", {}))
+    return classification_map_figure(prediction, scene, model["algorithm"])
+
+
+def curves(history: dict[str, Any]) -> Figure:
+    return curves_figure(history)
+
+
+def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
+    """Final scores at step 0 and per-round curves with the round as step, for kedro-mlflow."""
+    metrics: dict[str, Any] = {k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")}
+    for name, acc in report["per_class"].items():
+        if acc is not None:
+            metrics[f"class_acc.{name.replace(' ', '_')}"] = {"value": float(acc), "step": 0}
+    for ablation, scores in report.get("ablation", {}).items():
+        metrics[f"{ablation}.oa"] = {"value": float(scores["oa"]), "step": 0}
+    rounds = history.get("rounds") or []
+    for key in ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up"):
+        points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]
+        if points:
+            metrics[f"round.{key}"] = points
+    for key in ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa"):
+        if key in history:
+            metrics[key] = {"value": float(history[key]), "step": 0}
+    return metrics
+
+
+def torch_module(model: dict[str, Any]) -> nn.Module:
+    return load_model(model)[1]

@@ -1,0 +1,27 @@
+"""The evaluation template: instantiate with ``create_pipeline(algorithm)`` for namespace ``<algo>``.
+
+Reads ``<algo>.model`` and ``<algo>.history``; writes ``<algo>.metrics`` (JSON), the confusion
+matrix, the classification map and the curves (figures, also logged to MLflow), the MLflow metrics
+and the registered MLflow model.
+"""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from fedrs.pipelines.evaluation.nodes import classification_map, curves, evaluate, mlflow_metrics, torch_module
+
+
+def create_template() -> Pipeline:
+    return Pipeline([
+        node(evaluate, ["model", "test_patches", "params:evaluation"], ["metrics", "confusion_plot"], name="evaluate"),
+        node(classification_map, ["model", "scene", "normalisation", "params:patches", "params:evaluation"],
+             "classification_map_plot", name="classification_map"),
+        node(curves, "history", "curves_plot", name="curves"),
+        node(mlflow_metrics, ["metrics", "history"], "mlflow_metrics", name="mlflow_metrics"),
+        node(torch_module, "model", "mlflow_model", name="mlflow_model"),
+    ])
+
+
+def create_pipeline(algorithm: str) -> Pipeline:
+    return pipeline(create_template(), namespace=algorithm,
+                    inputs={"test_patches", "scene", "normalisation"},
+                    parameters={"params:evaluation": "params:evaluation", "params:patches": "params:patches"})

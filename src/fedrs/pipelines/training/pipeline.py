@@ -1,0 +1,34 @@
+"""One training pipeline per baseline, each under its algorithm's namespace.
+
+Every algorithm reads the shared ``params:baseline`` block and its own ``params:<algo>.training``
+overrides, and writes ``<algo>.model``, ``<algo>.history`` and ``<algo>.traffic``.
+"""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from fedrs.pipelines.training.nodes import train_each_client, train_federated, train_pooled
+
+FEDERATED = ("fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")
+BASELINES = ("centralized", "local", *FEDERATED)
+OUTPUTS = ["model", "history", "traffic"]
+
+
+def _template(algorithm: str) -> Pipeline:
+    if algorithm == "centralized":
+        return Pipeline([node(train_pooled, ["train_patches", "test_patches", "params:baseline", "params:training"],
+                              OUTPUTS, name="train")])
+    if algorithm == "local":
+        return Pipeline([node(train_each_client, ["horizontal.federation_manifest", "horizontal.client_partitions",
+                                                  "test_patches", "params:baseline", "params:training"],
+                              OUTPUTS, name="train")])
+    return Pipeline([node(train_federated, ["horizontal.federation_manifest", "horizontal.client_partition_dir",
+                                            "checkpoint_dir", "test_patches", "params:baseline", "params:training"],
+                          OUTPUTS, name="train")])
+
+
+def create_pipeline(algorithm: str) -> Pipeline:
+    shared = {"train_patches", "test_patches", "horizontal.federation_manifest", "horizontal.client_partitions",
+              "horizontal.client_partition_dir"}
+    template = _template(algorithm)
+    return pipeline(template, namespace=algorithm, inputs=shared & set(template.inputs()),
+                    parameters={"params:baseline": "params:baseline"})
