@@ -21,18 +21,14 @@ def load_model(artifact: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
 
 
 def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """OA/AA/κ/per-class on the test patches with the model's modalities, plus each modality alone
-    (the other zeroed) when the model uses two."""
+    """OA/AA/κ/per-class on the test patches with the model's modalities, plus the algorithm's
+    single-modality variants (zero-filled; for FedCMI also through the infiltration projectors)."""
     algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
     report = algorithm.evaluate(model, test, config, modalities)
     report["algorithm"] = artifact["algorithm"]
     report["modalities"] = list(modalities)
-    if len(modalities) > 1:
-        report["ablation"] = {}
-        for keep in modalities:
-            single = algorithm.evaluate(model, test, config, (keep,))
-            report["ablation"][f"{keep}_only"] = {k: single[k] for k in ("oa", "aa", "kappa")}
+    report["variants"] = algorithm.evaluation_variants(model, test, config, modalities)
     return report
 
 

@@ -1,8 +1,9 @@
 """Project pipelines.
 
 - data: ``ingest``, ``patches``, ``partition`` (and ``data`` = all three)
-- baselines: one per algorithm (training + the shared evaluation template under its namespace),
-  ``baselines`` = all of them with the data pipelines
+- one per algorithm (data + training + the shared evaluation template under its namespace):
+  the baselines, ``baselines`` = all of them, and ``fedcmi``
+- ``__default__``: everything
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "partition": partition.create_pipeline(),
         "data": data,
     }
-    for algorithm in training.BASELINES:
+    for algorithm in (*training.BASELINES, *training.ALGORITHMS):
         pipelines[algorithm] = data + training.create_pipeline(algorithm) + evaluation.create_pipeline(algorithm)
     pipelines["baselines"] = sum((pipelines[a] for a in training.BASELINES), Pipeline([]))
-    pipelines["__default__"] = pipelines["baselines"]
+    pipelines["__default__"] = pipelines["baselines"] + sum((pipelines[a] for a in training.ALGORITHMS), Pipeline([]))
     return pipelines

@@ -12,21 +12,6 @@ from fedrs.datasets import TorchArtifactDataset
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def tiny_baselines(kedro_project):
-    kedro_project.write_conf("local", "parameters_partition.yml", {
-        "modality_split": {"partition": {"min_samples_per_client": 2}},
-        "horizontal": {"partition": {"num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0,
-                                     "min_samples_per_client": 2}},
-    })
-    kedro_project.write_conf("local", "parameters_baselines.yml", {"baseline": {
-        "model": {"width": 8, "dim": 16}, "train": {"epochs": 1, "batch_size": 8},
-        "federated": {"num_rounds": 2, "min_clients": 1, "eval_samples": 300},
-        "resources": {"total_cpus": 2},
-    }})
-    return kedro_project
-
-
 def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     project = tiny_baselines
     project.run(["fedavg"])
@@ -37,7 +22,7 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     traffic = pd.read_csv(p("data/07_model_output/synthetic/fedavg/traffic.csv"))
     assert len(traffic) == 12 and set(traffic["direction"]) == {"down", "up"}
     metrics = json.loads(p("data/08_reporting/synthetic/fedavg/metrics.json").read_text())
-    assert 0.0 <= metrics["oa"] <= 1.0 and set(metrics["ablation"]) == {"hsi_only", "lidar_only"}
+    assert 0.0 <= metrics["oa"] <= 1.0 and set(metrics["variants"]) == {"hsi_zero_filled", "lidar_zero_filled"}
     for figure in ("confusion", "classification_map", "curves"):
         assert p(f"data/08_reporting/synthetic/fedavg/{figure}.png").stat().st_size > 5_000
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/fedavg/model.pt"))).load()
@@ -46,7 +31,7 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
     client = mlflow.MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
-    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.hsi_only.oa", "fedavg.round.test_oa",
+    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.hsi_zero_filled.oa", "fedavg.round.test_oa",
                 "fedavg.round.bytes_up", "fedavg.wall_seconds"):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "fedavg.round.test_oa")] == [1, 2]
@@ -68,3 +53,16 @@ def test_centralized_and_local_pipelines(tiny_baselines):
     assert len(local["clients"]) == 3 and local["worst_oa"] <= local["mean_oa"] <= local["best_oa"]
     for algorithm in ("centralized", "local"):
         assert json.loads(p(f"data/08_reporting/synthetic/{algorithm}/metrics.json").read_text())["num_samples"] > 0
+
+
+def test_fedcmi_pipeline_end_to_end(tiny_baselines):
+    tiny_baselines.write_conf("local", "parameters_fedcmi.yml", {"fedcmi": {"training": {"model": {"dim": 16}}}})
+    tiny_baselines.run(["fedcmi"])
+    p = tiny_baselines.path
+    history = json.loads(p("data/07_model_output/synthetic/fedcmi/history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2] and all(r["accepted"] == [0, 1, 2] for r in history["rounds"])
+    metrics = json.loads(p("data/08_reporting/synthetic/fedcmi/metrics.json").read_text())
+    assert set(metrics["variants"]) == {"hsi_infiltrated", "hsi_zero_filled", "lidar_infiltrated", "lidar_zero_filled"}
+    assert 0.0 <= metrics["per_class_spread"] <= 1.0
+    artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/fedcmi/model.pt"))).load()
+    assert artifact["spec"]["dim"] == 16 and artifact["algorithm"] == "fedcmi"

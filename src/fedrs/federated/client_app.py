@@ -74,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     model = algorithm.build_model(settings["model"])
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
-                                             derive_seed(settings["seed"], rnd, client_id))
+                                             derive_seed(settings["seed"], rnd, client_id), rnd)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))

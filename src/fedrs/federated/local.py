@@ -95,6 +95,14 @@ def iter_batches(n: int, batch_size: int, generator: torch.Generator | None) -> 
         yield order[start:start + batch_size]
 
 
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"training config: optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
+
+
 def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], names: set[str]) -> torch.Tensor:
     terms = [(p - reference[n]).pow(2).sum() for n, p in model.named_parameters() if n in names and n in reference]
     return torch.stack(terms).sum() if terms else torch.zeros(())
@@ -115,12 +123,7 @@ def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[
     params = [p for n, p in model.named_parameters() if n in names]
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise ValueError(f"training config: optimizer {cfg.optimizer!r}; expected 'adam' or 'sgd'")
+    opt = build_optimizer(params, cfg)
     reference = {n: p.detach().clone() for n, p in model.named_parameters() if n in names} if cfg.proximal_mu > 0 else {}
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
     n = int(labels.numel())
@@ -147,8 +150,10 @@ def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig) -> np.ndarray:
-    """Class predictions for every sample of ``data`` using only ``modalities`` (others absent)."""
+def predict(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
+            forward: dict[str, Any] | None = None) -> np.ndarray:
+    """Class predictions for every sample of ``data`` using only ``modalities`` (others absent);
+    ``forward`` holds extra keyword arguments of the model's forward (e.g. ``zero_fill``)."""
     device = resolve_device(cfg.device)
     model.to(device).eval()
     n = len(data["labels"]) if "labels" in data else len(next(data[m] for m in modalities if m in data))
@@ -156,6 +161,6 @@ def predict(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...],
     for start in range(0, n, cfg.eval_batch_size):
         sl = slice(start, start + cfg.eval_batch_size)
         with autocast(device, cfg.autocast):
-            logits = model(**batch_inputs(data, sl, modalities, device))
+            logits = model(**batch_inputs(data, sl, modalities, device), **(forward or {}))
         out[sl] = logits.float().argmax(1).cpu().numpy()
     return out

@@ -27,7 +27,7 @@ def train_centralized(train: dict[str, Any], test: dict[str, Any], algorithm_nam
     for rnd in tqdm(range(1, num_rounds + 1), desc=f"{algorithm_name} epochs", unit="round", leave=False):
         t0 = time.perf_counter()
         cfg = {**train_cfg, "lr": lr_at_round(float(train_cfg.get("lr", 1e-3)), rnd, num_rounds, lr_schedule)}
-        _, metrics = algorithm.client_update(model, train, algorithm.modalities, cfg, derive_seed(seed, rnd, 0))
+        _, metrics = algorithm.client_update(model, train, algorithm.modalities, cfg, derive_seed(seed, rnd, 0), rnd)
         scores = algorithm.evaluate(model, test_round, cfg)
         history.append({"round": rnd, "train_loss": metrics["train_loss"], "lr": cfg["lr"], "test_oa": scores["oa"],
                         "test_aa": scores["aa"], "test_kappa": scores["kappa"], "bytes_down": 0, "bytes_up": 0,
@@ -49,7 +49,7 @@ def train_local(partitions: dict[int, dict[str, Any]], test: dict[str, Any], alg
         t0 = time.perf_counter()
         for rnd in range(1, num_rounds + 1):
             cfg = {**train_cfg, "lr": lr_at_round(float(train_cfg.get("lr", 1e-3)), rnd, num_rounds, lr_schedule)}
-            _, metrics = algorithm.client_update(model, data, modalities, cfg, derive_seed(seed, rnd, cid))
+            _, metrics = algorithm.client_update(model, data, modalities, cfg, derive_seed(seed, rnd, cid), rnd)
         scores = algorithm.evaluate(model, test, train_cfg, algorithm.usable_modalities(modalities))
         results.append({"client_id": cid, "modalities": list(modalities), "num_samples": int(len(data["labels"])),
                         "train_loss": metrics["train_loss"], "test_oa": scores["oa"], "test_aa": scores["aa"],

@@ -33,8 +33,9 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
     for name, acc in report["per_class"].items():
         if acc is not None:
             metrics[f"class_acc.{name.replace(' ', '_')}"] = {"value": float(acc), "step": 0}
-    for ablation, scores in report.get("ablation", {}).items():
-        metrics[f"{ablation}.oa"] = {"value": float(scores["oa"]), "step": 0}
+    for variant, scores in report.get("variants", {}).items():
+        for key, value in scores.items():
+            metrics[f"{variant}.{key}"] = {"value": float(value), "step": 0}
     rounds = history.get("rounds") or []
     for key in ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up"):
         points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]

@@ -1,3 +1,3 @@
-from fedrs.pipelines.training.pipeline import BASELINES, create_pipeline
+from fedrs.pipelines.training.pipeline import ALGORITHMS, BASELINES, create_pipeline
 
-__all__ = ["BASELINES", "create_pipeline"]
+__all__ = ["ALGORITHMS", "BASELINES", "create_pipeline"]

@@ -10,6 +10,8 @@ from fedrs.pipelines.training.nodes import train_each_client, train_federated, t
 
 FEDERATED = ("fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")
 BASELINES = ("centralized", "local", *FEDERATED)
+# algorithms of the papers, trained by the same federated node on the same partition
+ALGORITHMS = ("fedcmi",)
 OUTPUTS = ["model", "history", "traffic"]
 
 
