@@ -61,3 +61,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_federation, tmp_path
     cfg = config(tiny_federation, checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(RuntimeError, match="made with other settings"):
         run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
+
+
+def test_compressed_uploads_send_fewer_bytes_and_still_learn(tiny_federation):
+    cfg = config(tiny_federation, num_rounds=3, compression={"rank": 2, "quantize_bits": 8})
+    result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
+    rounds = result["history"]
+    assert all(r["bytes_up"] * 2 < r["bytes_up_dense"] for r in rounds)
+    ups = [t for t in result["traffic"] if t["direction"] == "up"]
+    assert all(t["bytes_sent"] < t["bytes_dense"] for t in ups)
+    assert rounds[-1]["test_oa"] > 1.5 / tiny_federation["spec"]["num_classes"]  # well above chance

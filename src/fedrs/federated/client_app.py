@@ -19,7 +19,9 @@ from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
 from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed
+from fedrs.federated.wire import pack_update, payload_bytes
 
 app = ClientApp()
 _CACHE: dict[tuple[str, int], dict[str, Any]] = {}
@@ -72,14 +74,21 @@ def train(msg: Message, context: Context) -> Message:
     poison = inject_faults(settings, rnd, client_id)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    received = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(received, strict=False)
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
                                              derive_seed(settings["seed"], rnd, client_id), rnd)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))
-    record = RecordDict({
-        "arrays": ArrayRecord.from_torch_state_dict(state),
-        "metrics": MetricRecord({**{k: float(v) for k, v in metrics.items()}, "client_id": client_id}),
-    })
-    return Message(record, reply_to=msg)
+    if settings.get("compression"):
+        # the residual of error feedback stays on this node between rounds (Flower's node state)
+        stored = context.state.get("codec_residual")
+        feedback = ErrorFeedback.from_state(stored.to_torch_state_dict() if stored is not None else None)
+        arrays, consts, dense, sent = pack_update(state, received, CodecConfig.from_dict(settings["compression"]), feedback)
+        context.state["codec_residual"] = ArrayRecord.from_torch_state_dict(feedback.state())
+    else:
+        arrays, consts = ArrayRecord.from_torch_state_dict(state), ConfigRecord({})
+        dense = sent = payload_bytes(state)
+    metrics = {**{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": dense, "bytes_sent": sent}
+    return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -24,6 +24,7 @@ from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.local import derive_seed, lr_at_round
+from fedrs.federated.wire import payload_bytes, unpack_update
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class FederatedConfig:
     stop_after_round: int | None = None
     node_wait_timeout: float = 120.0
     faults: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] | None = None  # codec settings for uploaded updates; None: dense
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FederatedConfig":
@@ -132,7 +134,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         logger.info("Resuming %s from the checkpoint of round %d", cfg.algorithm, checkpoint["round"])
 
     base = {"algorithm": cfg.algorithm, "model": cfg.model, "train": cfg.train, "seed": cfg.seed,
-            "partition_dir": cfg.partition_dir, "faults": cfg.faults}
+            "partition_dir": cfg.partition_dir, "faults": cfg.faults, "compression": cfg.compression}
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**base, "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
@@ -148,12 +150,13 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         sampled = sorted(int(c) for c in rng.choice(eligible, size=per_round, replace=False))
         lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
         settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
-        messages, down = [], {}
+        messages, down, sent_to = [], {}, {}
         for cid in sampled:
             keys = algorithm.client_keys(model, clients[cid]["modalities"])
-            arrays = ArrayRecord.from_torch_state_dict({k: global_state[k] for k in sorted(keys)})
-            down[cid] = arrays.count_bytes()
-            messages.append(_message({"arrays": arrays}, settings, clients[cid]["node"], "train", rnd))
+            sent_to[cid] = {k: global_state[k] for k in sorted(keys)}
+            down[cid] = payload_bytes(sent_to[cid])
+            messages.append(_message({"arrays": ArrayRecord.from_torch_state_dict(sent_to[cid])}, settings,
+                                     clients[cid]["node"], "train", rnd))
         replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
 
         updates, dropped, up = [], [], {}
@@ -164,11 +167,11 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
             elif reply.has_error():
                 dropped.append({"client_id": cid, "reason": reply.error.reason.splitlines()[-1][:300]})
             else:
-                arrays = reply.content["arrays"]
-                up[cid] = arrays.count_bytes()
                 metrics = dict(reply.content["metrics"])
-                updates.append(ClientUpdate(cid, dict(arrays.to_torch_state_dict()), clients[cid]["num_samples"],
-                                            clients[cid]["modalities"], metrics))
+                up[cid] = (int(metrics.get("bytes_dense", 0)), int(metrics.get("bytes_sent", 0)))
+                state = unpack_update(reply.content["arrays"], reply.content["codec"], sent_to[cid]) \
+                    if cfg.compression else dict(reply.content["arrays"].to_torch_state_dict())
+                updates.append(ClientUpdate(cid, state, clients[cid]["num_samples"], clients[cid]["modalities"], metrics))
         accepted, rejected = screen_updates(updates, global_state, cfg.outlier_factor, cfg.max_update_norm)
         aggregated = len(accepted) >= cfg.min_clients
         if aggregated:
@@ -183,13 +186,14 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         for cid in sampled:
             traffic.append({"round": rnd, "client_id": cid, "direction": "down", "bytes_dense": down[cid], "bytes_sent": down[cid]})
             if cid in up:
-                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "bytes_dense": up[cid], "bytes_sent": up[cid]})
+                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "bytes_dense": up[cid][0], "bytes_sent": up[cid][1]})
         row = {
             "round": rnd, "sampled": sampled, "accepted": [u.client_id for u in accepted],
             "dropped": dropped, "rejected": [{"client_id": c, "reason": r} for c, r in rejected],
             "aggregated": aggregated, "train_loss": train_loss, "lr": lr,
             "test_oa": scores["oa"], "test_aa": scores["aa"], "test_kappa": scores["kappa"],
-            "bytes_down": int(sum(down.values())), "bytes_up": int(sum(up.values())),
+            "bytes_down": int(sum(down.values())), "bytes_up": int(sum(sent for _, sent in up.values())),
+            "bytes_up_dense": int(sum(dense for dense, _ in up.values())),
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
