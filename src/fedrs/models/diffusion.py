@@ -1,0 +1,54 @@
+"""DDPM for FedDiff: linear β schedule, forward noising, the L1 noise-prediction loss, and
+diffusion features (middle-block outputs at chosen timesteps, with seeded noise)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LinearSchedule:
+    """β_t linear from ``beta_start`` to ``beta_end`` over T steps, and the quantities DDPM uses."""
+
+    def __init__(self, steps: int = 500, beta_start: float = 1e-4, beta_end: float = 0.02):
+        self.steps = steps
+        self.betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        a = self.sqrt_alphas_cumprod.to(x0.device)[t].reshape(shape).to(x0.dtype)
+        b = self.sqrt_one_minus_alphas_cumprod.to(x0.device)[t].reshape(shape).to(x0.dtype)
+        return a * x0 + b * noise
+
+
+def diffusion_loss(model: nn.Module, schedule: LinearSchedule, x0: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """L1 between true and predicted noise, t uniform in [0, T)."""
+    t = torch.randint(0, schedule.steps, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    return F.l1_loss(model(schedule.q_sample(x0, t, noise), t), noise)
+
+
+@torch.no_grad()
+def diffusion_features(model: nn.Module, schedule: LinearSchedule, x0: torch.Tensor, timesteps: list[int],
+                       seed: int) -> torch.Tensor:
+    """Middle-block outputs for each t in ``timesteps``, concatenated along channels.
+
+    The noise is drawn from a generator seeded with ``seed`` (per sample batch position), so the
+    same patches and model give the same features.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for step in timesteps:
+        if not 0 <= step < schedule.steps:
+            raise ValueError(f"feature timestep {step} outside [0, {schedule.steps})")
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        t = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
+        parts.append(model.middle_features(schedule.q_sample(x0, t, noise), t))
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,138 @@
+"""FedDiff's dual-branch fusion classifier with bilateral connections (../shared/spec/feddiff.md).
+
+Per modality m (separate weights):
+- patch CNN on the 8×8 patch: conv3×3→16, BN, ReLU; conv1×1→32, BN, maxpool 2, ReLU;
+  conv3×3→64, BN, ReLU (the "third layer", 4×4); conv1×1→128, BN, maxpool 2, ReLU → cnn_m (128×2×2);
+- diffusion stem on the diffusion features: conv3×3→512, BN, ReLU; conv1×1→256, BN, ReLU (4×4);
+- diffusion-enhanced path: concat(third layer, stem) → conv1×1→128, BN, maxpool 2, ReLU → diff_m.
+Fusion: gated FR blocks; j1 = FR(cnn_H + diff_L, cnn_L + diff_H) is the bilateral connection,
+j2 = FR(cnn_H, diff_H), j3 = FR(diff_L, cnn_L); three heads give o1 (the prediction), o2, o3.
+
+Ablations: ``use_diffusion=False`` feeds the stem nothing (the enhanced path sees only the CNN's
+third layer: a FedFusion-like model); ``bilateral=False`` replaces j1 by j2 + j3 (no cross-modal
+mixing of CNN and diffusion paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FedDiffSpec:
+    hsi_channels: int
+    lidar_channels: int
+    hsi_feature_channels: int      # diffusion feature channels (2C × number of timesteps)
+    lidar_feature_channels: int
+    num_classes: int
+    use_diffusion: bool = True
+    bilateral: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FedDiffSpec":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout)]
+
+
+class PatchBranch(nn.Module):
+    """One modality's patch CNN, diffusion stem and diffusion-enhanced path."""
+
+    def __init__(self, in_channels: int, feature_channels: int, use_diffusion: bool):
+        super().__init__()
+        self.use_diffusion = use_diffusion
+        self.layer1 = nn.Sequential(*_conv_bn(in_channels, 16, 3), nn.ReLU(inplace=True))
+        self.layer2 = nn.Sequential(*_conv_bn(16, 32, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+        self.layer3 = nn.Sequential(*_conv_bn(32, 64, 3), nn.ReLU(inplace=True))
+        self.layer4 = nn.Sequential(*_conv_bn(64, 128, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(*_conv_bn(feature_channels, 512, 3), nn.ReLU(inplace=True),
+                                  *_conv_bn(512, 256, 1), nn.ReLU(inplace=True))
+        self.enhanced = nn.Sequential(*_conv_bn(64 + 256, 128, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+
+    def forward(self, patch: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        third = self.layer3(self.layer2(self.layer1(patch)))
+        cnn = self.layer4(third)
+        if self.use_diffusion and features is not None:
+            stem = self.stem(features)
+        else:
+            stem = third.new_zeros(third.shape[0], 256, *third.shape[2:])
+        return cnn, self.enhanced(torch.cat([third, stem], dim=1))
+
+
+class FR(nn.Module):
+    """Gated fusion: shared 1×1 reduce/expand on both inputs, two 3×3 sigmoid gates from a."""
+
+    def __init__(self, channels: int = 128):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 2, 1)
+        self.expand = nn.Conv2d(channels // 2, channels, 1)
+        self.gate_col = nn.Conv2d(channels, channels, 3, padding=1)
+        self.gate_row = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a = self.expand(self.reduce(a))
+        b = self.expand(self.reduce(b))
+        col = a + torch.sigmoid(self.gate_col(a)) * b
+        row = a + torch.sigmoid(self.gate_row(a)) * b
+        return row + col
+
+
+class Head(nn.Module):
+    def __init__(self, num_classes: int, channels: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(*_conv_bn(channels, 128, 1), nn.ReLU(inplace=True),
+                                 *_conv_bn(128, 64, 1), nn.AvgPool2d(2), nn.ReLU(inplace=True),
+                                 nn.Conv2d(64, num_classes, 1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FedDiffClassifier(nn.Module):
+    def __init__(self, spec: FedDiffSpec):
+        super().__init__()
+        self.spec = spec
+        self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion)
+        self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion)
+        self.fr1, self.fr2, self.fr3 = FR(), FR(), FR()
+        self.head1, self.head2, self.head3 = Head(spec.num_classes), Head(spec.num_classes), Head(spec.num_classes)
+
+    def fuse(self, cnn_h: torch.Tensor, diff_h: torch.Tensor, cnn_l: torch.Tensor, diff_l: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (o1, o2, o3) from the four branch outputs — also how a client fuses its own live
+        branch outputs with its partner's received ones."""
+        j2 = self.fr2(cnn_h, diff_h)
+        j3 = self.fr3(diff_l, cnn_l)
+        j1 = self.fr1(cnn_h + diff_l, cnn_l + diff_h) if self.spec.bilateral else j2 + j3
+        return self.head1(j1), self.head2(j2), self.head3(j3)
+
+    def forward(self, hsi: torch.Tensor, lidar: torch.Tensor, hsi_features: torch.Tensor | None = None,
+                lidar_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cnn_h, diff_h = self.hsi_branch(hsi, hsi_features)
+        cnn_l, diff_l = self.lidar_branch(lidar, lidar_features)
+        return self.fuse(cnn_h, diff_h, cnn_l, diff_l)
+
+
+def conv_weight_penalty(model: nn.Module) -> torch.Tensor:
+    """Σ‖W‖² over the convolution weights (the official code's term is always zero: a bug)."""
+    terms = [m.weight.pow(2).sum() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return torch.stack(terms).sum()
+
+
+def feddiff_loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                 model: nn.Module | None = None, weight_decay: float = 0.01) -> torch.Tensor:
+    """CE(o1, y) + mean((o2 − o1)²) + mean((o3 − o1)²) + λ·Σ‖W‖² over conv weights."""
+    o1, o2, o3 = (o.float() for o in outputs)
+    loss = F.cross_entropy(o1, labels) + (o2 - o1).pow(2).mean() + (o3 - o1).pow(2).mean()
+    if model is not None and weight_decay:
+        loss = loss + weight_decay * conv_weight_penalty(model)
+    return loss
