@@ -104,3 +104,12 @@ def test_loss_with_a_weight_term_that_acts():
     with_decay.backward()
     conv = model.hsi_branch.layer1[0].weight
     assert conv.grad is not None and conv.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("complex_fft", [True, False])
+def test_unet_trains_under_bf16_autocast(complex_fft):
+    unet = DiffusionUNet(UNetSpec(in_channels=5, base_channels=8, complex_fft=complex_fft))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = diffusion_loss(unet, LinearSchedule(50), torch.randn(2, 5, 8, 8), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)

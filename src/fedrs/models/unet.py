@@ -111,13 +111,14 @@ class FrequencyBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # FFTs run in fp32 even under bf16 autocast (complex bf16 does not exist)
         spectrum = torch.fft.fft2(x.float(), norm="ortho")
         if self.complex_fft:
-            mixed = self.spectral(torch.cat([spectrum.real, spectrum.imag], dim=1))
+            mixed = self.spectral(torch.cat([spectrum.real, spectrum.imag], dim=1)).float()
             real, imag = mixed.chunk(2, dim=1)
             y = torch.fft.ifft2(torch.complex(real, imag), norm="ortho").real
         else:  # the authors' code: the complex spectrum cast to float keeps only its real part
-            y = torch.fft.ifft2(self.spectral(spectrum.real), norm="ortho").real
+            y = torch.fft.ifft2(self.spectral(spectrum.real).float(), norm="ortho").real
         y = self.spatial(y.to(x.dtype))
         return y + self.refine(y)
 
