@@ -26,8 +26,7 @@ from torch import nn
 
 from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms import VARIANT_KEYS, ModalityAwareAlgorithm, register
-from fedrs.federated.local import (TrainConfig, autocast, batch_inputs, build_optimizer, iter_batches, proximal_term,
-                                   resolve_device)
+from fedrs.federated.local import LocalTrainer, TrainConfig, autocast, batch_inputs, iter_batches, resolve_device
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
 
 
@@ -130,11 +129,7 @@ def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], mod
     tau = tau.to(device)
 
     model.to(device).train()
-    params = [p for n, p in model.named_parameters() if n in trainable]
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in trainable)
-    opt = build_optimizer(params, cfg)
-    reference = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable} if cfg.proximal_mu > 0 else {}
+    trainer = LocalTrainer(model, cfg, trainable)
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
     n = int(labels.numel())
     totals = {"loss": 0.0, "infiltration": 0.0, "hsi_dominant": 0, "batches": 0, "seen": 0}
@@ -166,16 +161,10 @@ def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], mod
                 loss = loss + cmi.lambda2 * inf
                 totals["infiltration"] += float(inf.detach())
                 totals["hsi_dominant"] += int(dominant == "hsi")
-            if cfg.proximal_mu > 0:
-                loss = loss + 0.5 * cfg.proximal_mu * proximal_term(model, reference, trainable)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            totals["loss"] += float(loss.detach()) * idx.size
+            totals["loss"] += trainer.step(loss) * idx.size
             totals["seen"] += idx.size
             totals["batches"] += 1
-    for p in model.parameters():
-        p.requires_grad_(True)
+    trainer.close()
     batches = max(totals["batches"], 1)
     return {"train_loss": totals["loss"] / max(totals["seen"], 1), "num_samples": n,
             "infiltration_loss": totals["infiltration"] / batches if infiltrate else 0.0,

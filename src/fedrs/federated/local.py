@@ -108,23 +108,44 @@ def proximal_term(model: nn.Module, reference: dict[str, torch.Tensor], names: s
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
-                      seed: int, trainable: set[str] | None = None) -> dict[str, float]:
-    """Train ``model`` in place on ``data`` (patch arrays per modality + ``labels``).
+class LocalTrainer:
+    """The optimiser, trainable subset and FedProx reference of one local update.
 
     Only parameters in ``trainable`` (default: all) receive gradients — a unimodal client leaves the
-    other modality's encoder untouched. Returns the mean training loss and the sample count.
+    other modality's parameters untouched. ``step`` adds μ/2·‖w − w_start‖² when μ > 0.
     """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, trainable: set[str] | None = None):
+        self.model, self.cfg = model, cfg
+        self.names = {n for n, _ in model.named_parameters()} if trainable is None else set(trainable)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in self.names)
+        self.optimizer = build_optimizer([p for n, p in model.named_parameters() if n in self.names], cfg)
+        self.reference = ({n: p.detach().clone() for n, p in model.named_parameters() if n in self.names}
+                          if cfg.proximal_mu > 0 else {})
+
+    def step(self, loss: torch.Tensor) -> float:
+        if self.reference:
+            loss = loss + 0.5 * self.cfg.proximal_mu * proximal_term(self.model, self.reference, self.names)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def close(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+
+def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
+                      seed: int, trainable: set[str] | None = None) -> dict[str, float]:
+    """Train ``model`` in place on ``data`` (patch arrays per modality + ``labels``) with cross-entropy;
+    returns the mean training loss and the sample count."""
     device = resolve_device(cfg.device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    names = {n for n, _ in model.named_parameters()} if trainable is None else set(trainable)
-    params = [p for n, p in model.named_parameters() if n in names]
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in names)
-    opt = build_optimizer(params, cfg)
-    reference = {n: p.detach().clone() for n, p in model.named_parameters() if n in names} if cfg.proximal_mu > 0 else {}
+    trainer = LocalTrainer(model, cfg, trainable)
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
     n = int(labels.numel())
     losses, seen = 0.0, 0
@@ -132,20 +153,11 @@ def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[
         for idx in iter_batches(n, cfg.batch_size, generator):
             if idx.size < 2:  # BatchNorm cannot normalise a batch of one
                 continue
-            inputs = batch_inputs(data, idx, modalities, device)
-            target = labels[idx].to(device)
             with autocast(device, cfg.autocast):
-                logits = model(**inputs)
-            loss = F.cross_entropy(logits.float(), target)
-            if cfg.proximal_mu > 0:
-                loss = loss + 0.5 * cfg.proximal_mu * proximal_term(model, reference, names)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses += float(loss.detach()) * idx.size
+                logits = model(**batch_inputs(data, idx, modalities, device))
+            losses += trainer.step(F.cross_entropy(logits.float(), labels[idx].to(device))) * idx.size
             seen += idx.size
-    for p in model.parameters():
-        p.requires_grad_(True)
+    trainer.close()
     return {"train_loss": losses / max(seen, 1), "num_samples": n}
 
 
