@@ -9,7 +9,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrs-installed
-PIPELINES ?= data
+PIPELINES ?= feddiff
 PYTEST_ARGS ?=
 
 # nothing may reach the internet at run time

@@ -9,7 +9,6 @@ import torch
 from tqdm.auto import tqdm
 
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.local import TrainConfig, autocast, batch_inputs, resolve_device
 from fedrs.patching import apply_normaliser, iter_scene_patches
 
 
@@ -25,6 +24,7 @@ def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: di
     single-modality variants (zero-filled; for FedCMI also through the infiltration projectors)."""
     algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
+    test = algorithm.prepare(artifact, test)
     report = algorithm.evaluate(model, test, config, modalities)
     report["algorithm"] = artifact["algorithm"]
     report["modalities"] = list(modalities)
@@ -36,10 +36,7 @@ def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: di
 def predict_scene(artifact: dict[str, Any], scene: dict[str, Any], normalisation: dict[str, Any],
                   patch_size: int, batch_size: int, config: dict[str, Any]) -> np.ndarray:
     """Predicted class (1..K) of every pixel, by batched inference over the whole scene."""
-    _, model = load_model(artifact)
-    cfg = TrainConfig.from_dict(config)
-    device = resolve_device(cfg.device)
-    model.to(device)
+    algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
     hsi = apply_normaliser(scene["hsi"], normalisation["hsi"])
     lidar = apply_normaliser(scene["lidar"], normalisation["lidar"])
@@ -48,8 +45,6 @@ def predict_scene(artifact: dict[str, Any], scene: dict[str, Any], normalisation
     batches = iter_scene_patches(hsi, lidar, patch_size, batch_size)
     total = -(-height * width // batch_size)
     for rows, cols, h, l in tqdm(batches, total=total, desc=f"{artifact['algorithm']} map", unit="batch", leave=False):
-        inputs = batch_inputs({"hsi": h, "lidar": l}, slice(None), modalities, device)
-        with autocast(device, cfg.autocast):
-            logits = model(**inputs)
-        out[rows, cols] = logits.float().argmax(1).cpu().numpy() + 1
+        batch = algorithm.prepare(artifact, {"hsi": h, "lidar": l})
+        out[rows, cols] = algorithm.predict(model, batch, config, modalities) + 1
     return out

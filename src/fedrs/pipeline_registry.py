@@ -2,7 +2,7 @@
 
 - data: ``ingest``, ``patches``, ``partition`` (and ``data`` = all three)
 - one per algorithm (data + training + the shared evaluation template under its namespace):
-  the baselines, ``baselines`` = all of them, and ``fedcmi``
+  the baselines, ``baselines`` = all of them, ``fedcmi`` and ``feddiff``
 - ``__default__``: everything
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from fedrs.pipelines import evaluation, ingest, partition, patches, training
+from fedrs.pipelines import evaluation, feddiff, ingest, partition, patches, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -23,6 +23,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     }
     for algorithm in (*training.BASELINES, *training.ALGORITHMS):
         pipelines[algorithm] = data + training.create_pipeline(algorithm) + evaluation.create_pipeline(algorithm)
+    pipelines["feddiff"] = data + feddiff.create_pipeline()
     pipelines["baselines"] = sum((pipelines[a] for a in training.BASELINES), Pipeline([]))
-    pipelines["__default__"] = pipelines["baselines"] + sum((pipelines[a] for a in training.ALGORITHMS), Pipeline([]))
+    pipelines["__default__"] = (pipelines["baselines"] + pipelines["feddiff"]
+                                + sum((pipelines[a] for a in training.ALGORITHMS), Pipeline([])))
     return pipelines

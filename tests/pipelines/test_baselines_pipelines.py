@@ -66,3 +66,32 @@ def test_fedcmi_pipeline_end_to_end(tiny_baselines):
     assert 0.0 <= metrics["per_class_spread"] <= 1.0
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/fedcmi/model.pt"))).load()
     assert artifact["spec"]["dim"] == 16 and artifact["algorithm"] == "fedcmi"
+
+
+def test_feddiff_pipeline_end_to_end(tiny_baselines):
+    tiny_baselines.write_conf("local", "parameters_feddiff.yml", {"feddiff": {
+        "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
+                      "federated": {"num_rounds": 1, "eval_samples": 64}},
+        "features": {"timesteps": [5, 20]},
+        "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
+        "resources": {"total_cpus": 2},
+    }})
+    tiny_baselines.run(["feddiff"])
+    p = tiny_baselines.path
+    diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
+    assert set(diffusion["stages"]) == {"hsi", "lidar"} and all(len(r) == 1 for r in diffusion["stages"].values())
+    # stage 1 federated each U-Net over the holders of its modality only (clients 0, 2 hold HSI)
+    assert diffusion["stages"]["hsi"][0]["accepted"] == [0, 2] and diffusion["stages"]["lidar"][0]["accepted"] == [1, 3]
+    features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
+    assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4
+    history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2]
+    assert all(r["accepted"] == [0, 1, 2, 3] for r in history["rounds"])
+    traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    feats = traffic[traffic["payload"] == "features"]
+    assert len(feats) == 16 and (feats["bytes_sent"] < feats["bytes_dense"]).all()  # 4 clients × up/down × 2 rounds
+    metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    assert 0.0 <= metrics["oa"] <= 1.0 and metrics["algorithm"] == "feddiff"
+    assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000
+    artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
+    assert set(artifact["unets"]) == {"hsi", "lidar"} and artifact["spec"]["timesteps"] == [5, 20]

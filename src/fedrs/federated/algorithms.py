@@ -48,9 +48,18 @@ class ModalityAwareAlgorithm:
     def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
         return aggregate_modality_aware(global_state, updates, self.owner)[0]
 
+    def prepare(self, artifact: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Inputs a trained artefact needs beyond the patches (FedDiff: its diffusion features)."""
+        return data
+
+    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
+                modalities: tuple[str, ...] | None = None, **forward: Any) -> np.ndarray:
+        use = self.modalities if modalities is None else modalities
+        return predict(model, data, use, TrainConfig.from_dict(config), forward or None)
+
     def score(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: tuple[str, ...],
               **forward: Any) -> dict[str, Any]:
-        pred = predict(model, test, modalities, TrainConfig.from_dict(config), forward or None)
+        pred = self.predict(model, test, config, modalities, **forward)
         return classification_report(np.asarray(test["labels"]), pred, int(test["num_classes"]),
                                      list(test.get("class_names") or []) or None)
 
@@ -105,8 +114,9 @@ def register(name: str, algorithm: Any) -> None:
 
 
 def get_algorithm(name: str) -> Any:
-    if name not in _REGISTRY:
-        import fedrs.federated.fedcmi  # noqa: F401  (registers itself)
+    if name not in _REGISTRY:  # the papers' algorithms register themselves on import
+        import fedrs.federated.feddiff  # noqa: F401
+        import fedrs.federated.fedcmi  # noqa: F401
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -21,7 +21,7 @@ from fedrs.datasets.npz import NpzDataset
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed
-from fedrs.federated.wire import pack_update, payload_bytes
+from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
 _CACHE: dict[tuple[str, int], dict[str, Any]] = {}
@@ -34,13 +34,23 @@ def partition_path(context: Context, settings: dict[str, Any]) -> Path:
     return Path(settings["partition_dir"]) / f"client_{int(node['partition-id']):03d}.npz"
 
 
-def load_partition(path: Path) -> dict[str, Any]:
-    """Load once per process (Ray reuses its actors): keyed on path and modification time."""
-    key = (str(path), path.stat().st_mtime_ns if path.exists() else 0)
+def load_partition(path: Path, extra_dirs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The client's bundle, merged with its files of the same name in ``extra_dirs`` (e.g. its own
+    diffusion features). Loaded once per process (Ray reuses its actors), keyed on paths and times."""
+    paths = [path, *(Path(d) / path.name for d in extra_dirs)]
+    key = tuple((str(p), p.stat().st_mtime_ns if p.exists() else 0) for p in paths)
     if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[key] = NpzDataset(str(path)).load()
+        bundle: dict[str, Any] = {}
+        for p in paths:
+            bundle.update(NpzDataset(str(p)).load())
+        _CACHE[key] = bundle
     return _CACHE[key]
+
+
+def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = settings_of(msg)
+    return settings, load_partition(partition_path(context, settings), settings.get("client_data_dirs") or ())
 
 
 def settings_of(msg: Message) -> dict[str, Any]:
@@ -60,24 +70,41 @@ def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | N
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    data = load_partition(partition_path(context, settings_of(msg)))
+    _, data = client_data(msg, context)
+    site = data.get("site")
     info = ConfigRecord({"client_id": int(data["client_id"]), "modalities": ",".join(data["modalities"]),
-                         "num_samples": int(len(data["labels"]))})
+                         "num_samples": int(len(data["labels"])), "site": -1 if site is None else int(site)})
     return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.query("exchange")
+def exchange(msg: Message, context: Context) -> Message:
+    """Branch outputs on the client's own pixels, through the codec: what its site partner receives."""
+    settings, data = client_data(msg, context)
+    algorithm = get_algorithm(settings["algorithm"])
+    model = algorithm.build_model(settings["model"])
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
+    codec = settings.get("exchange_compression")
+    arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
+    return Message(RecordDict({"arrays": arrays, "codec": consts,
+                               "metrics": MetricRecord({"bytes_dense": dense, "bytes_sent": sent})}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    settings = settings_of(msg)
-    data = load_partition(partition_path(context, settings))
+    settings, data = client_data(msg, context)
     client_id, rnd = int(data["client_id"]), int(settings["round"])
     poison = inject_faults(settings, rnd, client_id)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
     received = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict(received, strict=False)
+    extra = {}
+    if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server
+        extra["partner"] = unpack_tensors(msg.content["partner"], msg.content["partner_codec"])
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
-                                             derive_seed(settings["seed"], rnd, client_id), rnd)
+                                             derive_seed(settings["seed"], rnd, client_id), rnd, **extra)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))

@@ -190,9 +190,8 @@ class FedCMIAlgorithm(ModalityAwareAlgorithm):
                                    cmi, seed, rnd, trainable)
         return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
 
-    def score(self, model, test, config, modalities, **forward):  # noqa: ANN001 — same as the base
-        config = {k: v for k, v in config.items() if k != "cmi"}
-        return super().score(model, test, config, modalities, **forward)
+    def predict(self, model, data, config, modalities=None, **forward):  # noqa: ANN001 — same as the base
+        return super().predict(model, data, {k: v for k, v in config.items() if k != "cmi"}, modalities, **forward)
 
     def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                             modalities: tuple[str, ...]) -> dict[str, dict[str, float]]:

@@ -57,6 +57,8 @@ class FederatedConfig:
     node_wait_timeout: float = 120.0
     faults: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] | None = None  # codec settings for uploaded updates; None: dense
+    exchange_compression: dict[str, Any] | None = None  # codec for exchanged features; None: dense
+    client_data_dirs: list[str] = field(default_factory=list)  # more per-client files (e.g. features)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FederatedConfig":
@@ -99,7 +101,7 @@ def discover_clients(grid: Any, nodes: list[int], settings: dict[str, Any]) -> d
         if cid in clients:
             raise RuntimeError(f"two nodes hold the partition of client {cid}")
         clients[cid] = {"node": reply.metadata.src_node_id, "modalities": tuple(str(info["modalities"]).split(",")),
-                        "num_samples": int(info["num_samples"])}
+                        "num_samples": int(info["num_samples"]), "site": int(info.get("site", -1))}
     return clients
 
 
@@ -109,6 +111,54 @@ def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any
         return test
     idx = np.sort(np.random.default_rng(derive_seed(seed, 7_777)).choice(total, n, replace=False))
     return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
+
+
+def _sample(rng: np.random.Generator, eligible: list[int], k: int, clients: dict[int, dict[str, Any]],
+            by_site: bool) -> list[int]:
+    """``k`` clients uniformly (seeded); with ``by_site``, whole sites so both holders take part."""
+    if not by_site:
+        return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
+    sites = sorted({clients[c]["site"] for c in eligible})
+    per_site = max(1, round(k * len(sites) / max(len(eligible), 1)))
+    chosen = set(int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False))
+    return sorted(c for c in eligible if clients[c]["site"] in chosen)
+
+
+def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, Any]], sampled: list[int],
+              sent_to: dict[int, dict[str, torch.Tensor]], rnd: int, cfg: FederatedConfig,
+              dropped: list[dict[str, Any]], traffic: list[dict[str, Any]]) -> tuple[list[int], dict[int, tuple[Any, Any]]]:
+    """Collect each client's encoded branch outputs and relay them, untouched, to its site partner.
+
+    The server never decodes them; a client whose partner could not deliver is dropped from the round.
+    """
+    messages = [_message({"arrays": ArrayRecord.from_torch_state_dict(sent_to[c])}, settings, clients[c]["node"],
+                         "query.exchange", rnd) for c in sampled]
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+    delivered: dict[int, tuple[Any, Any]] = {}
+    for cid in sampled:
+        reply = replies.get(clients[cid]["node"])
+        if reply is None or reply.has_error():
+            reason = "no reply within the round timeout" if reply is None else reply.error.reason.splitlines()[-1][:300]
+            dropped.append({"client_id": cid, "reason": f"feature exchange failed: {reason}"})
+            continue
+        metrics = reply.content["metrics"]
+        delivered[cid] = (reply.content["arrays"], reply.content["codec"])
+        traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "features",
+                        "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
+    relayed, kept = {}, []
+    for cid in sampled:
+        partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
+        if cid not in delivered or not partners:
+            if cid in delivered:
+                dropped.append({"client_id": cid, "reason": "its site partner delivered no features"})
+            continue
+        partner = partners[0]
+        relayed[cid] = delivered[partner]
+        metrics = replies[clients[partner]["node"]].content["metrics"]
+        traffic.append({"round": rnd, "client_id": cid, "direction": "down", "payload": "features",
+                        "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
+        kept.append(cid)
+    return kept, relayed
 
 
 def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
@@ -134,7 +184,9 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         logger.info("Resuming %s from the checkpoint of round %d", cfg.algorithm, checkpoint["round"])
 
     base = {"algorithm": cfg.algorithm, "model": cfg.model, "train": cfg.train, "seed": cfg.seed,
-            "partition_dir": cfg.partition_dir, "faults": cfg.faults, "compression": cfg.compression}
+            "partition_dir": cfg.partition_dir, "faults": cfg.faults, "compression": cfg.compression,
+            "exchange_compression": cfg.exchange_compression, "client_data_dirs": cfg.client_data_dirs}
+    exchanges = bool(getattr(algorithm, "exchanges_features", False))
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**base, "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
@@ -147,19 +199,25 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
                   initial=start_round - 1, total=cfg.num_rounds, leave=False)
     for rnd in rounds:
         t0 = time.perf_counter()
-        sampled = sorted(int(c) for c in rng.choice(eligible, size=per_round, replace=False))
+        sampled = _sample(rng, eligible, per_round, clients, by_site=exchanges)
         lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
         settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
-        messages, down, sent_to = [], {}, {}
+        sent_to = {cid: {k: global_state[k] for k in sorted(algorithm.client_keys(model, clients[cid]["modalities"]))}
+                   for cid in sampled}
+        down = {cid: payload_bytes(sent_to[cid]) for cid in sampled}
+        dropped: list[dict[str, Any]] = []
+        relayed: dict[int, tuple[Any, Any]] = {}
+        if exchanges:
+            sampled, relayed = _exchange(grid, settings, clients, sampled, sent_to, rnd, cfg, dropped, traffic)
+        messages = []
         for cid in sampled:
-            keys = algorithm.client_keys(model, clients[cid]["modalities"])
-            sent_to[cid] = {k: global_state[k] for k in sorted(keys)}
-            down[cid] = payload_bytes(sent_to[cid])
-            messages.append(_message({"arrays": ArrayRecord.from_torch_state_dict(sent_to[cid])}, settings,
-                                     clients[cid]["node"], "train", rnd))
+            content = {"arrays": ArrayRecord.from_torch_state_dict(sent_to[cid])}
+            if cid in relayed:
+                content["partner"], content["partner_codec"] = relayed[cid]
+            messages.append(_message(content, settings, clients[cid]["node"], "train", rnd))
         replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
 
-        updates, dropped, up = [], [], {}
+        updates, up = [], {}
         for cid in sampled:
             reply = replies.get(clients[cid]["node"])
             if reply is None:
@@ -180,27 +238,33 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
             logger.warning("round %d: %d usable updates, below min_clients=%d; global model kept",
                            rnd, len(accepted), cfg.min_clients)
         model.load_state_dict(global_state)
-        scores = algorithm.evaluate(model, test_round, settings["train"])
+        scores = {k: v for k, v in algorithm.evaluate(model, test_round, settings["train"]).items()
+                  if isinstance(v, (int, float)) and k != "num_samples"}
         weight = sum(u.num_samples for u in accepted)
         train_loss = sum(u.metrics.get("train_loss", 0.0) * u.num_samples for u in accepted) / weight if weight else None
         for cid in sampled:
-            traffic.append({"round": rnd, "client_id": cid, "direction": "down", "bytes_dense": down[cid], "bytes_sent": down[cid]})
+            traffic.append({"round": rnd, "client_id": cid, "direction": "down", "payload": "weights",
+                            "bytes_dense": down[cid], "bytes_sent": down[cid]})
             if cid in up:
-                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "bytes_dense": up[cid][0], "bytes_sent": up[cid][1]})
+                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "weights",
+                                "bytes_dense": up[cid][0], "bytes_sent": up[cid][1]})
+        features = [t for t in traffic if t["round"] == rnd and t["payload"] == "features"]
         row = {
             "round": rnd, "sampled": sampled, "accepted": [u.client_id for u in accepted],
             "dropped": dropped, "rejected": [{"client_id": c, "reason": r} for c, r in rejected],
             "aggregated": aggregated, "train_loss": train_loss, "lr": lr,
-            "test_oa": scores["oa"], "test_aa": scores["aa"], "test_kappa": scores["kappa"],
-            "bytes_down": int(sum(down.values())), "bytes_up": int(sum(sent for _, sent in up.values())),
-            "bytes_up_dense": int(sum(dense for dense, _ in up.values())),
+            **{f"test_{k}": v for k, v in scores.items()},
+            "bytes_down": int(sum(down.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "down"),
+            "bytes_up": int(sum(sent for _, sent in up.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "up"),
+            "bytes_up_dense": int(sum(dense for dense, _ in up.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "up"),
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        rounds.set_postfix(oa=f"{scores['oa']:.3f}")
-        logger.info("%s round %d/%d: %d/%d updates used (%d dropped, %d rejected), test OA %.4f",
+        headline = next(iter(scores.items()), ("score", float("nan")))
+        rounds.set_postfix({headline[0]: f"{headline[1]:.3f}"})
+        logger.info("%s round %d/%d: %d/%d updates used (%d dropped, %d rejected), test %s %.4f",
                     cfg.algorithm, rnd, cfg.num_rounds, len(accepted), len(sampled), len(dropped), len(rejected),
-                    scores["oa"])
+                    *headline)
         if cfg.checkpoint_dir:
             save_checkpoint(cfg.checkpoint_dir, {"round": rnd, "state": global_state, "rng": rng.bit_generator.state,
                                                  "history": history, "traffic": traffic, "config_digest": cfg.digest()})

@@ -1,9 +1,10 @@
-"""Weight updates on the wire: the codec's output packed into Flower records, and back.
+"""Tensors on the wire: the codec's output packed into Flower records, and back.
 
-A client sends ``local − global`` for floating-point tensors (so error feedback and low rank apply
-to the update, not the weights) and other tensors (counters) as they are. Per tensor the
-ArrayRecord holds ``name|dense`` or ``name|left`` + ``name|right`` (uint8 when quantised), and a
-ConfigRecord holds the quantisation constants.
+Weight updates travel as ``local − global`` for floating-point tensors (so error feedback and low
+rank apply to the update, not the weights); exchanged features travel as they are; integer
+tensors (counters) always travel raw. Per tensor the ArrayRecord holds ``name|raw``,
+``name|dense`` or ``name|left`` + ``name|right`` (uint8 when quantised); a ConfigRecord holds the
+shape and the quantisation constants.
 """
 
 from __future__ import annotations
@@ -21,18 +22,22 @@ def payload_bytes(state: State) -> int:
     return int(sum(t.numel() * t.element_size() for t in state.values()))
 
 
-def pack_update(local: State, reference: State, cfg: CodecConfig, feedback: ErrorFeedback
-                ) -> tuple[ArrayRecord, ConfigRecord, int, int]:
-    """Encode ``local`` against ``reference``; returns records, dense bytes and bytes as sent."""
+def pack_tensors(tensors: State, cfg: CodecConfig | None, reference: State | None = None,
+                 feedback: ErrorFeedback | None = None) -> tuple[ArrayRecord, ConfigRecord, int, int]:
+    """Encode tensors (against ``reference`` when given: the update is what travels); returns the
+    records, the dense byte count and the bytes as sent. ``cfg=None`` sends everything dense."""
     arrays, consts = ArrayRecord(), ConfigRecord()
+    feedback = feedback or ErrorFeedback()
     dense_bytes = sent_bytes = 0
-    for name, tensor in local.items():
+    for name, tensor in tensors.items():
         dense_bytes += tensor.numel() * tensor.element_size()
-        if not torch.is_floating_point(tensor):
-            arrays[f"{name}|raw"] = Array(tensor.cpu().numpy())
+        if not torch.is_floating_point(tensor) or cfg is None:
+            arrays[f"{name}|raw"] = Array(np.ascontiguousarray(tensor.detach().cpu().numpy()))
             sent_bytes += tensor.numel() * tensor.element_size()
             continue
-        encoded = feedback.encode(name, tensor.float() - reference[name].float(), cfg)
+        value = tensor.float() - reference[name].float() if reference is not None else tensor.float()
+        encoded = feedback.encode(name, value, cfg)
+        consts[f"{name}|shape"] = list(encoded.shape)
         sent_bytes += encoded.nbytes
         if encoded.dense is not None:
             arrays[f"{name}|dense"] = Array(encoded.dense)
@@ -48,8 +53,8 @@ def pack_update(local: State, reference: State, cfg: CodecConfig, feedback: Erro
     return arrays, consts, int(dense_bytes), int(sent_bytes)
 
 
-def unpack_update(arrays: ArrayRecord, consts: ConfigRecord, reference: State) -> State:
-    """Rebuild the client's local tensors: reference + decoded update (raw tensors as sent)."""
+def unpack_tensors(arrays: ArrayRecord, consts: ConfigRecord, reference: State | None = None) -> State:
+    """Inverse of ``pack_tensors``: decoded values (plus ``reference`` for updates)."""
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, array in arrays.items():
         name, kind = key.rsplit("|", 1)
@@ -59,15 +64,26 @@ def unpack_update(arrays: ArrayRecord, consts: ConfigRecord, reference: State) -
         if "raw" in part:
             state[name] = torch.from_numpy(np.array(part["raw"]))
             continue
-        shape = tuple(reference[name].shape)
+        shape = tuple(int(v) for v in consts[f"{name}|shape"])
         if "dense" in part:
             encoded = Encoded(shape, dense=part["dense"])
         else:
             factors = {}
             for side in ("left", "right"):
-                values = part[side]
                 low = consts.get(f"{name}|{side}|low")
-                factors[side] = Quantised(values, float(low), float(consts[f"{name}|{side}|scale"])) if low is not None else values
+                factors[side] = (Quantised(part[side], float(low), float(consts[f"{name}|{side}|scale"]))
+                                 if low is not None else part[side])
             encoded = Encoded(shape, left=factors["left"], right=factors["right"])
-        state[name] = (reference[name].float() + decode(encoded)).to(reference[name].dtype)
+        value = decode(encoded)
+        state[name] = (reference[name].float() + value).to(reference[name].dtype) if reference is not None else value
     return state
+
+
+def pack_update(local: State, reference: State, cfg: CodecConfig, feedback: ErrorFeedback
+                ) -> tuple[ArrayRecord, ConfigRecord, int, int]:
+    """A client's weights as ``local − reference`` through the codec with error feedback."""
+    return pack_tensors(local, cfg, reference, feedback)
+
+
+def unpack_update(arrays: ArrayRecord, consts: ConfigRecord, reference: State) -> State:
+    return unpack_tensors(arrays, consts, reference)

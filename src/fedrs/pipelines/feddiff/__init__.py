@@ -1,0 +1,3 @@
+from fedrs.pipelines.feddiff.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

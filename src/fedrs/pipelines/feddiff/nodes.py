@@ -1,0 +1,102 @@
+"""FedDiff nodes: thin wrappers that build configs, start Flower runs and package artefacts."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import pandas as pd
+
+
+from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.feddiff import MODALITIES, FedDiffAlgorithm, diffusion_feature_bundle
+from fedrs.federated.server import FederatedConfig
+from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.pipelines.training.nodes import _history, _no_traffic  # one history layout for all
+
+
+def unet_spec(patches: dict[str, Any], modality: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {**params["diffusion"]["model"], "in_channels": int(patches[modality].shape[1])}
+
+
+def classifier_spec(patches: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    model = params["diffusion"]["model"]
+    timesteps = list(params["features"]["timesteps"])
+    feature_channels = int(model["base_channels"]) * int(list(model["channel_mult"])[-1]) * len(timesteps)
+    return {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
+            "hsi_feature_channels": feature_channels, "lidar_feature_channels": feature_channels,
+            "num_classes": int(patches["num_classes"]), **params["classifier"]["model"],
+            "timesteps": timesteps, "feature_seed": int(params["features"]["seed"])}
+
+
+def _run(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], params: dict[str, Any], partition_dir: str,
+         checkpoint_dir: str, test: dict[str, Any], num_nodes: int, **extra: Any) -> dict[str, Any]:
+    cfg = FederatedConfig.from_dict({**stage.get("federated", {}), "algorithm": algorithm, "model": spec,
+                                     "train": stage.get("train", {}), "seed": int(params["seed"]),
+                                     "partition_dir": partition_dir, "checkpoint_dir": f"{checkpoint_dir}/{algorithm}",
+                                     **extra})
+    return run_simulation_engine(cfg, test, num_nodes, SimulationResources.from_dict(params.get("resources")))
+
+
+def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, test_patches: dict[str, Any],
+                    params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stage 1: one federated DDPM per modality, over the clients that hold it."""
+    started = time.perf_counter()
+    unets, rounds = {}, {}
+    for modality in MODALITIES:
+        spec = unet_spec(test_patches, modality, params)
+        result = _run(f"ddpm_{modality}", spec, params["diffusion"], params, partition_dir, checkpoint_dir,
+                      test_patches, int(manifest["num_clients"]))
+        unets[modality] = {"spec": spec, "state": result["state"]}
+        rounds[modality] = result["history"]
+    return unets, _history("feddiff_diffusion", [], started, stages=rounds)
+
+
+def _digest(unet: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(unet["state"]):
+        h.update(key.encode())
+        h.update(unet["state"][key].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def extract_features(unets: dict[str, Any], manifest: dict[str, Any], client_partitions: dict[str, Any],
+                     params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Stage 2: each client's features of its own modality, with that modality's global U-Net."""
+    timesteps, seed = list(params["features"]["timesteps"]), int(params["features"]["seed"])
+    models = {}
+    for modality, entry in unets.items():
+        model = DiffusionUNet(UNetSpec.from_dict(entry["spec"]))
+        model.load_state_dict(entry["state"])
+        models[modality] = model
+    files = {}
+    for client in manifest["clients"]:
+        bundle = client_partitions[client["partition"]]()
+        (modality,) = client["modalities"]
+        files[client["partition"]] = {f"{modality}_features": diffusion_feature_bundle(
+            models[modality], unets[modality]["spec"], bundle[modality], timesteps, seed)}
+    return files, {"timesteps": timesteps, "seed": seed, "unets": {m: _digest(u) for m, u in unets.items()},
+                   "clients": {k: list(v[next(iter(v))].shape) for k, v in files.items()}}
+
+
+def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir: str, features_manifest: dict[str, Any],
+                     checkpoint_dir: str, unets: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Stage 3: federated classifier rounds with the compressed feature exchange."""
+    started = time.perf_counter()
+    spec = classifier_spec(test_patches, params)
+    artifact = {"algorithm": "feddiff", "spec": spec, "modalities": list(MODALITIES), "state": {},
+                "unets": {m: {"spec": u["spec"], "state": u["state"]} for m, u in unets.items()}}
+    # the server holds the global U-Nets after stage 1, so it scores the global model centrally
+    test_inputs = FedDiffAlgorithm("feddiff").prepare(artifact, test_patches)
+    result = _run("feddiff", spec, params["classifier"], params, partition_dir, checkpoint_dir, test_inputs,
+                  int(manifest["num_clients"]), client_data_dirs=[features_dir])
+    artifact["state"] = result["state"]
+    history = _history("feddiff", result["history"], started, clients=result["clients"],
+                       features=features_manifest, layout=manifest["layout"])
+    traffic = pd.DataFrame(result["traffic"]) if result["traffic"] else _no_traffic()
+    return artifact, history, traffic, test_inputs
+
+
+

@@ -1,0 +1,70 @@
+"""FedDiff's federated parts: what crosses the network, ownership, a client update with a partner."""
+
+import numpy as np
+import torch
+
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.codec import CodecConfig
+from fedrs.federated.wire import pack_tensors, unpack_tensors
+
+SPEC = {"hsi_channels": 6, "lidar_channels": 2, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
+        "num_classes": 4, "timesteps": [5], "feature_seed": 0}
+
+
+def client(rng, modality, n=20):
+    channels = 6 if modality == "hsi" else 2
+    return {modality: rng.standard_normal((n, channels, 7, 7)).astype(np.float32),
+            f"{modality}_features": rng.standard_normal((n, 16, 4, 4)).astype(np.float32),
+            "labels": rng.integers(0, 4, n), "modalities": [modality]}
+
+
+def test_the_exchange_carries_no_raw_patch(rng):
+    alg = get_algorithm("feddiff")
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    data = client(rng, "hsi")
+    outputs = alg.client_exchange(model, data, ("hsi",), {})
+    assert set(outputs) == {"cnn", "diff"}
+    assert all(t.shape == (20, 128, 2, 2) for t in outputs.values())
+    arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig(rank=4, quantize_bits=8))
+    # only low-rank, quantised factors of the branch outputs travel: nothing of patch or feature shape
+    shapes = {a.numpy().shape for a in arrays.values()}
+    assert shapes == {(20, 4), (4, 512)}
+    assert all(a.numpy().dtype == np.uint8 for a in arrays.values())
+    assert not any(s[1:] in {(6, 7, 7), (16, 4, 4)} for s in shapes)
+    assert sent * 15 < dense  # 20 pixels: 19× smaller (more pixels, larger ratio)
+    back = unpack_tensors(arrays, consts)
+    assert back["cnn"].shape == (20, 128, 2, 2)
+
+
+def test_branches_belong_to_their_modality(rng):
+    alg = get_algorithm("feddiff")
+    model = alg.build_model(SPEC)
+    hsi_keys = alg.client_keys(model, ("hsi",))
+    assert any(k.startswith("hsi_branch.") for k in hsi_keys) and not any(k.startswith("lidar_branch.") for k in hsi_keys)
+    assert {"fr1.gate_col.weight", "head1.net.7.weight"} <= hsi_keys
+
+
+def test_client_update_uses_the_partner_and_trains_only_its_side(rng):
+    alg = get_algorithm("feddiff")
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    hsi, lidar = client(rng, "hsi"), client(rng, "lidar")
+    lidar["labels"] = hsi["labels"]  # the two holders of a site share pixels and labels
+    partner = alg.client_exchange(model, lidar, ("lidar",), {})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state, metrics = alg.client_update(model, hsi, ("hsi",), {"epochs": 1, "batch_size": 8, "weight_term": 0.01},
+                                       seed=1, rnd=1, partner=partner)
+    assert metrics["num_samples"] == 20 and np.isfinite(metrics["train_loss"])
+    assert not any(k.startswith("lidar_branch.") for k in state)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("lidar_branch."))
+    assert not torch.equal(state["fr1.gate_col.weight"], before["fr1.gate_col.weight"])
+
+
+def test_ddpm_algorithm_trains_one_modality(rng):
+    alg = get_algorithm("ddpm_lidar")
+    assert alg.is_eligible(("lidar",)) and not alg.is_eligible(("hsi",))
+    model = alg.build_model({"in_channels": 2, "base_channels": 8, "steps": 50})
+    state, metrics = alg.client_update(model, client(rng, "lidar"), ("lidar",), {"epochs": 1, "batch_size": 8}, seed=0)
+    assert metrics["train_loss"] > 0 and set(state) == set(model.state_dict())
+    assert "l1" in alg.evaluate(model, client(rng, "lidar"), {})
