@@ -24,7 +24,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     for algorithm in (*training.BASELINES, *training.ALGORITHMS):
         pipelines[algorithm] = data + training.create_pipeline(algorithm) + evaluation.create_pipeline(algorithm)
     pipelines["feddiff"] = data + feddiff.create_pipeline()
+    pipelines["feddiff_centralized"] = data + feddiff.create_centralized_pipeline()
     pipelines["baselines"] = sum((pipelines[a] for a in training.BASELINES), Pipeline([]))
-    pipelines["__default__"] = (pipelines["baselines"] + pipelines["feddiff"]
+    pipelines["__default__"] = (pipelines["baselines"] + pipelines["feddiff"] + pipelines["feddiff_centralized"]
                                 + sum((pipelines[a] for a in training.ALGORITHMS), Pipeline([])))
     return pipelines

@@ -68,3 +68,28 @@ def test_ddpm_algorithm_trains_one_modality(rng):
     state, metrics = alg.client_update(model, client(rng, "lidar"), ("lidar",), {"epochs": 1, "batch_size": 8}, seed=0)
     assert metrics["train_loss"] > 0 and set(state) == set(model.state_dict())
     assert "l1" in alg.evaluate(model, client(rng, "lidar"), {})
+
+
+def test_single_modality_feddiff_needs_no_partner(rng):
+    alg = get_algorithm("feddiff_lidar")
+    assert not alg.exchanges_features and get_algorithm("feddiff").exchanges_features
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    data = client(rng, "lidar")
+    o1, o2, o3 = model(lidar=torch.randn(3, 2, 8, 8), lidar_features=torch.randn(3, 16, 4, 4))
+    assert o1.shape == (3, 4) and torch.equal(o1, o2) and torch.equal(o1, o3)
+    state, metrics = alg.client_update(model, data, ("lidar",), {"epochs": 1, "batch_size": 8}, seed=0)
+    assert np.isfinite(metrics["train_loss"]) and not any(k.startswith("hsi_branch.") for k in state)
+    test = {**data, "num_classes": 4, "class_names": list("abcd")}
+    assert 0.0 <= alg.evaluate(model, test, {})["oa"] <= 1.0
+
+
+def test_centralized_feddiff_runs_both_branches_live(rng):
+    alg = get_algorithm("feddiff_centralized")
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    both = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state, _ = alg.client_update(model, both, ("hsi", "lidar"), {"epochs": 1, "batch_size": 8}, seed=0)
+    for prefix in ("hsi_branch.layer1.0.weight", "lidar_branch.layer1.0.weight", "fr1.gate_row.weight"):
+        assert not torch.equal(state[prefix], before[prefix])

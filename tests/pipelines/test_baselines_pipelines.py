@@ -95,3 +95,18 @@ def test_feddiff_pipeline_end_to_end(tiny_baselines):
     assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
     assert set(artifact["unets"]) == {"hsi", "lidar"} and artifact["spec"]["timesteps"] == [5, 20]
+
+
+def test_centralized_feddiff_pipeline(tiny_baselines):
+    tiny_baselines.write_conf("local", "parameters_feddiff.yml", {"feddiff": {
+        "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
+                      "federated": {"num_rounds": 1, "eval_samples": 64}},
+        "features": {"timesteps": [5]},
+        "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
+    }})
+    tiny_baselines.run(["feddiff_centralized"])
+    p = tiny_baselines.path
+    history = json.loads(p("data/07_model_output/synthetic/feddiff_centralized/history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2] and all(r["bytes_up"] == 0 for r in history["rounds"])
+    metrics = json.loads(p("data/08_reporting/synthetic/feddiff_centralized/metrics.json").read_text())
+    assert metrics["algorithm"] == "feddiff_centralized" and 0.0 <= metrics["oa"] <= 1.0

@@ -100,9 +100,12 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
 
 @dataclass(frozen=True)
 class FedDiffAlgorithm(ModalityAwareAlgorithm):
-    """Stage 3: the bilateral dual-branch classifier, trained with the feature exchange."""
+    """Stage 3: the bilateral dual-branch classifier, trained with the feature exchange.
 
-    exchanges_features: bool = True
+    A client holding one modality trains its branch with its site partner's relayed outputs; one
+    holding both (centralized FedDiff) runs the whole model; the single-modality variants
+    (``feddiff_hsi``, ``feddiff_lidar``) need no partner.
+    """
 
     def owner(self, parameter: str) -> str | None:
         for modality in MODALITIES:
@@ -110,8 +113,12 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
                 return modality
         return None
 
+    @property
+    def exchanges_features(self) -> bool:  # type: ignore[override]
+        return len(self.modalities) == 2  # a single-modality FedDiff has no partner to hear from
+
     def build_model(self, spec: dict[str, Any]) -> FedDiffClassifier:
-        return FedDiffClassifier(FedDiffSpec.from_dict(spec))
+        return FedDiffClassifier(FedDiffSpec.from_dict({**spec, "modalities": list(self.modalities)}))
 
     @staticmethod
     def _branch_inputs(data: dict[str, Any], modality: str, idx: Any = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,13 +139,13 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
     def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: tuple[str, ...],
                       config: dict[str, Any], seed: int, rnd: int = 1,
                       partner: dict[str, torch.Tensor] | None = None) -> tuple[State, dict[str, float]]:
-        if partner is None:
-            raise ValueError("feddiff: a client update needs its site partner's branch outputs")
+        usable = self.usable_modalities(client_modalities)
+        if partner is None and len(self.modalities) == 2 and len(usable) == 1:
+            raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
         config = dict(config)
         weight_term = float(config.pop("weight_term", 0.01))
         cfg = TrainConfig.from_dict(config)
         device = resolve_device(cfg.device)
-        (modality,) = self.usable_modalities(client_modalities)
         keys = self.client_keys(model, client_modalities)
         trainable = {n for n, _ in model.named_parameters() if n in keys}
         torch.manual_seed(seed)
@@ -146,19 +153,22 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         model.to(device).train()
         trainer = LocalTrainer(model, cfg, trainable)
         conv_weights = [p for n, p in model.named_parameters() if n in trainable and p.ndim == 4]
-        branch = getattr(model, f"{modality}_branch")
         labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
-        if len(partner["cnn"]) != len(labels):
+        if partner is not None and len(partner["cnn"]) != len(labels):
             raise ValueError(f"feddiff: partner sent {len(partner['cnn'])} outputs for {len(labels)} pixels")
         total, seen = 0.0, 0
         for _ in range(cfg.epochs):
             for idx in iter_batches(len(labels), cfg.batch_size, generator):
                 if idx.size < 2:
                     continue
-                patches, features = self._branch_inputs(data, modality, idx)
-                cnn, diff = branch(patches.to(device), None if features is None else features.to(device))
-                other = partner["cnn"][idx].to(device), partner["diff"][idx].to(device)
-                outs = model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
+                live = {m: [None if t is None else t.to(device) for t in self._branch_inputs(data, m, idx)] for m in usable}
+                if partner is None:  # every branch this model has is live here
+                    outs = model(**{m: v[0] for m, v in live.items()}, **{f"{m}_features": v[1] for m, v in live.items()})
+                else:
+                    (modality,) = usable
+                    cnn, diff = getattr(model, f"{modality}_branch")(*live[modality])
+                    other = partner["cnn"][idx].to(device), partner["diff"][idx].to(device)
+                    outs = model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
                 loss = feddiff_loss(outs, labels[idx].to(device))
                 if weight_term:
                     loss = loss + weight_term * torch.stack([w.pow(2).sum() for w in conv_weights]).sum()
@@ -172,7 +182,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         """Add diffusion features computed with the artefact's global U-Nets (server side)."""
         out = dict(data)
         spec = artifact["spec"]
-        for modality in MODALITIES:
+        for modality in self.modalities:
             unet_entry = artifact.get("unets", {}).get(modality)
             if unet_entry is None or f"{modality}_features" in data:
                 continue
@@ -188,15 +198,15 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != "weight_term"})
         device = resolve_device(cfg.device)
         model.to(device).eval()
-        n = len(data["hsi"])
+        n = len(data[self.modalities[0]])
         out = np.empty(n, dtype=np.int64)
         for start in range(0, n, cfg.eval_batch_size):
             sl = slice(start, start + cfg.eval_batch_size)
-            h, hf = self._branch_inputs(data, "hsi", sl)
-            l, lf = self._branch_inputs(data, "lidar", sl)
-            o1, _, _ = model(h.to(device), l.to(device), None if hf is None else hf.to(device),
-                             None if lf is None else lf.to(device))
-            out[sl] = o1.argmax(1).cpu().numpy()
+            inputs: dict[str, torch.Tensor | None] = {}
+            for m in self.modalities:
+                patches, features = self._branch_inputs(data, m, sl)
+                inputs[m], inputs[f"{m}_features"] = patches.to(device), None if features is None else features.to(device)
+            out[sl] = model(**inputs)[0].argmax(1).cpu().numpy()
         return out
 
     def score(self, model, test, config, modalities, **forward):  # noqa: ANN001 — same as the base
@@ -211,3 +221,6 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
 register("ddpm_hsi", DiffusionAlgorithm("ddpm_hsi", ("hsi",)))
 register("ddpm_lidar", DiffusionAlgorithm("ddpm_lidar", ("lidar",)))
 register("feddiff", FedDiffAlgorithm("feddiff"))
+register("feddiff_hsi", FedDiffAlgorithm("feddiff_hsi", ("hsi",)))
+register("feddiff_lidar", FedDiffAlgorithm("feddiff_lidar", ("lidar",)))
+register("feddiff_centralized", FedDiffAlgorithm("feddiff_centralized"))

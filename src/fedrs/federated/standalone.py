@@ -29,9 +29,9 @@ def train_centralized(train: dict[str, Any], test: dict[str, Any], algorithm_nam
         cfg = {**train_cfg, "lr": lr_at_round(float(train_cfg.get("lr", 1e-3)), rnd, num_rounds, lr_schedule)}
         _, metrics = algorithm.client_update(model, train, algorithm.modalities, cfg, derive_seed(seed, rnd, 0), rnd)
         scores = algorithm.evaluate(model, test_round, cfg)
-        history.append({"round": rnd, "train_loss": metrics["train_loss"], "lr": cfg["lr"], "test_oa": scores["oa"],
-                        "test_aa": scores["aa"], "test_kappa": scores["kappa"], "bytes_down": 0, "bytes_up": 0,
-                        "seconds": time.perf_counter() - t0})
+        history.append({"round": rnd, "train_loss": metrics["train_loss"], "lr": cfg["lr"],
+                        **{f"test_{k}": v for k, v in scores.items() if isinstance(v, (int, float)) and k != "num_samples"},
+                        "bytes_down": 0, "bytes_up": 0, "seconds": time.perf_counter() - t0})
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
 
 

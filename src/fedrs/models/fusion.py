@@ -10,7 +10,8 @@ j2 = FR(cnn_H, diff_H), j3 = FR(diff_L, cnn_L); three heads give o1 (the predict
 
 Ablations: ``use_diffusion=False`` feeds the stem nothing (the enhanced path sees only the CNN's
 third layer: a FedFusion-like model); ``bilateral=False`` replaces j1 by j2 + j3 (no cross-modal
-mixing of CNN and diffusion paths).
+mixing of CNN and diffusion paths); ``modalities=("hsi",)`` or ``("lidar",)`` keeps one branch, its
+own FR block (j2 or j3) and head — the single-modality FedDiff.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ class FedDiffSpec:
     num_classes: int
     use_diffusion: bool = True
     bilateral: bool = True
+    modalities: tuple[str, ...] = ("hsi", "lidar")  # one modality: its branch, FR block and head only
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FedDiffSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "modalities" in known:
+            known["modalities"] = tuple(known["modalities"])
+        return cls(**known)
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
@@ -115,8 +120,16 @@ class FedDiffClassifier(nn.Module):
         j1 = self.fr1(cnn_h + diff_l, cnn_l + diff_h) if self.spec.bilateral else j2 + j3
         return self.head1(j1), self.head2(j2), self.head3(j3)
 
-    def forward(self, hsi: torch.Tensor, lidar: torch.Tensor, hsi_features: torch.Tensor | None = None,
-                lidar_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, hsi: torch.Tensor | None = None, lidar: torch.Tensor | None = None,
+                hsi_features: torch.Tensor | None = None, lidar_features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.spec.modalities == ("hsi",):  # single-modality ablation: j2 and its head, thrice
+            o = self.head2(self.fr2(*self.hsi_branch(hsi, hsi_features)))
+            return o, o, o
+        if self.spec.modalities == ("lidar",):
+            cnn_l, diff_l = self.lidar_branch(lidar, lidar_features)
+            o = self.head3(self.fr3(diff_l, cnn_l))
+            return o, o, o
         cnn_h, diff_h = self.hsi_branch(hsi, hsi_features)
         cnn_l, diff_l = self.lidar_branch(lidar, lidar_features)
         return self.fuse(cnn_h, diff_h, cnn_l, diff_l)

@@ -10,8 +10,10 @@ import pandas as pd
 
 
 from fedrs.federated.engine import SimulationResources, run_simulation_engine
-from fedrs.federated.feddiff import MODALITIES, FedDiffAlgorithm, diffusion_feature_bundle
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.feddiff import MODALITIES, diffusion_feature_bundle
 from fedrs.federated.server import FederatedConfig
+from fedrs.federated.standalone import train_centralized
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 from fedrs.pipelines.training.nodes import _history, _no_traffic  # one history layout for all
 
@@ -28,6 +30,20 @@ def classifier_spec(patches: dict[str, Any], params: dict[str, Any]) -> dict[str
             "hsi_feature_channels": feature_channels, "lidar_feature_channels": feature_channels,
             "num_classes": int(patches["num_classes"]), **params["classifier"]["model"],
             "timesteps": timesteps, "feature_seed": int(params["features"]["seed"])}
+
+
+def classifier_algorithm(params: dict[str, Any], centralized: bool = False) -> str:
+    """``feddiff``, or a single-modality variant when ``classifier.modalities`` names one."""
+    modalities = tuple(params["classifier"].get("modalities", MODALITIES))
+    if centralized:
+        return "feddiff_centralized"
+    return "feddiff" if set(modalities) == set(MODALITIES) else f"feddiff_{modalities[0]}"
+
+
+def _artifact(name: str, spec: dict[str, Any], unets: dict[str, Any], state: dict) -> dict[str, Any]:
+    modalities = list(get_algorithm(name).modalities)
+    return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state,
+            "unets": {m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities}}
 
 
 def _run(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], params: dict[str, Any], partition_dir: str,
@@ -86,17 +102,51 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir:
     """Stage 3: federated classifier rounds with the compressed feature exchange."""
     started = time.perf_counter()
     spec = classifier_spec(test_patches, params)
-    artifact = {"algorithm": "feddiff", "spec": spec, "modalities": list(MODALITIES), "state": {},
-                "unets": {m: {"spec": u["spec"], "state": u["state"]} for m, u in unets.items()}}
+    name = classifier_algorithm(params)
+    artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so it scores the global model centrally
-    test_inputs = FedDiffAlgorithm("feddiff").prepare(artifact, test_patches)
-    result = _run("feddiff", spec, params["classifier"], params, partition_dir, checkpoint_dir, test_inputs,
+    test_inputs = get_algorithm(name).prepare(artifact, test_patches)
+    result = _run(name, spec, params["classifier"], params, partition_dir, checkpoint_dir, test_inputs,
                   int(manifest["num_clients"]), client_data_dirs=[features_dir])
     artifact["state"] = result["state"]
-    history = _history("feddiff", result["history"], started, clients=result["clients"],
+    history = _history(name, result["history"], started, clients=result["clients"],
                        features=features_manifest, layout=manifest["layout"])
     traffic = pd.DataFrame(result["traffic"]) if result["traffic"] else _no_traffic()
     return artifact, history, traffic, test_inputs
 
 
 
+
+
+def train_diffusion_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Centralized FedDiff, stage 1: each DDPM on every training pixel in one place."""
+    started = time.perf_counter()
+    stage = params["diffusion"]
+    unets, rounds = {}, {}
+    for modality in MODALITIES:
+        spec = unet_spec(train_patches, modality, params)
+        state, rounds[modality] = train_centralized(
+            train_patches, test_patches, f"ddpm_{modality}", spec, stage.get("train", {}),
+            int(stage.get("federated", {}).get("num_rounds", 1)), int(params["seed"]),
+            stage.get("federated", {}).get("eval_samples"), stage.get("federated", {}).get("lr_schedule", "constant"))
+        unets[modality] = {"spec": spec, "state": state}
+    return unets, _history("feddiff_centralized_diffusion", [], started, stages=rounds)
+
+
+def train_classifier_pooled(train_patches: dict[str, Any], unets: dict[str, Any], test_patches: dict[str, Any],
+                            params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
+    started = time.perf_counter()
+    spec = classifier_spec(test_patches, params)
+    name = classifier_algorithm(params, centralized=True)
+    artifact = _artifact(name, spec, unets, {})
+    algorithm = get_algorithm(name)
+    train_inputs, test_inputs = algorithm.prepare(artifact, train_patches), algorithm.prepare(artifact, test_patches)
+    stage = params["classifier"]
+    fed = stage.get("federated", {})
+    state, rounds = train_centralized(train_inputs, test_inputs, name, spec, stage.get("train", {}),
+                                      int(fed.get("num_rounds", 1)), int(params["seed"]), fed.get("eval_samples"),
+                                      fed.get("lr_schedule", "cosine"))
+    artifact["state"] = state
+    return artifact, _history(name, rounds, started), _no_traffic(), test_inputs
