@@ -63,11 +63,20 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_federation, tmp_path
         run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
 
 
-def test_compressed_uploads_send_fewer_bytes_and_still_learn(tiny_federation):
-    cfg = config(tiny_federation, num_rounds=3, compression={"rank": 2, "quantize_bits": 8})
+def test_compressed_uploads_and_downloads_send_fewer_bytes_and_still_learn(tiny_federation):
+    codec = {"rank": 2, "quantize_bits": 8}
+    cfg = config(tiny_federation, num_rounds=3, compression=codec, downlink_compression=codec,
+                 faults={"raise": [[2, 1]]})
     result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
     rounds = result["history"]
     assert all(r["bytes_up"] * 2 < r["bytes_up_dense"] for r in rounds)
     ups = [t for t in result["traffic"] if t["direction"] == "up"]
     assert all(t["bytes_sent"] < t["bytes_dense"] for t in ups)
+    downs = {(t["round"], t["client_id"]): t for t in result["traffic"] if t["direction"] == "down"}
+    # round 1 is dense (nothing held yet); then deltas — except for client 1, which failed in round 2
+    assert all(downs[(1, c)]["bytes_sent"] == downs[(1, c)]["bytes_dense"] for c in range(3))
+    assert downs[(2, 0)]["bytes_sent"] * 2 < downs[(2, 0)]["bytes_dense"]
+    assert downs[(3, 1)]["bytes_sent"] == downs[(3, 1)]["bytes_dense"]
+    assert downs[(3, 2)]["bytes_sent"] * 2 < downs[(3, 2)]["bytes_dense"]
+    assert [r["accepted"] for r in rounds] == [[0, 1, 2], [0, 2], [0, 1, 2]]
     assert rounds[-1]["test_oa"] > 1.5 / tiny_federation["spec"]["num_classes"]  # well above chance

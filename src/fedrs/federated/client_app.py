@@ -68,6 +68,28 @@ def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | N
     return "nan" if [rnd, client_id] in faults.get("nan", []) else None
 
 
+def received_weights(msg: Message, context: Context, rnd: int) -> dict[str, torch.Tensor]:
+    """This round's global weights: dense, a compressed delta against what this node holds, or
+    (no arrays) those that came with this round's exchange. Kept in the node's state."""
+    content, state = msg.content, context.state
+    if "arrays" not in content:
+        held = state.get("weights_round")
+        if held is None or int(held["round"]) != rnd:
+            raise RuntimeError(f"no weights for round {rnd}: the exchange did not deliver them to this node")
+        return state["weights"].to_torch_state_dict()
+    if "down_codec" in content:
+        expected, held = int(content["reference"]["round"]), state.get("weights_round")
+        if held is None or int(held["round"]) != expected:
+            raise RuntimeError(f"the server encoded against round {expected} weights; this node holds "
+                               f"{'none' if held is None else int(held['round'])}")
+        weights = unpack_tensors(content["arrays"], content["down_codec"], state["weights"].to_torch_state_dict())
+    else:
+        weights = content["arrays"].to_torch_state_dict()
+    state["weights"] = ArrayRecord.from_torch_state_dict(weights)
+    state["weights_round"] = ConfigRecord({"round": rnd})
+    return weights
+
+
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     _, data = client_data(msg, context)
@@ -83,7 +105,7 @@ def exchange(msg: Message, context: Context) -> Message:
     settings, data = client_data(msg, context)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    model.load_state_dict(received_weights(msg, context, int(settings["round"])), strict=False)
     outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
@@ -98,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     poison = inject_faults(settings, rnd, client_id)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
-    received = msg.content["arrays"].to_torch_state_dict()
+    received = received_weights(msg, context, rnd)
     model.load_state_dict(received, strict=False)
     extra = {}
     if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server

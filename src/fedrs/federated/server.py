@@ -24,7 +24,8 @@ from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.local import derive_seed, lr_at_round
-from fedrs.federated.wire import payload_bytes, unpack_update
+from fedrs.federated.codec import CodecConfig, ErrorFeedback
+from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class FederatedConfig:
     faults: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] | None = None  # codec settings for uploaded updates; None: dense
     exchange_compression: dict[str, Any] | None = None  # codec for exchanged features; None: dense
+    downlink_compression: dict[str, Any] | None = None  # global weights as compressed deltas; None: dense
     client_data_dirs: list[str] = field(default_factory=list)  # more per-client files (e.g. features)
 
     @classmethod
@@ -125,14 +127,13 @@ def _sample(rng: np.random.Generator, eligible: list[int], k: int, clients: dict
 
 
 def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, Any]], sampled: list[int],
-              sent_to: dict[int, dict[str, torch.Tensor]], rnd: int, cfg: FederatedConfig,
+              weights: dict[int, dict[str, Any]], rnd: int, cfg: FederatedConfig,
               dropped: list[dict[str, Any]], traffic: list[dict[str, Any]]) -> tuple[list[int], dict[int, tuple[Any, Any]]]:
     """Collect each client's encoded branch outputs and relay them, untouched, to its site partner.
 
     The server never decodes them; a client whose partner could not deliver is dropped from the round.
     """
-    messages = [_message({"arrays": ArrayRecord.from_torch_state_dict(sent_to[c])}, settings, clients[c]["node"],
-                         "query.exchange", rnd) for c in sampled]
+    messages = [_message(dict(weights[c]), settings, clients[c]["node"], "query.exchange", rnd) for c in sampled]
     replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
     delivered: dict[int, tuple[Any, Any]] = {}
     for cid in sampled:
@@ -159,6 +160,34 @@ def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, 
                         "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
         kept.append(cid)
     return kept, relayed
+
+
+@dataclass
+class Downlink:
+    """What the server believes each client holds, so it can send compressed deltas against it."""
+
+    codec: CodecConfig | None
+    references: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
+
+    def encode(self, cid: int, state: dict[str, torch.Tensor], rnd: int
+               ) -> tuple[dict[str, Any], int, int, dict[str, torch.Tensor]]:
+        """Records to send, dense bytes, bytes as sent, and the weights the client will decode."""
+        if self.codec is None or cid not in self.references:
+            self.references[cid] = (rnd, state)
+            size = payload_bytes(state)
+            return {"arrays": ArrayRecord.from_torch_state_dict(state)}, size, size, state
+        ref_round, reference = self.references[cid]
+        arrays, consts, dense, sent = pack_tensors(state, self.codec, reference,
+                                                   self.feedback.setdefault(cid, ErrorFeedback()))
+        decoded = unpack_tensors(arrays, consts, reference)  # bit-identical to what the client decodes
+        self.references[cid] = (rnd, decoded)
+        return {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}, dense, sent, decoded
+
+    def forget(self, cid: int) -> None:
+        """A client that failed may not hold what we think: its next download goes dense."""
+        self.references.pop(cid, None)
+        self.feedback.pop(cid, None)
 
 
 def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
@@ -193,6 +222,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     test_round = eval_subset(test, cfg.eval_samples, cfg.seed)
+    downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
     per_round = min(cfg.clients_per_round or len(eligible), len(eligible))
 
     rounds = tqdm(range(start_round, cfg.num_rounds + 1), desc=f"{cfg.algorithm} rounds", unit="round",
@@ -202,16 +232,21 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         sampled = _sample(rng, eligible, per_round, clients, by_site=exchanges)
         lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
         settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
-        sent_to = {cid: {k: global_state[k] for k in sorted(algorithm.client_keys(model, clients[cid]["modalities"]))}
-                   for cid in sampled}
-        down = {cid: payload_bytes(sent_to[cid]) for cid in sampled}
+        weights, down, sent_to = {}, {}, {}
+        for cid in sampled:
+            state = {k: global_state[k] for k in sorted(algorithm.client_keys(model, clients[cid]["modalities"]))}
+            weights[cid], dense, sent, sent_to[cid] = downlink.encode(cid, state, rnd)
+            down[cid] = (dense, sent)
         dropped: list[dict[str, Any]] = []
         relayed: dict[int, tuple[Any, Any]] = {}
-        if exchanges:
-            sampled, relayed = _exchange(grid, settings, clients, sampled, sent_to, rnd, cfg, dropped, traffic)
+        if exchanges:  # the weights travel once, with the exchange; the train message reuses them
+            kept, relayed = _exchange(grid, settings, clients, sampled, weights, rnd, cfg, dropped, traffic)
+            for cid in set(sampled) - set(kept):
+                downlink.forget(cid)
+            sampled = kept
         messages = []
         for cid in sampled:
-            content = {"arrays": ArrayRecord.from_torch_state_dict(sent_to[cid])}
+            content = {} if exchanges else dict(weights[cid])
             if cid in relayed:
                 content["partner"], content["partner_codec"] = relayed[cid]
             messages.append(_message(content, settings, clients[cid]["node"], "train", rnd))
@@ -220,10 +255,10 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         updates, up = [], {}
         for cid in sampled:
             reply = replies.get(clients[cid]["node"])
-            if reply is None:
-                dropped.append({"client_id": cid, "reason": "no reply within the round timeout"})
-            elif reply.has_error():
-                dropped.append({"client_id": cid, "reason": reply.error.reason.splitlines()[-1][:300]})
+            if reply is None or reply.has_error():
+                reason = "no reply within the round timeout" if reply is None else reply.error.reason.splitlines()[-1][:300]
+                dropped.append({"client_id": cid, "reason": reason})
+                downlink.forget(cid)
             else:
                 metrics = dict(reply.content["metrics"])
                 up[cid] = (int(metrics.get("bytes_dense", 0)), int(metrics.get("bytes_sent", 0)))
@@ -242,9 +277,9 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
                   if isinstance(v, (int, float)) and k != "num_samples"}
         weight = sum(u.num_samples for u in accepted)
         train_loss = sum(u.metrics.get("train_loss", 0.0) * u.num_samples for u in accepted) / weight if weight else None
-        for cid in sampled:
+        for cid in down:  # every client the weights went to, including any the round later dropped
             traffic.append({"round": rnd, "client_id": cid, "direction": "down", "payload": "weights",
-                            "bytes_dense": down[cid], "bytes_sent": down[cid]})
+                            "bytes_dense": down[cid][0], "bytes_sent": down[cid][1]})
             if cid in up:
                 traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "weights",
                                 "bytes_dense": up[cid][0], "bytes_sent": up[cid][1]})
@@ -254,7 +289,8 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
             "dropped": dropped, "rejected": [{"client_id": c, "reason": r} for c, r in rejected],
             "aggregated": aggregated, "train_loss": train_loss, "lr": lr,
             **{f"test_{k}": v for k, v in scores.items()},
-            "bytes_down": int(sum(down.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "down"),
+            "bytes_down": int(sum(sent for _, sent in down.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "down"),
+            "bytes_down_dense": int(sum(dense for dense, _ in down.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "down"),
             "bytes_up": int(sum(sent for _, sent in up.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "up"),
             "bytes_up_dense": int(sum(dense for dense, _ in up.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "up"),
             "seconds": time.perf_counter() - t0,
