@@ -11,6 +11,7 @@ from fedrs.federated.fedcmi import (CmiConfig, class_temperatures, cmi_local_upd
                                     infiltration_loss)
 from fedrs.federated.local import TrainConfig
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
+from tests.federated.tiny_data import tiny_client_data as data
 
 SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
 
@@ -89,15 +90,6 @@ def test_ownership_and_masked_aggregation():
     new = alg.aggregate(g, [hsi_client])
     assert torch.equal(new["lidar_self.weight"], g["lidar_self.weight"])
     assert torch.equal(new["hsi_self.weight"], torch.ones_like(g["hsi_self.weight"]))
-
-
-def data(rng, modalities=("hsi", "lidar"), n=24):
-    out = {"labels": rng.integers(0, 3, n)}
-    if "hsi" in modalities:
-        out["hsi"] = rng.standard_normal((n, 5, 5, 5)).astype(np.float32)
-    if "lidar" in modalities:
-        out["lidar"] = rng.standard_normal((n, 1, 5, 5)).astype(np.float32)
-    return out
 
 
 def test_warmup_then_infiltration(rng):

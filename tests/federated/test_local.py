@@ -4,15 +4,7 @@ import torch
 
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.local import TrainConfig, derive_seed, proximal_term, supervised_update
-
-
-def tiny_data(rng, n=24, modalities=("hsi", "lidar")):
-    data = {"labels": rng.integers(0, 3, n)}
-    if "hsi" in modalities:
-        data["hsi"] = rng.standard_normal((n, 5, 5, 5)).astype(np.float32)
-    if "lidar" in modalities:
-        data["lidar"] = rng.standard_normal((n, 1, 5, 5)).astype(np.float32)
-    return data
+from tests.federated.tiny_data import tiny_client_data as tiny_data
 
 
 SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
