@@ -32,9 +32,9 @@ from fedrs.patching import resize_patches
 MODALITIES = ("hsi", "lidar")
 
 
-def unet_input(data: dict[str, Any], modality: str, size: int = 8) -> torch.Tensor:
-    """A modality's patches at the U-Net's input size (the one documented resize of fedrs.patching)."""
-    return resize_patches(torch.as_tensor(np.asarray(data[modality]), dtype=torch.float32), size)
+def unet_input(patches: Any, size: int = 8) -> torch.Tensor:
+    """Patches at the U-Net's input size (the one documented resize of fedrs.patching)."""
+    return resize_patches(torch.as_tensor(np.asarray(patches), dtype=torch.float32), size)
 
 
 def schedule_of(spec: dict[str, Any]) -> LinearSchedule:
@@ -50,7 +50,7 @@ def diffusion_feature_bundle(unet: DiffusionUNet, spec: dict[str, Any], patches:
     schedule = schedule_of(spec)
     out = []
     for start in range(0, len(patches), batch_size):
-        x0 = unet_input({"x": patches[start:start + batch_size]}, "x", int(spec.get("size", 8)))
+        x0 = unet_input(patches[start:start + batch_size], int(spec.get("size", 8)))
         out.append(diffusion_features(unet, schedule, x0, list(timesteps), seed + start).numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -78,7 +78,7 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         model.to(device).train()
-        x0 = unet_input(data, self.modality)
+        x0 = unet_input(data[self.modality])
         trainer = LocalTrainer(model, cfg)
         total, seen = 0.0, 0
         for _ in range(cfg.epochs):
@@ -94,7 +94,7 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
                  modalities: tuple[str, ...] | None = None) -> dict[str, Any]:
         """Held-out denoising error (L1) on the test patches, with fixed noise."""
         model.eval()
-        x0 = unet_input(test, self.modality)[:2048]
+        x0 = unet_input(np.asarray(test[self.modality])[:2048])
         return {"l1": float(diffusion_loss(model, model.schedule, x0, torch.Generator().manual_seed(0)))}
 
 
@@ -121,11 +121,12 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         return FedDiffClassifier(FedDiffSpec.from_dict({**spec, "modalities": list(self.modalities)}))
 
     @staticmethod
-    def _branch_inputs(data: dict[str, Any], modality: str, idx: Any = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
-        patches = unet_input({"x": np.asarray(data[modality])[idx]}, "x")
+    def _branch_inputs(data: dict[str, Any], modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A modality's 8×8 patches and diffusion features (if any), built once per call site:
+        the resize is per sample, so batches index these instead of resizing again every epoch."""
         key = f"{modality}_features"
-        features = torch.as_tensor(np.asarray(data[key])[idx], dtype=torch.float32) if key in data else None
-        return patches, features
+        features = torch.as_tensor(np.asarray(data[key]), dtype=torch.float32) if key in data else None
+        return unet_input(data[modality]), features
 
     @torch.no_grad()
     def client_exchange(self, model: FedDiffClassifier, data: dict[str, Any], client_modalities: tuple[str, ...],
@@ -156,12 +157,13 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
         if partner is not None and len(partner["cnn"]) != len(labels):
             raise ValueError(f"feddiff: partner sent {len(partner['cnn'])} outputs for {len(labels)} pixels")
+        inputs = {m: self._branch_inputs(data, m) for m in usable}
         total, seen = 0.0, 0
         for _ in range(cfg.epochs):
             for idx in iter_batches(len(labels), cfg.batch_size, generator):
                 if idx.size < 2:
                     continue
-                live = {m: [None if t is None else t.to(device) for t in self._branch_inputs(data, m, idx)] for m in usable}
+                live = {m: [None if t is None else t[idx].to(device) for t in inputs[m]] for m in usable}
                 if partner is None:  # every branch this model has is live here
                     outs = model(**{m: v[0] for m, v in live.items()}, **{f"{m}_features": v[1] for m, v in live.items()})
                 else:
@@ -198,14 +200,14 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != "weight_term"})
         device = resolve_device(cfg.device)
         model.to(device).eval()
+        tensors = {m: self._branch_inputs(data, m) for m in self.modalities}
         n = len(data[self.modalities[0]])
         out = np.empty(n, dtype=np.int64)
         for start in range(0, n, cfg.eval_batch_size):
             sl = slice(start, start + cfg.eval_batch_size)
             inputs: dict[str, torch.Tensor | None] = {}
-            for m in self.modalities:
-                patches, features = self._branch_inputs(data, m, sl)
-                inputs[m], inputs[f"{m}_features"] = patches.to(device), None if features is None else features.to(device)
+            for m, (patches, features) in tensors.items():
+                inputs[m], inputs[f"{m}_features"] = patches[sl].to(device), None if features is None else features[sl].to(device)
             out[sl] = model(**inputs)[0].argmax(1).cpu().numpy()
         return out
 
