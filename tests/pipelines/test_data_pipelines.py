@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedrs.datasets import NpzDataset, Raster, RasterDataset
+from fedrs.scene.synthetic import generate_synthetic_scene
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +59,9 @@ def _artefacts(project):
 
 
 def test_same_seed_same_arrays(kedro_project, tmp_path_factory, monkeypatch):
-    from tests.conftest import REPO, KedroProject, TINY_SCENE
     import shutil
+
+    from tests.conftest import KedroProject
 
     kedro_project.run(["data"])
     first = _artefacts(kedro_project)
@@ -76,7 +78,7 @@ def test_same_seed_same_arrays(kedro_project, tmp_path_factory, monkeypatch):
 
 def test_bad_input_writes_nothing(kedro_project):
     bad = kedro_project.path("data/01_raw/bad")
-    scene = __import__("fedrs.scene.synthetic", fromlist=["x"]).generate_synthetic_scene(
+    scene = generate_synthetic_scene(
         {"seed": 1, "size": 48, "bands": 8, "n_buildings": 12, "n_tree_clusters": 6, "n_plazas": 3})
     for layer, raster in scene.items():
         RasterDataset(str(bad / f"{layer}.tif")).save(raster)

@@ -4,7 +4,6 @@ The HSI cubes are not distributed there: each test writes one of the right varia
 dtype next to symlinks of the real files, then runs the ``ingest`` pipeline of that environment.
 """
 
-import shutil
 
 import h5py
 import numpy as np

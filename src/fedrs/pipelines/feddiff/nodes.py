@@ -15,7 +15,7 @@ from fedrs.federated.feddiff import MODALITIES, diffusion_feature_bundle
 from fedrs.federated.server import FederatedConfig
 from fedrs.federated.standalone import train_centralized
 from fedrs.models.unet import DiffusionUNet, UNetSpec
-from fedrs.pipelines.training.nodes import _history, _no_traffic  # one history layout for all
+from fedrs.pipelines.training.nodes import no_traffic, run_history  # one history layout for all
 
 
 def unet_spec(patches: dict[str, Any], modality: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
                       test_patches, int(manifest["num_clients"]))
         unets[modality] = {"spec": spec, "state": result["state"]}
         rounds[modality] = result["history"]
-    return unets, _history("feddiff_diffusion", [], started, stages=rounds)
+    return unets, run_history("feddiff_diffusion", [], started, stages=rounds)
 
 
 def _digest(unet: dict[str, Any]) -> str:
@@ -109,9 +109,9 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir:
     result = _run(name, spec, params["classifier"], params, partition_dir, checkpoint_dir, test_inputs,
                   int(manifest["num_clients"]), client_data_dirs=[features_dir])
     artifact["state"] = result["state"]
-    history = _history(name, result["history"], started, clients=result["clients"],
+    history = run_history(name, result["history"], started, clients=result["clients"],
                        features=features_manifest, layout=manifest["layout"])
-    traffic = pd.DataFrame(result["traffic"]) if result["traffic"] else _no_traffic()
+    traffic = pd.DataFrame(result["traffic"]) if result["traffic"] else no_traffic()
     return artifact, history, traffic, test_inputs
 
 
@@ -131,7 +131,7 @@ def train_diffusion_pooled(train_patches: dict[str, Any], test_patches: dict[str
             int(stage.get("federated", {}).get("num_rounds", 1)), int(params["seed"]),
             stage.get("federated", {}).get("eval_samples"), stage.get("federated", {}).get("lr_schedule", "constant"))
         unets[modality] = {"spec": spec, "state": state}
-    return unets, _history("feddiff_centralized_diffusion", [], started, stages=rounds)
+    return unets, run_history("feddiff_centralized_diffusion", [], started, stages=rounds)
 
 
 def train_classifier_pooled(train_patches: dict[str, Any], unets: dict[str, Any], test_patches: dict[str, Any],
@@ -149,4 +149,4 @@ def train_classifier_pooled(train_patches: dict[str, Any], unets: dict[str, Any]
                                       int(fed.get("num_rounds", 1)), int(params["seed"]), fed.get("eval_samples"),
                                       fed.get("lr_schedule", "cosine"))
     artifact["state"] = state
-    return artifact, _history(name, rounds, started), _no_traffic(), test_inputs
+    return artifact, run_history(name, rounds, started), no_traffic(), test_inputs

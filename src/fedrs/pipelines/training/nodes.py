@@ -32,7 +32,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _no_traffic() -> pd.DataFrame:
+def no_traffic() -> pd.DataFrame:
     """Centralized and local runs send nothing; an empty log keeps one schema for every algorithm."""
     return pd.DataFrame(columns=["round", "client_id", "direction", "bytes_dense", "bytes_sent"])
 
@@ -41,7 +41,7 @@ def _artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dic
     return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state}
 
 
-def _history(name: str, rounds: list[dict[str, Any]], started: float, **extra: Any) -> dict[str, Any]:
+def run_history(name: str, rounds: list[dict[str, Any]], started: float, **extra: Any) -> dict[str, Any]:
     return {"algorithm": name, "rounds": rounds, "wall_seconds": time.perf_counter() - started,
             "peak_rss_mb": _peak_rss_mb(), **extra}
 
@@ -58,7 +58,7 @@ def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
     result = run_simulation_engine(cfg, test_patches, int(manifest["num_clients"]),
                                    SimulationResources.from_dict(params.get("resources")))
     modalities = list(get_algorithm(name).modalities)
-    history = _history(name, result["history"], started, clients=result["clients"], layout=manifest["layout"])
+    history = run_history(name, result["history"], started, clients=result["clients"], layout=manifest["layout"])
     return _artifact(name, spec, modalities, result["state"]), history, pd.DataFrame(result["traffic"])
 
 
@@ -73,7 +73,7 @@ def train_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], ba
                                       int(fed.get("num_rounds", 10)), int(params["seed"]), fed.get("eval_samples"),
                                       fed.get("lr_schedule", "cosine"))
     modalities = list(get_algorithm(name).modalities)
-    return _artifact(name, spec, modalities, state), _history(name, rounds, started), _no_traffic()
+    return _artifact(name, spec, modalities, state), run_history(name, rounds, started), no_traffic()
 
 
 def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any], test_patches: dict[str, Any],
@@ -89,5 +89,5 @@ def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any
     summary = summarise_local(results)
     chosen = summary["median_client"]
     modalities = next(r["modalities"] for r in results if r["client_id"] == chosen)
-    history = _history(name, [], started, clients=results, **summary)
-    return _artifact(name, spec, modalities, states[chosen]), history, _no_traffic()
+    history = run_history(name, [], started, clients=results, **summary)
+    return _artifact(name, spec, modalities, states[chosen]), history, no_traffic()
