@@ -84,6 +84,7 @@ def test_feddiff_pipeline_end_to_end(tiny_baselines):
     assert diffusion["stages"]["hsi"][0]["accepted"] == [0, 2] and diffusion["stages"]["lidar"][0]["accepted"] == [1, 3]
     features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
     assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4
+    assert features["reused_from_cache"] == [] and len(list(p("data/04_feature/synthetic/feddiff_feature_cache").glob("*.npy"))) == 4
     history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["accepted"] == [0, 1, 2, 3] for r in history["rounds"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from typing import Any
 
 import pandas as pd
 
-
+from fedrs.cache import cached_array, content_digest
 from fedrs.federated.engine import SimulationResources, run_simulation_engine
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.feddiff import MODALITIES, diffusion_feature_bundle
@@ -16,6 +16,8 @@ from fedrs.federated.server import FederatedConfig
 from fedrs.federated.standalone import train_centralized
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 from fedrs.pipelines.training.nodes import no_traffic, run_history  # one history layout for all
+
+logger = logging.getLogger(__name__)
 
 
 def unet_spec(patches: dict[str, Any], modality: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -69,30 +71,34 @@ def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
     return unets, run_history("feddiff_diffusion", [], started, stages=rounds)
 
 
-def _digest(unet: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(unet["state"]):
-        h.update(key.encode())
-        h.update(unet["state"][key].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def extract_features(unets: dict[str, Any], manifest: dict[str, Any], client_partitions: dict[str, Any],
-                     params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Stage 2: each client's features of its own modality, with that modality's global U-Net."""
+                     cache_dir: str, params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Stage 2: each client's features of its own modality, with that modality's global U-Net.
+
+    Each client's features are cached under the digest of the U-Net (spec and weights), its patches,
+    the timesteps and the seed: a re-run with an unchanged model and scene loads them instead."""
     timesteps, seed = list(params["features"]["timesteps"]), int(params["features"]["seed"])
+    use_cache = bool(params["features"].get("cache", True))
+    digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
     models = {}
     for modality, entry in unets.items():
         model = DiffusionUNet(UNetSpec.from_dict(entry["spec"]))
         model.load_state_dict(entry["state"])
         models[modality] = model
-    files = {}
+    files, reused = {}, []
     for client in manifest["clients"]:
         bundle = client_partitions[client["partition"]]()
         (modality,) = client["modalities"]
-        files[client["partition"]] = {f"{modality}_features": diffusion_feature_bundle(
-            models[modality], unets[modality]["spec"], bundle[modality], timesteps, seed)}
-    return files, {"timesteps": timesteps, "seed": seed, "unets": {m: _digest(u) for m, u in unets.items()},
+        key = content_digest(digests[modality], bundle[modality], timesteps, seed)
+        features, hit = cached_array(cache_dir if use_cache else None, f"{modality}-{key}",
+                                     lambda: diffusion_feature_bundle(models[modality], unets[modality]["spec"],
+                                                                      bundle[modality], timesteps, seed))
+        files[client["partition"]] = {f"{modality}_features": features}
+        if hit:
+            reused.append(client["partition"])
+    if reused:
+        logger.info("Diffusion features reused from %s for %d of %d clients", cache_dir, len(reused), len(files))
+    return files, {"timesteps": timesteps, "seed": seed, "unets": digests, "reused_from_cache": reused,
                    "clients": {k: list(v[next(iter(v))].shape) for k, v in files.items()}}
 
 

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                                "checkpoint_dir", "test_patches", "params:feddiff"],
              ["unets", "diffusion_history"], name="train_diffusion"),
         node(extract_features, ["unets", "modality_split.federation_manifest", "modality_split.client_partitions",
-                                "params:feddiff"], ["client_features", "features_manifest"], name="extract_features"),
+                                "feature_cache_dir", "params:feddiff"], ["client_features", "features_manifest"], name="extract_features"),
         node(train_classifier, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
                                 "client_features_dir", "features_manifest", "checkpoint_dir", "unets", "test_patches",
                                 "params:feddiff"], ["model", "history", "traffic", "test_inputs"],
