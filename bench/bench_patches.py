@@ -1,30 +1,22 @@
 """Patch extraction on a Houston-size scene (349×1905, 144 bands): patches/s and peak memory.
 
 Usage: .venv/bin/python bench/bench_patches.py [--repeats 3]
-Prints a table and writes bench/results/patches.json (median of the repeats).
+Prints a table and writes bench/results/patches.json and .md (median of the repeats).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
+from common import peak_rss_mb, save
 from fedrs.patching import PatchExtractor, apply_normaliser, fit_normaliser, iter_scene_patches
 
 ROWS, COLS, BANDS = 349, 1905, 144
 LABELLED = 15029  # Houston 2013: 2,832 train + 12,197 test
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -57,30 +49,18 @@ def main() -> None:
         timings["full_scene_iteration"].append(time.perf_counter() - t)
 
     med = {k: statistics.median(v) for k, v in timings.items()}
-    result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-        "scene": f"{ROWS}x{COLS}x{BANDS}",
-        "patch_size": args.patch_size,
-        "normalise_s": med["normalise"],
-        "labelled_patches": LABELLED,
-        "labelled_patches_s": med["labelled_patches"],
-        "labelled_patches_per_s": LABELLED / med["labelled_patches"],
-        "full_scene_pixels": ROWS * COLS,
-        "full_scene_s": med["full_scene_iteration"],
-        "full_scene_pixels_per_s": ROWS * COLS / med["full_scene_iteration"],
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "patches.json").write_text(json.dumps(result, indent=2))
-    print(f"Houston-size scene {result['scene']}, P={args.patch_size}, median of {args.repeats}:")
-    print(f"  normalise (fit on train, apply)  {result['normalise_s']:8.2f} s")
-    print(f"  {LABELLED} labelled patches        {result['labelled_patches_s']:8.2f} s  "
-          f"({result['labelled_patches_per_s']:,.0f} patches/s)")
-    print(f"  all {ROWS * COLS} pixels, batched      {result['full_scene_s']:8.2f} s  "
-          f"({result['full_scene_pixels_per_s']:,.0f} patches/s)")
-    print(f"  peak memory                      {result['peak_rss_mb']:8.0f} MB")
+    result = {"scene": f"{ROWS}x{COLS}x{BANDS}", "patch_size": args.patch_size, "normalise_s": med["normalise"],
+              "labelled_patches": LABELLED, "labelled_patches_s": med["labelled_patches"],
+              "labelled_patches_per_s": LABELLED / med["labelled_patches"], "full_scene_pixels": ROWS * COLS,
+              "full_scene_s": med["full_scene_iteration"],
+              "full_scene_pixels_per_s": ROWS * COLS / med["full_scene_iteration"], "peak_rss_mb": peak_rss_mb()}
+    save("patches", result, [
+        f"Houston-size scene {result['scene']}, patch {args.patch_size}, median of {args.repeats}.", "",
+        "| step | seconds | patches/s |", "|---|---|---|",
+        f"| normalise (fit on train pixels, apply) | {result['normalise_s']:.2f} | |",
+        f"| {LABELLED:,} labelled patches | {result['labelled_patches_s']:.2f} | {result['labelled_patches_per_s']:,.0f} |",
+        f"| all {ROWS * COLS:,} pixels, batches of 4,096 | {result['full_scene_s']:.2f} | "
+        f"{result['full_scene_pixels_per_s']:,.0f} |", "", f"Peak memory {result['peak_rss_mb']:,.0f} MiB."])
 
 
 if __name__ == "__main__":

@@ -71,14 +71,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: without them bf16 autocast on CPU is emulated and much slower than fp32."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None) or getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
 
 def autocast(device: torch.device, mode: str = "auto") -> contextlib.AbstractContextManager:
     """bf16 autocast on a CPU with native bf16 (AVX-512 BF16/AMX) or on CUDA; a no-op otherwise."""
-    if mode == "off" or (mode == "auto" and device.type == "cpu" and not _cpu_has_bf16()):
+    if mode == "off" or (mode == "auto" and device.type == "cpu" and not cpu_has_native_bf16()):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
