@@ -3,14 +3,15 @@
 - data: ``ingest``, ``patches``, ``partition`` (and ``data`` = all three)
 - one per algorithm (data + training + the shared evaluation template under its namespace):
   the baselines, ``baselines`` = all of them, ``fedcmi`` and ``feddiff``
-- ``__default__``: everything
+- ``report``: the comparison of every algorithm that has results on disk (run it after them)
+- ``__default__``: every data and algorithm pipeline (not the report, which reads their files)
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from fedrs.pipelines import evaluation, feddiff, ingest, partition, patches, training
+from fedrs.pipelines import evaluation, feddiff, ingest, partition, patches, report, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -28,4 +29,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["baselines"] = sum((pipelines[a] for a in training.BASELINES), Pipeline([]))
     pipelines["__default__"] = (pipelines["baselines"] + pipelines["feddiff"] + pipelines["feddiff_centralized"]
                                 + sum((pipelines[a] for a in training.ALGORITHMS), Pipeline([])))
+    pipelines["report"] = report.create_pipeline()
     return pipelines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -136,4 +137,86 @@ def curves_figure(history: dict[str, Any]) -> Figure:
     for ax in axes[:2]:
         ax.set_xlabel("round")
     fig.suptitle(name)
+    return fig
+
+
+def comparison_curves_figure(histories: dict[str, dict[str, Any]]) -> Figure:
+    """Test OA per round, and OA against cumulative bytes sent, one line per federated algorithm."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
+    for name, history in histories.items():
+        rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
+        if not rounds:
+            continue
+        oa = [r["test_oa"] for r in rounds]
+        axes[0].plot([r["round"] for r in rounds], oa, marker=".", label=name)
+        sent = np.cumsum([r.get("bytes_down", 0) + r.get("bytes_up", 0) for r in rounds]) / 1e6
+        if sent[-1] > 0:
+            axes[1].plot(sent, oa, marker=".", label=name)
+    axes[0].set(xlabel="round", ylabel="test OA", title="test OA per round")
+    axes[1].set(xlabel="cumulative MB sent (both directions, log)", ylabel="test OA", title="OA against traffic")
+    if axes[1].lines:
+        axes[1].set_xscale("log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return fig
+
+
+def maps_grid_figure(predictions: dict[str, np.ndarray], scene: dict[str, Any], scores: dict[str, float]) -> Figure:
+    """The ground truth, then every algorithm's classification map, on one colour scale."""
+    names = list(scene["class_names"])
+    cmap = class_colours(len(names))
+    panels = [("ground truth", np.maximum(scene["train_labels"], scene["test_labels"]))]
+    panels += [(f"{k} (OA {scores[k]:.3f})" if k in scores else k, v) for k, v in predictions.items()]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    height, width = panels[0][1].shape
+    panel_w = 3.6
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_w * rows * height / width + 0.6 * rows + 0.6),
+                             squeeze=False, constrained_layout=True)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (title, image) in zip(axes.ravel(), panels):
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=8)
+    return fig
+
+
+def confusion_grid_figure(reports: dict[str, dict[str, Any]], class_names: list[str]) -> Figure:
+    """Row-normalised confusion matrices of every algorithm side by side."""
+    cols = min(4, max(len(reports), 1))
+    rows = max(1, -(-len(reports) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    ticks = range(len(class_names))
+    for ax, (name, report) in zip(axes.ravel(), reports.items()):
+        cm = np.asarray(report["confusion"], dtype=np.float64)
+        ax.set_axis_on()
+        ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{name}: OA {report['oa']:.3f}", fontsize=9)
+        ax.set_xticks(ticks, [str(i + 1) for i in ticks], fontsize=6)
+        ax.set_yticks(ticks, [str(i + 1) for i in ticks], fontsize=6)
+    key = textwrap.fill(", ".join(f"{i + 1} {n}" for i, n in enumerate(class_names)), width=45 * cols)
+    fig.supxlabel(f"predicted class\n{key}", fontsize=8)
+    fig.supylabel("true class", fontsize=9)
+    return fig
+
+
+def modality_ablation_figure(rows: list[dict[str, Any]]) -> Figure:
+    """Test OA with both modalities and with one, per algorithm (bars grouped by algorithm)."""
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
+    inputs = list(dict.fromkeys(r["inputs"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(algorithms) + 2), 4), constrained_layout=True)
+    width = 0.8 / max(len(inputs), 1)
+    for i, label in enumerate(inputs):
+        values = [next((r["oa"] for r in rows if r["algorithm"] == a and r["inputs"] == label), np.nan) for a in algorithms]
+        ax.bar(np.arange(len(algorithms)) + i * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(algorithms)) + width * (len(inputs) - 1) / 2, algorithms, rotation=20, ha="right")
+    ax.set(ylabel="test OA", ylim=(0, 1), title="single-modality ablations")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return fig

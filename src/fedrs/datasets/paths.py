@@ -1,4 +1,6 @@
-"""A folder as a catalog entry whose value is its path.
+"""Folders as catalog entries: a folder whose value is its path, and a folder of per-algorithm results.
+
+A folder as a catalog entry whose value is its path:
 
 Federated clients load their own partition files; the training node only needs to tell them where
 those live. This keeps that location in the catalog (like every other path) instead of parameters.
@@ -9,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
+from kedro_datasets.partitions import PartitionedDataset
 
 from fedrs.errors import InputError
 
@@ -33,3 +36,16 @@ class FolderPathDataset(AbstractDataset[str, str]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+class ResultsDataset(PartitionedDataset):
+    """A PartitionedDataset that may be empty: the report reads whatever the algorithm pipelines left
+    (``{}`` when none wrote this kind of file, e.g. no diffusion history without FedDiff)."""
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return super().load()
+        except DatasetError as error:
+            if "No partitions found" in str(error):
+                return {}
+            raise

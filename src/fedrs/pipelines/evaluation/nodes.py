@@ -17,10 +17,11 @@ def evaluate(model: dict[str, Any], test_patches: dict[str, Any], params: dict[s
 
 
 def classification_map(model: dict[str, Any], scene: dict[str, Any], normalisation: dict[str, Any],
-                       patches: dict[str, Any], params: dict[str, Any]) -> Figure:
+                       patches: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], Figure]:
+    """The predicted class of every pixel (kept for the report's side-by-side maps) and its figure."""
     prediction = predict_scene(model, scene, normalisation, int(patches["patch_size"]),
                                int(patches.get("inference_batch_size", 4096)), params.get("inference", {}))
-    return classification_map_figure(prediction, scene, model["algorithm"])
+    return {"prediction": prediction}, classification_map_figure(prediction, scene, model["algorithm"])
 
 
 def curves(history: dict[str, Any]) -> Figure:

@@ -1,7 +1,7 @@
 """The evaluation template: instantiate with ``create_pipeline(algorithm)`` for namespace ``<algo>``.
 
 Reads ``<algo>.model`` and ``<algo>.history``; writes ``<algo>.metrics`` (JSON), the confusion
-matrix, the classification map and the curves (figures, also logged to MLflow), the MLflow metrics
+matrix, the predicted map (array and figure) and the curves (figures, also logged to MLflow), the MLflow metrics
 and the registered MLflow model.
 """
 
@@ -14,7 +14,7 @@ def create_template() -> Pipeline:
     return Pipeline([
         node(evaluate, ["model", "test_patches", "params:evaluation"], ["metrics", "confusion_plot"], name="evaluate"),
         node(classification_map, ["model", "scene", "normalisation", "params:patches", "params:evaluation"],
-             "classification_map_plot", name="classification_map"),
+             ["prediction", "classification_map_plot"], name="classification_map"),
         node(curves, "history", "curves_plot", name="curves"),
         node(mlflow_metrics, ["metrics", "history"], "mlflow_metrics", name="mlflow_metrics"),
         node(torch_module, "model", "mlflow_model", name="mlflow_model"),

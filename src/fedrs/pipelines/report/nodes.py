@@ -1,0 +1,60 @@
+"""Report nodes: gather what every evaluated algorithm wrote, build the table, figures and pages."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fedrs.errors import InputError
+from fedrs.plots import comparison_curves_figure, confusion_grid_figure, maps_grid_figure, modality_ablation_figure
+from fedrs.report import (comparison_table, figure_png, ordered, render_html, render_markdown,
+                          single_modality_rows)
+
+FIGURES = {"curves": "Test OA per round and against cumulative bytes sent",
+           "maps": "Classification maps beside the ground truth",
+           "confusion": "Confusion matrices (row-normalised)",
+           "modalities": "Single-modality ablations"}
+
+
+def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    return {key.strip("/"): load() for key, load in parts.items()}
+
+
+def build_report(metrics_parts: dict[str, Callable], history_parts: dict[str, Callable],
+                 stage_history_parts: dict[str, Callable], prediction_parts: dict[str, Callable],
+                 scene: dict[str, Any], params: dict[str, Any]
+                 ) -> tuple[pd.DataFrame, dict[str, Figure], str, str]:
+    """Everything in ``data/08_reporting/<scene>/*/metrics.json`` and the matching histories and
+    maps, compared: the table (CSV), the figures, the Markdown page and the self-contained HTML."""
+    metrics = _loaded(metrics_parts)
+    if not metrics:
+        raise InputError("No evaluated algorithm found (no data/08_reporting/<scene>/<algorithm>/metrics.json); "
+                         "expected at least one algorithm pipeline to have run before the report")
+    order = list(params.get("order", []))
+    names = ordered(list(metrics), order)
+    histories, stages = _loaded(history_parts), _loaded(stage_history_parts)
+    predictions = {k: v["prediction"] for k, v in _loaded(prediction_parts).items() if k in metrics}
+    table = comparison_table(metrics, histories, stages, order)
+    ablation = single_modality_rows(metrics, order)
+    figures = {
+        "curves": comparison_curves_figure({n: histories[n] for n in names if n in histories}),
+        "maps": maps_grid_figure({n: predictions[n] for n in names if n in predictions}, scene,
+                                 {n: metrics[n]["oa"] for n in names}),
+        "confusion": confusion_grid_figure({n: metrics[n] for n in names}, list(scene["class_names"])),
+        "modalities": modality_ablation_figure(ablation),
+    }
+    title = params.get("title", "fedrs comparison")
+    context = {"scene": str(params.get("scene_name", "")), "seed": str(params.get("seed", "")),
+               "algorithms": ", ".join(names),
+               "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "machine": f"{platform.machine()}, {platform.system()} {platform.release()}, Python {platform.python_version()}"}
+    markdown = render_markdown(title, context, table, ablation,
+                               {FIGURES[k]: f"figures/{k}.png" for k in figures})
+    page = render_html(title, context, table, ablation,
+                       {FIGURES[k]: figure_png(fig, int(params.get("dpi", 100))) for k, fig in figures.items()})
+    return table, figures, markdown, page

@@ -1,0 +1,146 @@
+"""The comparison report: one table of every algorithm with results, the single-modality ablations,
+and the page that shows them with the figures — as Markdown (figures beside it) and as a single
+self-contained HTML file (figures embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA", "aa": "AA", "kappa": "κ",
+                 "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
+                 "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
+                 "peak_rss_mb": "peak MiB"}
+
+
+def ordered(names: list[str], preferred: list[str]) -> list[str]:
+    """``preferred`` first (those present), then the rest alphabetically."""
+    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
+
+
+def comparison_table(metrics: dict[str, dict[str, Any]], histories: dict[str, dict[str, Any]],
+                     stage_histories: dict[str, dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    """One row per algorithm: scores, per-class accuracy, traffic, wall time and peak memory.
+
+    Wall time adds any earlier stage of the same algorithm (FedDiff's diffusion training); peak memory
+    is the larger of the two. Traffic sums every round of every stage, both directions."""
+    rows = []
+    for name in ordered(list(metrics), order):
+        report, history = metrics[name], histories.get(name, {})
+        stages = [h for h in (stage_histories.get(name), history) if h]
+        rounds = [r for h in stages for r in h.get("rounds") or []]
+        rounds += [r for h in stages for stage in (h.get("stages") or {}).values() for r in stage]
+        sent = sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rounds)
+        dense = sum(r.get("bytes_up_dense", r.get("bytes_up", 0)) + r.get("bytes_down_dense", r.get("bytes_down", 0))
+                    for r in rounds)
+        row = {"algorithm": name, "modalities": "+".join(report.get("modalities", [])),
+               "oa": report["oa"], "aa": report["aa"], "kappa": report["kappa"],
+               "per_class_spread": report.get("per_class_spread", np.nan),
+               "rounds": len(history.get("rounds") or []), "mb_sent": sent / 1e6, "mb_dense": dense / 1e6,
+               "compression": dense / sent if sent else np.nan,
+               "wall_seconds": sum(h.get("wall_seconds", 0.0) for h in stages) if stages else np.nan,
+               "peak_rss_mb": max((h.get("peak_rss_mb", 0.0) for h in stages), default=np.nan)}
+        row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """Test OA of every model with both modalities and with one (zero-filled, infiltrated, or a
+    model trained on one modality)."""
+    rows = []
+    for name in ordered(list(metrics), order):
+        report = metrics[name]
+        modalities = report.get("modalities", [])
+        label = "both" if len(modalities) > 1 else f"{'+'.join(modalities).upper()} only (trained)"
+        rows.append({"algorithm": name, "inputs": label, "oa": report["oa"]})
+        for variant, scores in (report.get("variants") or {}).items():
+            modality, _, how = variant.partition("_")
+            rows.append({"algorithm": name, "inputs": f"{modality.upper()} only, {how.replace('_', '-')}",
+                         "oa": scores["oa"]})
+        for variant, scores in (report.get("ablation") or {}).items():
+            rows.append({"algorithm": name, "inputs": f"{variant.split('_')[0].upper()} only (trained)",
+                         "oa": scores["oa"]})
+    return rows
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return "–"
+        return f"{value:.4f}" if abs(value) < 1.5 else f"{value:,.1f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    columns = columns or {c: c for c in frame.columns}
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for _, row in frame.iterrows()]
+    return "\n".join(lines)
+
+
+def _per_class(frame: pd.DataFrame) -> pd.DataFrame:
+    classes = [c for c in frame.columns if c.startswith("class: ")]
+    return frame[["algorithm", *classes]].rename(columns={c: c.removeprefix("class: ") for c in classes})
+
+
+def _ablation(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    return frame.pivot_table(index="algorithm", columns="inputs", values="oa", sort=False).reset_index()
+
+
+def render_markdown(title: str, context: dict[str, str], table: pd.DataFrame, ablation: list[dict[str, Any]],
+                    figures: dict[str, str]) -> str:
+    """The report as Markdown; ``figures`` maps a caption to the figure's path relative to the report."""
+    parts = [f"# {title}", "", *(f"- **{k}**: {v}" for k, v in context.items()), "",
+             "## Comparison", "", markdown_table(table, TABLE_COLUMNS), "",
+             "## Per-class accuracy", "", markdown_table(_per_class(table)), ""]
+    if ablation:
+        parts += ["## Single-modality ablations (test OA)", "", markdown_table(_ablation(ablation)), ""]
+    parts += ["## Figures", ""]
+    for caption, path in figures.items():
+        parts += [f"### {caption}", "", f"![{caption}]({path})", ""]
+    return "\n".join(parts)
+
+
+def figure_png(figure: Figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _html_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    columns = columns or {c: c for c in frame.columns}
+    head = "".join(f"<th>{html.escape(v)}</th>" for v in columns.values())
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row[c]))}</td>" for c in columns) + "</tr>"
+                   for _, row in frame.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(title: str, context: dict[str, str], table: pd.DataFrame, ablation: list[dict[str, Any]],
+                figures: dict[str, bytes]) -> str:
+    """One HTML file with nothing external: the PNG figures are embedded as data URIs."""
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
+             "td:first-child{text-align:left}img{max-width:100%}")
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><ul>"]
+    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in context.items()]
+    parts += ["</ul><h2>Comparison</h2>", _html_table(table, TABLE_COLUMNS),
+              "<h2>Per-class accuracy</h2>", _html_table(_per_class(table))]
+    if ablation:
+        parts += ["<h2>Single-modality ablations (test OA)</h2>", _html_table(_ablation(ablation))]
+    parts.append("<h2>Figures</h2>")
+    for caption, png in figures.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,70 @@
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+
+from fedrs.plots import comparison_curves_figure
+from fedrs.report import (comparison_table, figure_png, markdown_table, ordered, render_html, render_markdown,
+                          single_modality_rows)
+
+
+def _metrics(oa, modalities=("hsi", "lidar"), **extra):
+    return {"oa": oa, "aa": oa - 0.01, "kappa": oa - 0.05, "per_class_spread": 0.2, "modalities": list(modalities),
+            "per_class": {"Grass": oa, "Trees": oa - 0.1}, "confusion": [[3, 1], [0, 4]], **extra}
+
+
+def _round(n, up, up_dense):
+    return {"round": n, "test_oa": 0.5 + n / 10, "bytes_up": up, "bytes_up_dense": up_dense,
+            "bytes_down": 100, "bytes_down_dense": 100}
+
+
+def test_table_sums_traffic_of_every_stage_and_orders_rows():
+    metrics = {"fedavg": _metrics(0.8), "feddiff": _metrics(0.9), "local": _metrics(0.5, ("hsi",))}
+    histories = {"fedavg": {"rounds": [_round(1, 400, 400), _round(2, 400, 400)], "wall_seconds": 10.0,
+                            "peak_rss_mb": 900.0},
+                 "feddiff": {"rounds": [_round(1, 50, 500)], "wall_seconds": 20.0, "peak_rss_mb": 1000.0},
+                 "local": {"rounds": [], "wall_seconds": 3.0, "peak_rss_mb": 500.0}}
+    stages = {"feddiff": {"rounds": [], "stages": {"hsi": [_round(1, 1000, 1000)]}, "wall_seconds": 5.0,
+                          "peak_rss_mb": 1200.0}}
+    table = comparison_table(metrics, histories, stages, order=["feddiff", "fedavg"])
+    assert list(table["algorithm"]) == ["feddiff", "fedavg", "local"]
+    fedavg, feddiff, local = (table.set_index("algorithm").loc[n] for n in ("fedavg", "feddiff", "local"))
+    assert fedavg["mb_sent"] * 1e6 == 1000 and fedavg["compression"] == 1.0 and fedavg["rounds"] == 2
+    # FedDiff: the classifier round and the diffusion stage's round, both directions
+    assert feddiff["mb_sent"] * 1e6 == 50 + 100 + 1000 + 100 and feddiff["mb_dense"] * 1e6 == 500 + 100 + 1000 + 100
+    assert feddiff["wall_seconds"] == 25.0 and feddiff["peak_rss_mb"] == 1200.0
+    assert np.isnan(local["compression"]) and local["modalities"] == "hsi"
+    assert feddiff["class: Trees"] == 0.8
+
+
+def test_single_modality_rows_cover_variants_ablations_and_unimodal_models():
+    metrics = {"fedcmi": _metrics(0.8, variants={"lidar_infiltrated": {"oa": 0.4}, "lidar_zero_filled": {"oa": 0.3}}),
+               "centralized": _metrics(0.9, ablation={"hsi_only": {"oa": 0.6}}),
+               "fedavg_hsi": _metrics(0.55, ("hsi",))}
+    rows = single_modality_rows(metrics, [])
+    got = {(r["algorithm"], r["inputs"]): r["oa"] for r in rows}
+    assert got == {("centralized", "both"): 0.9, ("centralized", "HSI only (trained)"): 0.6,
+                   ("fedavg_hsi", "HSI only (trained)"): 0.55, ("fedcmi", "both"): 0.8,
+                   ("fedcmi", "LIDAR only, infiltrated"): 0.4, ("fedcmi", "LIDAR only, zero-filled"): 0.3}
+
+
+def test_pages_hold_every_algorithm_and_embed_every_figure():
+    metrics = {"a": _metrics(0.7), "b": _metrics(0.6, variants={"hsi_zero_filled": {"oa": 0.3}})}
+    table = comparison_table(metrics, {}, {}, [])
+    rows = single_modality_rows(metrics, [])
+    fig = comparison_curves_figure({"a": {"rounds": [_round(1, 10, 20), _round(2, 10, 20)]}})
+    png = figure_png(fig)
+    page = render_html("t", {"scene": "s"}, table, rows, {"curves": png, "again": png})
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(images) == 2 and base64.b64decode(images[0]) == png and png.startswith(b"\x89PNG")
+    assert "<td>a</td>" in page and "<td>b</td>" in page and "src='http" not in page
+    md = render_markdown("t", {"scene": "s"}, table, rows, {"Curves": "figures/curves.png"})
+    assert "![Curves](figures/curves.png)" in md and "| a | hsi+lidar | 0.7000 |" in md
+    assert "HSI only, zero-filled" in md
+
+
+def test_ordered_and_markdown_table():
+    assert ordered(["z", "b", "a", "feddiff"], ["feddiff", "missing", "a"]) == ["feddiff", "a", "b", "z"]
+    text = markdown_table(pd.DataFrame([{"x": "n", "y": float("nan"), "z": 1234.5}]))
+    assert text.splitlines()[2] == "| n | – | 1,234.5 |"
