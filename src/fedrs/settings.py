@@ -14,3 +14,8 @@ CONFIG_LOADER_ARGS = {
     # an environment's parameter files override single keys, not whole blocks
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
 }
+
+from fedrs.hooks import ChampionHook  # noqa: E402
+
+# kedro-mlflow's own hooks register through its plugin entry point; this one runs after them
+HOOKS = (ChampionHook(),)

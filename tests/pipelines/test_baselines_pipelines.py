@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from fedrs.datasets import TorchArtifactDataset
+from fedrs.registry import load_registered_artifact
+from fedrs.registry import main as registry_main
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,11 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     assert len(versions) == 1 and versions[0].run_id == run.info.run_id
     model = mlflow.pytorch.load_model("models:/fedavg/1")
     assert model.spec.modalities == ("hsi", "lidar")
+    # the hook named the only version champion; the artefact beside it maps the scene again
+    assert int(client.get_model_version_by_alias("fedavg", "champion").version) == 1
+    assert load_registered_artifact("models:/fedavg@champion")["state"].keys() == artifact["state"].keys()
+    registry_main(["map", "models:/fedavg@champion", "--out", str(p("champion.png"))])
+    assert p("champion.png").stat().st_size > 5_000
 
 
 def test_centralized_and_local_pipelines(tiny_baselines):
