@@ -1,5 +1,5 @@
 # fedrs — the two set-up commands of the README:
-#   make run   create .venv, install the pinned stack + fedrs (editable), run the main pipeline
+#   make run   create .venv, install the pinned stack + fedrs (editable), run the main pipeline and the report
 #   make test  same environment, the whole test suite
 # A second call skips the install unless pyproject.toml (the pinned stack) changed.
 
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/kedro run --pipelines=$(PIPELINES)
-	@$(BIN)/python -m fedrs.outputs --pipelines=$(PIPELINES)
+	$(BIN)/kedro run --pipelines=report
+	@$(BIN)/python -m fedrs.outputs --pipelines=$(PIPELINES),report
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -25,6 +25,26 @@ TINY_SCENE = {
     "n_plazas": 5,
 }
 
+# Tiny algorithm settings (conf/local overrides) shared by the pipeline and DVC tests
+TINY_PARTITION = {
+    "modality_split": {"partition": {"min_samples_per_client": 2}},
+    "horizontal": {"partition": {"num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0,
+                                 "min_samples_per_client": 2}},
+}
+TINY_BASELINES = {"baseline": {
+    "model": {"width": 8, "dim": 16}, "train": {"epochs": 1, "batch_size": 8},
+    "federated": {"num_rounds": 2, "min_clients": 1, "eval_samples": 300},
+    "resources": {"total_cpus": 2},
+}}
+TINY_FEDCMI = {"fedcmi": {"training": {"model": {"dim": 16}}}}
+TINY_FEDDIFF = {"feddiff": {
+    "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
+                  "federated": {"num_rounds": 1, "eval_samples": 64}},
+    "features": {"timesteps": [5, 20]},
+    "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
+    "resources": {"total_cpus": 2},
+}}
+
 for key, value in {
     "KEDRO_DISABLE_TELEMETRY": "true",
     "DVC_NO_ANALYTICS": "1",

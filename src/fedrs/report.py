@@ -51,6 +51,18 @@ def comparison_table(metrics: dict[str, dict[str, Any]], histories: dict[str, di
     return pd.DataFrame(rows)
 
 
+def round_tables(histories: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Per federated algorithm: round, test OA and cumulative MB sent (the curves, for DVC plots)."""
+    tables = {}
+    for name, history in histories.items():
+        rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
+        if rounds:
+            sent = np.cumsum([r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rounds]) / 1e6
+            tables[name] = pd.DataFrame({"round": [r["round"] for r in rounds], "test_oa": [r["test_oa"] for r in rounds],
+                                         "mb_cumulative": sent})
+    return tables
+
+
 def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
     """Test OA of every model with both modalities and with one (zero-filled, infiltrated, or a
     model trained on one modality)."""

@@ -2,17 +2,17 @@
 
 import pytest
 
+from tests.conftest import TINY_BASELINES, TINY_FEDDIFF, TINY_PARTITION
+
 
 @pytest.fixture
 def tiny_baselines(kedro_project):
-    kedro_project.write_conf("local", "parameters_partition.yml", {
-        "modality_split": {"partition": {"min_samples_per_client": 2}},
-        "horizontal": {"partition": {"num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0,
-                                     "min_samples_per_client": 2}},
-    })
-    kedro_project.write_conf("local", "parameters_baselines.yml", {"baseline": {
-        "model": {"width": 8, "dim": 16}, "train": {"epochs": 1, "batch_size": 8},
-        "federated": {"num_rounds": 2, "min_clients": 1, "eval_samples": 300},
-        "resources": {"total_cpus": 2},
-    }})
+    kedro_project.write_conf("local", "parameters_partition.yml", TINY_PARTITION)
+    kedro_project.write_conf("local", "parameters_baselines.yml", TINY_BASELINES)
     return kedro_project
+
+
+@pytest.fixture
+def tiny_feddiff(tiny_baselines):
+    tiny_baselines.write_conf("local", "parameters_feddiff.yml", TINY_FEDDIFF)
+    return tiny_baselines

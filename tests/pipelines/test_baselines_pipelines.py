@@ -10,6 +10,7 @@ import pytest
 from fedrs.datasets import TorchArtifactDataset
 from fedrs.registry import load_registered_artifact
 from fedrs.registry import main as registry_main
+from tests.conftest import TINY_FEDCMI
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ def test_centralized_and_local_pipelines(tiny_baselines):
 
 
 def test_fedcmi_pipeline_end_to_end(tiny_baselines):
-    tiny_baselines.write_conf("local", "parameters_fedcmi.yml", {"fedcmi": {"training": {"model": {"dim": 16}}}})
+    tiny_baselines.write_conf("local", "parameters_fedcmi.yml", TINY_FEDCMI)
     tiny_baselines.run(["fedcmi"])
     p = tiny_baselines.path
     history = json.loads(p("data/07_model_output/synthetic/fedcmi/history.json").read_text())
@@ -75,16 +76,9 @@ def test_fedcmi_pipeline_end_to_end(tiny_baselines):
     assert artifact["spec"]["dim"] == 16 and artifact["algorithm"] == "fedcmi"
 
 
-def test_feddiff_pipeline_end_to_end(tiny_baselines):
-    tiny_baselines.write_conf("local", "parameters_feddiff.yml", {"feddiff": {
-        "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
-                      "federated": {"num_rounds": 1, "eval_samples": 64}},
-        "features": {"timesteps": [5, 20]},
-        "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
-        "resources": {"total_cpus": 2},
-    }})
-    tiny_baselines.run(["feddiff"])
-    p = tiny_baselines.path
+def test_feddiff_pipeline_end_to_end(tiny_feddiff):
+    tiny_feddiff.run(["feddiff"])
+    p = tiny_feddiff.path
     diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
     assert set(diffusion["stages"]) == {"hsi", "lidar"} and all(len(r) == 1 for r in diffusion["stages"].values())
     # stage 1 federated each U-Net over the holders of its modality only (clients 0, 2 hold HSI)

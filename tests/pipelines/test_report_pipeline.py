@@ -45,6 +45,8 @@ def test_report_compares_every_algorithm_with_results(kedro_project):
     out = kedro_project.path("data/08_reporting/synthetic/report")
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["algorithm"]) == ["feddiff", "fedavg", "fedavg_hsi"]  # the configured order
+    rounds = pd.read_csv(out / "rounds" / "feddiff.csv")
+    assert list(rounds["round"]) == [1, 2, 3] and rounds["mb_cumulative"].iloc[-1] == pytest.approx(9000 / 1e6)
     assert table.loc[0, "mb_sent"] == pytest.approx(9000 / 1e6) and table.loc[0, "compression"] == pytest.approx(2.0)
     page = (out / "report.html").read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from fedrs.errors import InputError
 from fedrs.plots import comparison_curves_figure, confusion_grid_figure, maps_grid_figure, modality_ablation_figure
-from fedrs.report import (comparison_table, figure_png, ordered, render_html, render_markdown,
+from fedrs.report import (comparison_table, figure_png, ordered, render_html, render_markdown, round_tables,
                           single_modality_rows)
 
 FIGURES = {"curves": "Test OA per round and against cumulative bytes sent",
@@ -28,9 +28,10 @@ def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 def build_report(metrics_parts: dict[str, Callable], history_parts: dict[str, Callable],
                  stage_history_parts: dict[str, Callable], prediction_parts: dict[str, Callable],
                  scene: dict[str, Any], params: dict[str, Any]
-                 ) -> tuple[pd.DataFrame, dict[str, Figure], str, str]:
+                 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Figure], str, str]:
     """Everything in ``data/08_reporting/<scene>/*/metrics.json`` and the matching histories and
-    maps, compared: the table (CSV), the figures, the Markdown page and the self-contained HTML."""
+    maps, compared: the table (CSV), per-round curves (CSV), the figures, the Markdown page and the
+    self-contained HTML."""
     metrics = _loaded(metrics_parts)
     if not metrics:
         raise InputError("No evaluated algorithm found (no data/08_reporting/<scene>/<algorithm>/metrics.json); "
@@ -57,4 +58,5 @@ def build_report(metrics_parts: dict[str, Callable], history_parts: dict[str, Ca
                                {FIGURES[k]: f"figures/{k}.png" for k in figures})
     page = render_html(title, context, table, ablation,
                        {FIGURES[k]: figure_png(fig, int(params.get("dpi", 100))) for k, fig in figures.items()})
-    return table, figures, markdown, page
+    rounds = round_tables({n: histories[n] for n in names if n in histories})
+    return table, rounds, figures, markdown, page

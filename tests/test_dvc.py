@@ -1,0 +1,92 @@
+"""`dvc repro` in a temporary git clone of the project with a tiny configuration: every stage runs,
+a second repro skips them all, and a parameter change re-runs only the stages that depend on it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_BASELINES, TINY_FEDCMI, TINY_FEDDIFF, TINY_PARTITION, TINY_SCENE
+
+pytestmark = pytest.mark.integration
+STAGES = ["ingest", "patches", "partition", *(f"train_eval@{a}" for a in
+          ("centralized", "local", "fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")),
+          "fedcmi", "feddiff_diffusion", "feddiff_features", "feddiff_classifier", "feddiff_centralized", "report"]
+
+
+def _clone(target: Path) -> None:
+    """The working tree as git sees it (tracked and untracked-but-not-ignored files), committed anew."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "clone"]):
+        subprocess.run(["git", *args], cwd=target, check=True, env=_env())
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # our kedro
+                "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1", "KEDRO_DISABLE_TELEMETRY": "true"})
+    return env
+
+
+def _dvc(root: Path, *args: str) -> str:
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=_env(),
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def test_dvc_repro_runs_skips_and_reruns_only_dependents(tmp_path):
+    root = tmp_path / "clone"
+    root.mkdir()
+    _clone(root)
+    local = root / "conf" / "local"
+    local.mkdir(exist_ok=True)
+    mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
+    mlflow_conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    for name, content in {"globals.yml": {"synthetic_scene": dict(TINY_SCENE)}, "mlflow.yml": mlflow_conf,
+                          "parameters_partition.yml": TINY_PARTITION, "parameters_baselines.yml": TINY_BASELINES,
+                          "parameters_fedcmi.yml": TINY_FEDCMI, "parameters_feddiff.yml": TINY_FEDDIFF}.items():
+        (local / name).write_text(yaml.safe_dump(content, sort_keys=False))
+
+    first = _dvc(root, "repro")
+    assert sorted(_ran(first)) == sorted(STAGES)
+    report = root / "data/08_reporting/synthetic/report"
+    assert (report / "report.html").stat().st_size > 50_000 and (report / "comparison.csv").is_file()
+    assert _ran(_dvc(root, "repro")) == []  # nothing changed: every stage skipped
+
+    metrics = json.loads(_dvc(root, "metrics", "show", "--json"))
+    shown = json.dumps(metrics)
+    assert all(f"{a}/metrics.json" in shown for a in ("fedavg", "fedcmi", "feddiff", "centralized"))
+    # metrics and the report's text stay in git; the rest is DVC's
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, env=_env(),
+                            capture_output=True, text=True, check=True).stdout
+    assert "data/08_reporting/synthetic/feddiff/metrics.json" in status and "report/comparison.csv" in status
+    assert ".pt" not in status and "report.html" not in status and "dvc.lock" in status
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=_env())
+    subprocess.run(["git", "commit", "-qm", "repro"], cwd=root, check=True, env=_env())
+
+    params = root / "conf/base/parameters_baselines.yml"
+    text = params.read_text()
+    assert "proximal_mu: 0.01" in text
+    params.write_text(text.replace("proximal_mu: 0.01", "proximal_mu: 0.1"))
+    assert "0.1" in _dvc(root, "params", "diff")
+    third = _dvc(root, "repro")
+    assert sorted(_ran(third)) == ["report", "train_eval@fedprox"]
+    _dvc(root, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").stat().st_size > 1_000
