@@ -28,6 +28,10 @@ def test_failures_timeouts_and_nan_updates_are_survived(tiny_federation):
     assert "non-finite" in second["rejected"][0]["reason"]
     assert second["dropped"] == [{"client_id": 2, "reason": "no reply within the round timeout"}]
     assert all(row["aggregated"] for row in result["history"])
+    for row in result["history"]:  # where the round's time went
+        assert row["seconds"] == pytest.approx(row["wait_seconds"] + row["server_seconds"])
+        assert 0 < row["client_seconds_max"] <= row["client_seconds"] < row["wait_seconds"] * 2
+    assert second["wait_seconds"] >= 6  # the round waited out the sleeping client's timeout
     assert all(torch.isfinite(t).all() for t in result["state"].values() if torch.is_floating_point(t))
     # traffic: three downloads per round, uploads only from clients that answered
     ups = [t for t in result["traffic"] if t["direction"] == "up"]

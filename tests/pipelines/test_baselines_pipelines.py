@@ -89,6 +89,7 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["accepted"] == [0, 1, 2, 3] for r in history["rounds"])
+    assert all(r["client_seconds"] > 0 and r["wait_seconds"] > 0 for r in history["rounds"])  # exchange + train
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     feats = traffic[traffic["payload"] == "features"]
     assert len(feats) == 16 and (feats["bytes_sent"] < feats["bytes_dense"]).all()  # 4 clients × up/down × 2 rounds

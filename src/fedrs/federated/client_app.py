@@ -102,6 +102,7 @@ def describe(msg: Message, context: Context) -> Message:
 @app.query("exchange")
 def exchange(msg: Message, context: Context) -> Message:
     """Branch outputs on the client's own pixels, through the codec: what its site partner receives."""
+    started = time.perf_counter()
     settings, data = client_data(msg, context)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
@@ -110,11 +111,14 @@ def exchange(msg: Message, context: Context) -> Message:
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
     return Message(RecordDict({"arrays": arrays, "codec": consts,
-                               "metrics": MetricRecord({"bytes_dense": dense, "bytes_sent": sent})}), reply_to=msg)
+                               "metrics": MetricRecord({"bytes_dense": dense, "bytes_sent": sent,
+                                                        "compute_seconds": time.perf_counter() - started})}),
+                   reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()  # this client's own work: data, update, codec (framework time excluded)
     settings, data = client_data(msg, context)
     client_id, rnd = int(data["client_id"]), int(settings["round"])
     poison = inject_faults(settings, rnd, client_id)
@@ -139,5 +143,6 @@ def train(msg: Message, context: Context) -> Message:
     else:
         arrays, consts = ArrayRecord.from_torch_state_dict(state), ConfigRecord({})
         dense = sent = payload_bytes(state)
-    metrics = {**{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": dense, "bytes_sent": sent}
+    metrics = {**{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": dense, "bytes_sent": sent,
+               "compute_seconds": time.perf_counter() - started}
     return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(metrics)}), reply_to=msg)

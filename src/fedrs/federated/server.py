@@ -128,13 +128,14 @@ def _sample(rng: np.random.Generator, eligible: list[int], k: int, clients: dict
 
 def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, Any]], sampled: list[int],
               weights: dict[int, dict[str, Any]], rnd: int, cfg: FederatedConfig,
-              dropped: list[dict[str, Any]], traffic: list[dict[str, Any]]) -> tuple[list[int], dict[int, tuple[Any, Any]]]:
+              dropped: list[dict[str, Any]], traffic: list[dict[str, Any]], timing: "RoundTiming",
+              ) -> tuple[list[int], dict[int, tuple[Any, Any]]]:
     """Collect each client's encoded branch outputs and relay them, untouched, to its site partner.
 
     The server never decodes them; a client whose partner could not deliver is dropped from the round.
     """
     messages = [_message(dict(weights[c]), settings, clients[c]["node"], "query.exchange", rnd) for c in sampled]
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+    replies = timing.send_and_receive(grid, messages, cfg.round_timeout)
     delivered: dict[int, tuple[Any, Any]] = {}
     for cid in sampled:
         reply = replies.get(clients[cid]["node"])
@@ -143,6 +144,7 @@ def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, 
             dropped.append({"client_id": cid, "reason": f"feature exchange failed: {reason}"})
             continue
         metrics = reply.content["metrics"]
+        timing.client(cid, float(metrics.get("compute_seconds", 0.0)))
         delivered[cid] = (reply.content["arrays"], reply.content["codec"])
         traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "features",
                         "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
@@ -160,6 +162,31 @@ def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, 
                         "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
         kept.append(cid)
     return kept, relayed
+
+
+@dataclass
+class RoundTiming:
+    """Where a round's wall time went: waiting on Flower for replies, the clients' own compute (as they
+    report it: data, local update, codec) and the server's own work (the rest). Run one client at a
+    time and ``wait - client`` is what the framework itself costs (messaging, serialisation, Ray)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    clients: dict[int, float] = field(default_factory=dict)
+
+    def send_and_receive(self, grid: Any, messages: list[Message], timeout: float | None) -> dict[int, Message]:
+        t0 = time.perf_counter()
+        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+        self.wait += time.perf_counter() - t0
+        return replies
+
+    def client(self, cid: int, seconds: float) -> None:
+        self.clients[cid] = self.clients.get(cid, 0.0) + seconds
+
+    def row(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        return {"seconds": total, "wait_seconds": self.wait, "server_seconds": total - self.wait,
+                "client_seconds": sum(self.clients.values()), "client_seconds_max": max(self.clients.values(), default=0.0)}
 
 
 @dataclass
@@ -228,7 +255,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
     rounds = tqdm(range(start_round, cfg.num_rounds + 1), desc=f"{cfg.algorithm} rounds", unit="round",
                   initial=start_round - 1, total=cfg.num_rounds, leave=False)
     for rnd in rounds:
-        t0 = time.perf_counter()
+        timing = RoundTiming()
         sampled = _sample(rng, eligible, per_round, clients, by_site=exchanges)
         lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
         settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
@@ -240,7 +267,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         dropped: list[dict[str, Any]] = []
         relayed: dict[int, tuple[Any, Any]] = {}
         if exchanges:  # the weights travel once, with the exchange; the train message reuses them
-            kept, relayed = _exchange(grid, settings, clients, sampled, weights, rnd, cfg, dropped, traffic)
+            kept, relayed = _exchange(grid, settings, clients, sampled, weights, rnd, cfg, dropped, traffic, timing)
             for cid in set(sampled) - set(kept):
                 downlink.forget(cid)
             sampled = kept
@@ -250,7 +277,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
             if cid in relayed:
                 content["partner"], content["partner_codec"] = relayed[cid]
             messages.append(_message(content, settings, clients[cid]["node"], "train", rnd))
-        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+        replies = timing.send_and_receive(grid, messages, cfg.round_timeout)
 
         updates, up = [], {}
         for cid in sampled:
@@ -261,6 +288,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
                 downlink.forget(cid)
             else:
                 metrics = dict(reply.content["metrics"])
+                timing.client(cid, float(metrics.get("compute_seconds", 0.0)))
                 up[cid] = (int(metrics.get("bytes_dense", 0)), int(metrics.get("bytes_sent", 0)))
                 state = unpack_update(reply.content["arrays"], reply.content["codec"], sent_to[cid]) \
                     if cfg.compression else dict(reply.content["arrays"].to_torch_state_dict())
@@ -293,7 +321,7 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
             "bytes_down_dense": int(sum(dense for dense, _ in down.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "down"),
             "bytes_up": int(sum(sent for _, sent in up.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "up"),
             "bytes_up_dense": int(sum(dense for dense, _ in up.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "up"),
-            "seconds": time.perf_counter() - t0,
+            **timing.row(),
         }
         history.append(row)
         headline = next(iter(scores.items()), ("score", float("nan")))
