@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ from fedrs.federated.local import derive_seed
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
-_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
+# Client bundles already read by this process: a Ray actor serves several simulated clients in turn,
+# so it keeps the most recent ones (bounded in bytes) instead of re-reading a file every round.
+_CACHE: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+CACHE_BYTES = 1 << 30
+
+
+def _bundle_bytes(bundle: dict[str, Any]) -> int:
+    return sum(getattr(v, "nbytes", 0) for v in bundle.values())
 
 
 def partition_path(context: Context, settings: dict[str, Any]) -> Path:
@@ -36,16 +44,20 @@ def partition_path(context: Context, settings: dict[str, Any]) -> Path:
 
 def load_partition(path: Path, extra_dirs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The client's bundle, merged with its files of the same name in ``extra_dirs`` (e.g. its own
-    diffusion features). Loaded once per process (Ray reuses its actors), keyed on paths and times."""
+    diffusion features). Read once per process and kept (least recently used out first, at most
+    ``CACHE_BYTES``), keyed on paths and modification times so a rewritten file is read again."""
     paths = [path, *(Path(d) / path.name for d in extra_dirs)]
     key = tuple((str(p), p.stat().st_mtime_ns if p.exists() else 0) for p in paths)
-    if key not in _CACHE:
-        _CACHE.clear()
-        bundle: dict[str, Any] = {}
-        for p in paths:
-            bundle.update(NpzDataset(str(p)).load())
-        _CACHE[key] = bundle
-    return _CACHE[key]
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    bundle: dict[str, Any] = {}
+    for p in paths:
+        bundle.update(NpzDataset(str(p)).load())
+    _CACHE[key] = bundle
+    while len(_CACHE) > 1 and sum(_bundle_bytes(b) for b in _CACHE.values()) > CACHE_BYTES:
+        _CACHE.popitem(last=False)
+    return bundle
 
 
 def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,126 @@
+"""Federated rounds on the default synthetic scene, driven through the real Kedro pipelines in a
+scratch copy of the project (the real data/ and mlflow.db are not touched).
+
+  rounds   per algorithm: median round time split into client compute, server work and framework
+           overhead (clients one at a time, so overhead = time waiting on Flower − client compute),
+           and bytes per round dense and as sent
+  scaling  FedAvg round time and peak memory (whole process tree, Ray included) with 2, 4, 8, 16
+           clients, and with the scene at 1× and 4× the pixels
+  e2e      kedro run --pipelines=feddiff and --pipelines=fedcmi: wall time and peak memory
+
+Usage: .venv/bin/python bench/bench_federation.py rounds|scaling|e2e [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import kedro_run, save, scratch_project
+
+SEQUENTIAL = {"num_cpus_per_client": os.cpu_count() or 1, "total_cpus": os.cpu_count() or 1}
+
+
+def _history(root: Path, algorithm: str, name: str = "history.json") -> dict:
+    return json.loads((root / "data/07_model_output/synthetic" / algorithm / name).read_text())
+
+
+def _round_summary(rounds: list[dict], skip_first: bool = True) -> dict:
+    body = rounds[1:] if skip_first and len(rounds) > 1 else rounds  # round 1 pays Ray's actor start-up
+    med = {k: statistics.median(r[k] for r in body) for k in
+           ("seconds", "wait_seconds", "server_seconds", "client_seconds", "bytes_up", "bytes_down",
+            "bytes_up_dense", "bytes_down_dense")}
+    med["overhead_seconds"] = max(med["wait_seconds"] - med["client_seconds"], 0.0)
+    med["overhead_share"] = med["overhead_seconds"] / med["seconds"]
+    med["first_round_seconds"] = rounds[0]["seconds"]
+    return med
+
+
+def rounds_bench(work: Path, num_rounds: int) -> None:
+    federated = {"num_rounds": num_rounds}
+    root = scratch_project(work / "rounds", {
+        "parameters_baselines.yml": {"baseline": {"federated": federated, "resources": SEQUENTIAL}},
+        "parameters_feddiff.yml": {"feddiff": {"diffusion": {"federated": {"num_rounds": 2}},
+                                               "classifier": {"federated": federated}, "resources": SEQUENTIAL}},
+    })
+    rows = []
+    for pipeline in ("fedavg", "fedprox", "fedcmi", "feddiff"):
+        kedro_run(root, pipeline)
+        rows.append({"algorithm": pipeline, **_round_summary(_history(root, pipeline)["rounds"])})
+        if pipeline == "feddiff":
+            for modality, stage in _history(root, "feddiff", "diffusion_history.json")["stages"].items():
+                rows.append({"algorithm": f"feddiff diffusion ({modality})", **_round_summary(stage)})
+    markdown = ["Median round (round 1, which starts the Ray actors, left out; clients one at a time). "
+                "Overhead = waiting on Flower − the clients' own compute.", "",
+                "| algorithm | round s | client compute s | server s | framework overhead s | overhead share | "
+                "first round s | up MB sent / dense | down MB sent / dense |", "|---|---|---|---|---|---|---|---|---|"]
+    markdown += [f"| {r['algorithm']} | {r['seconds']:.2f} | {r['client_seconds']:.2f} | {r['server_seconds']:.2f} | "
+                 f"{r['overhead_seconds']:.2f} | {r['overhead_share']:.0%} | {r['first_round_seconds']:.2f} | "
+                 f"{r['bytes_up'] / 1e6:.2f} / {r['bytes_up_dense'] / 1e6:.2f} | "
+                 f"{r['bytes_down'] / 1e6:.2f} / {r['bytes_down_dense'] / 1e6:.2f} |" for r in rows]
+    save("rounds", {"num_rounds": num_rounds, "rows": rows}, markdown)
+
+
+def scaling_bench(work: Path, num_rounds: int) -> None:
+    rows = []
+    baseline = {"federated": {"num_rounds": num_rounds, "eval_samples": None}}
+    for clients in (2, 4, 8, 16):
+        root = scratch_project(work / f"clients{clients}", {
+            "parameters_baselines.yml": {"baseline": baseline},
+            "parameters_partition.yml": {"horizontal": {"partition": {"num_clients": clients, "scheme": "iid",
+                                                                       "min_samples_per_client": 2}}}})
+        kedro_run(root, "data")
+        wall, peak = kedro_run(root, "fedavg", ["--namespaces=fedavg"])
+        rows.append({"axis": "clients", "clients": clients, "scene": "1×", "wall_s": wall, "peak_mb": peak,
+                     **_round_summary(_history(root, "fedavg")["rounds"])})
+    for factor, size in (("1×", 160), ("4×", 320)):
+        root = scratch_project(work / f"scene{size}", {
+            "globals.yml": {"synthetic_scene": {"size": size}},
+            "parameters_baselines.yml": {"baseline": baseline}})
+        kedro_run(root, "data")
+        wall, peak = kedro_run(root, "fedavg", ["--namespaces=fedavg"])
+        summary = _round_summary(_history(root, "fedavg")["rounds"])
+        rows.append({"axis": "scene", "clients": 8, "scene": factor, "wall_s": wall, "peak_mb": peak, **summary})
+    markdown = ["FedAvg, default model and local epochs, every test pixel scored after each round, "
+                "clients in parallel as configured (1 CPU each). Peak memory: the whole process tree (Ray workers included).",
+                "", "| clients | scene pixels | median round s | per client s | fedavg stage wall s | peak MiB |",
+                "|---|---|---|---|---|---|"]
+    markdown += [f"| {r['clients']} | {r['scene']} | {r['seconds']:.2f} | {r['seconds'] / r['clients']:.2f} | "
+                 f"{r['wall_s']:.1f} | {r['peak_mb']:,.0f} |" for r in rows]
+    save("scaling", {"num_rounds": num_rounds, "rows": rows}, markdown)
+
+
+def e2e_bench(work: Path) -> None:
+    rows = []
+    for pipeline in ("feddiff", "fedcmi"):
+        root = scratch_project(work / pipeline, {})
+        wall, peak = kedro_run(root, pipeline)
+        metrics = json.loads((root / "data/08_reporting/synthetic" / pipeline / "metrics.json").read_text())
+        rows.append({"pipeline": pipeline, "wall_s": wall, "peak_mb": peak, "oa": metrics["oa"]})
+    markdown = ["`kedro run --pipelines=<name>` from an empty data/ (scene generation included), default settings.",
+                "", "| pipeline | wall time | peak memory (process tree) | OA |", "|---|---|---|---|"]
+    markdown += [f"| {r['pipeline']} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
+                 f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} |" for r in rows]
+    save("end_to_end", {"rows": rows}, markdown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["rounds", "scaling", "e2e"])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedrs-bench-") as tmp:
+        if args.what == "rounds":
+            rounds_bench(Path(tmp), args.rounds)
+        elif args.what == "scaling":
+            scaling_bench(Path(tmp), args.rounds)
+        else:
+            e2e_bench(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
