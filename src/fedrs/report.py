@@ -82,18 +82,29 @@ def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -
     return rows
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float | np.floating):
+# how the comparison's columns read; anything else: 4 decimals below 1.5, else one
+FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",
+           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}"}
+
+
+def _format(value: Any, spec: str | None = None) -> str:
+    if isinstance(value, float | np.floating | int | np.integer) and not isinstance(value, bool):
         if np.isnan(value):
             return "–"
+        if spec:
+            return spec.format(value)
         return f"{value:.4f}" if abs(value) < 1.5 else f"{value:,.1f}"
     return str(value)
+
+
+def _cells(row: pd.Series, columns: dict[str, str]) -> list[str]:
+    return [_format(row[c], FORMATS.get(c)) for c in columns]
 
 
 def markdown_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
     columns = columns or {c: c for c in frame.columns}
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in columns) + " |" for _, row in frame.iterrows()]
+    lines += ["| " + " | ".join(_cells(row, columns)) + " |" for _, row in frame.iterrows()]
     return "\n".join(lines)
 
 
@@ -130,7 +141,7 @@ def figure_png(figure: Figure, dpi: int = 100) -> bytes:
 def _html_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
     columns = columns or {c: c for c in frame.columns}
     head = "".join(f"<th>{html.escape(v)}</th>" for v in columns.values())
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row[c]))}</td>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(row, columns)) + "</tr>"
                    for _, row in frame.iterrows())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
