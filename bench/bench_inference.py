@@ -2,7 +2,7 @@
 evaluation draws, over every pixel of the scene. Reads the models the pipelines wrote
 (data/06_models/<scene>/<algo>/model.pt; run `dvc repro` or the algorithm pipelines first).
 
-Usage: .venv/bin/python bench/bench_inference.py [--env ENV] [--repeats 3]
+Usage: .venv/bin/python bench/bench_inference.py [--env ENV] [--repeats 3] [--warmup 1]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (0 for FedDiff's slow maps)")
     args = parser.parse_args()
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -40,12 +41,12 @@ def main() -> None:
         artifact = TorchArtifactDataset(str(path)).load()
         seconds = median_seconds(lambda: predict_scene(artifact, scene, normalisation, int(patches["patch_size"]),
                                                        int(patches.get("inference_batch_size", 4096)), {}),
-                                 args.repeats)
+                                 args.repeats, warmup=args.warmup)
         rows.append({"algorithm": path.parent.name, "pixels": pixels, "seconds": seconds, "pixels_per_s": pixels / seconds})
         print(f"{path.parent.name}: {pixels / seconds:,.0f} pixels/s", flush=True)
     markdown = [f"Every pixel of the {scene_name} scene ({scene['hsi'].shape[1]}×{scene['hsi'].shape[2]}, "
                 f"{scene['hsi'].shape[0]} bands), batches of {patches.get('inference_batch_size', 4096)}, "
-                f"median of {args.repeats}; FedDiff includes the diffusion features of every pixel.", "",
+                f"median of {args.repeats} after {args.warmup} untimed; FedDiff includes the diffusion features of every pixel.", "",
                 "| algorithm | pixels/s | seconds |", "|---|---|---|"]
     markdown += [f"| {r['algorithm']} | {r['pixels_per_s']:,.0f} | {r['seconds']:.2f} |" for r in rows]
     save("inference", {"scene": str(scene_name), "rows": rows, "peak_rss_mb": peak_rss_mb()}, markdown)
