@@ -5,7 +5,8 @@ scratch copy of the project (the real data/ and mlflow.db are not touched).
            overhead (clients one at a time, so overhead = time waiting on Flower − client compute),
            and bytes per round dense and as sent
   scaling  FedAvg round time and peak memory (whole process tree, Ray included) with 2, 4, 8, 16
-           clients, and with the scene at 1× and 4× the pixels
+           clients — the same pixels spread thinner (strong) and the same pixels per client (weak) —
+           and with the scene at 1× and 4× the pixels
   e2e      kedro run --pipelines=feddiff and --pipelines=fedcmi: wall time and peak memory
 
 Usage: .venv/bin/python bench/bench_federation.py rounds|scaling|e2e [--rounds 3]
@@ -68,15 +69,20 @@ def rounds_bench(work: Path, num_rounds: int) -> None:
 def scaling_bench(work: Path, num_rounds: int) -> None:
     rows = []
     baseline = {"federated": {"num_rounds": num_rounds, "eval_samples": None}}
-    for clients in (2, 4, 8, 16):
-        root = scratch_project(work / f"clients{clients}", {
-            "parameters_baselines.yml": {"baseline": baseline},
-            "parameters_partition.yml": {"horizontal": {"partition": {"num_clients": clients, "scheme": "iid",
-                                                                       "min_samples_per_client": 2}}}})
-        kedro_run(root, "data")
-        wall, peak = kedro_run(root, "fedavg", ["--namespaces=fedavg"])
-        rows.append({"axis": "clients", "clients": clients, "scene": "1×", "wall_s": wall, "peak_mb": peak,
-                     **_round_summary(_history(root, "fedavg")["rounds"])})
+    # strong: the same 300 training pixels over more clients; weak: 80 pixels per client (8/class each)
+    for axis in ("strong", "weak"):
+        for clients in (2, 4, 8, 16):
+            local = {"parameters_baselines.yml": {"baseline": baseline},
+                     "parameters_partition.yml": {"horizontal": {"partition": {
+                         "num_clients": clients, "scheme": "iid", "min_samples_per_client": 2}}}}
+            if axis == "weak":
+                local["globals.yml"] = {"synthetic_scene": {"train_per_class": 8 * clients}}
+            root = scratch_project(work / f"{axis}{clients}", local)
+            kedro_run(root, "data")
+            wall, peak = kedro_run(root, "fedavg", ["--namespaces=fedavg"])
+            train = sum(c["num_samples"] for c in _history(root, "fedavg")["clients"].values())
+            rows.append({"axis": axis, "clients": clients, "scene": "1×", "train_pixels": train, "wall_s": wall,
+                         "peak_mb": peak, **_round_summary(_history(root, "fedavg")["rounds"])})
     for factor, size in (("1×", 160), ("4×", 320)):
         root = scratch_project(work / f"scene{size}", {
             "globals.yml": {"synthetic_scene": {"size": size}},
@@ -84,13 +90,16 @@ def scaling_bench(work: Path, num_rounds: int) -> None:
         kedro_run(root, "data")
         wall, peak = kedro_run(root, "fedavg", ["--namespaces=fedavg"])
         summary = _round_summary(_history(root, "fedavg")["rounds"])
-        rows.append({"axis": "scene", "clients": 8, "scene": factor, "wall_s": wall, "peak_mb": peak, **summary})
+        train = sum(c["num_samples"] for c in _history(root, "fedavg")["clients"].values())
+        rows.append({"axis": "scene", "clients": 8, "scene": factor, "train_pixels": train, "wall_s": wall,
+                     "peak_mb": peak, **summary})
     markdown = ["FedAvg, default model and local epochs, every test pixel scored after each round, "
                 "clients in parallel as configured (1 CPU each). Peak memory: the whole process tree (Ray workers included).",
-                "", "| clients | scene pixels | median round s | per client s | fedavg stage wall s | peak MiB |",
-                "|---|---|---|---|---|---|"]
-    markdown += [f"| {r['clients']} | {r['scene']} | {r['seconds']:.2f} | {r['seconds'] / r['clients']:.2f} | "
-                 f"{r['wall_s']:.1f} | {r['peak_mb']:,.0f} |" for r in rows]
+                "Strong: the same 300 training pixels over more clients; weak: 80 training pixels per client.",
+                "", "| scaling | clients | training pixels | scene pixels | median round s | client compute s | "
+                "fedavg stage wall s | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+    markdown += [f"| {r['axis']} | {r['clients']} | {r['train_pixels']} | {r['scene']} | {r['seconds']:.2f} | "
+                 f"{r['client_seconds']:.2f} | {r['wall_s']:.1f} | {r['peak_mb']:,.0f} |" for r in rows]
     save("scaling", {"num_rounds": num_rounds, "rows": rows}, markdown)
 
 

@@ -23,14 +23,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=7)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the Houston size per axis")
     args = parser.parse_args()
+    height, width = max(16, round(ROWS * args.scale)), max(16, round(COLS * args.scale))
+    labelled = min(LABELLED, height * width // 2)
     rng = np.random.default_rng(0)
-    hsi = (rng.random((BANDS, ROWS, COLS), dtype=np.float32) * 4000).astype(np.uint16)
-    lidar = rng.random((1, ROWS, COLS), dtype=np.float32) * 60
-    flat = rng.choice(ROWS * COLS, LABELLED, replace=False)
-    rows, cols = (flat // COLS).astype(np.int32), (flat % COLS).astype(np.int32)
-    train_mask = np.zeros((ROWS, COLS), bool)
-    train_mask[rows[:2832], cols[:2832]] = True
+    hsi = (rng.random((BANDS, height, width), dtype=np.float32) * 4000).astype(np.uint16)
+    lidar = rng.random((1, height, width), dtype=np.float32) * 60
+    flat = rng.choice(height * width, labelled, replace=False)
+    rows, cols = (flat // width).astype(np.int32), (flat % width).astype(np.int32)
+    train_mask = np.zeros((height, width), bool)
+    train = labelled * 2832 // LABELLED  # Houston's train share
+    train_mask[rows[:train], cols[:train]] = True
 
     timings: dict[str, list[float]] = {"normalise": [], "labelled_patches": [], "full_scene_iteration": []}
     for _ in range(args.repeats):
@@ -44,22 +48,26 @@ def main() -> None:
         del patches
         t = time.perf_counter()
         n = 0
-        for r, _, h, _l in iter_scene_patches(norm, norm_lidar, args.patch_size, batch_size=4096):
+        for r, _, _h, _l in iter_scene_patches(norm, norm_lidar, args.patch_size, batch_size=4096):
             n += r.size
+        assert n == height * width
         timings["full_scene_iteration"].append(time.perf_counter() - t)
 
     med = {k: statistics.median(v) for k, v in timings.items()}
-    result = {"scene": f"{ROWS}x{COLS}x{BANDS}", "patch_size": args.patch_size, "normalise_s": med["normalise"],
-              "labelled_patches": LABELLED, "labelled_patches_s": med["labelled_patches"],
-              "labelled_patches_per_s": LABELLED / med["labelled_patches"], "full_scene_pixels": ROWS * COLS,
+    pixels = height * width
+    result = {"scene": f"{height}x{width}x{BANDS}", "patch_size": args.patch_size, "normalise_s": med["normalise"],
+              "labelled_patches": labelled, "labelled_patches_s": med["labelled_patches"],
+              "labelled_patches_per_s": labelled / med["labelled_patches"], "full_scene_pixels": pixels,
               "full_scene_s": med["full_scene_iteration"],
-              "full_scene_pixels_per_s": ROWS * COLS / med["full_scene_iteration"], "peak_rss_mb": peak_rss_mb()}
+              "full_scene_pixels_per_s": pixels / med["full_scene_iteration"], "peak_rss_mb": peak_rss_mb(),
+              "rows": [{"step": "labelled", "patches_per_s": labelled / med["labelled_patches"]},
+                       {"step": "full scene", "patches_per_s": pixels / med["full_scene_iteration"]}]}
     save("patches", result, [
-        f"Houston-size scene {result['scene']}, patch {args.patch_size}, median of {args.repeats}.", "",
+        f"Scene {result['scene']} (Houston 2013 size at --scale 1), patch {args.patch_size}, median of {args.repeats}.", "",
         "| step | seconds | patches/s |", "|---|---|---|",
         f"| normalise (fit on train pixels, apply) | {result['normalise_s']:.2f} | |",
-        f"| {LABELLED:,} labelled patches | {result['labelled_patches_s']:.2f} | {result['labelled_patches_per_s']:,.0f} |",
-        f"| all {ROWS * COLS:,} pixels, batches of 4,096 | {result['full_scene_s']:.2f} | "
+        f"| {labelled:,} labelled patches | {result['labelled_patches_s']:.2f} | {result['labelled_patches_per_s']:,.0f} |",
+        f"| all {pixels:,} pixels, batches of 4,096 | {result['full_scene_s']:.2f} | "
         f"{result['full_scene_pixels_per_s']:,.0f} |", "", f"Peak memory {result['peak_rss_mb']:,.0f} MiB."])
 
 
