@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrs.config import from_mapping
+
 
 @dataclass(frozen=True)
 class CodecConfig:
@@ -32,11 +34,7 @@ class CodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "CodecConfig":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"codec config: unknown keys {sorted(unknown)}")
-        cfg = cls(**d)
+        cfg = from_mapping(cls, d, label="codec config")
         if cfg.rank is None and cfg.energy is None:
             raise ValueError("codec config: set rank, energy or both")
         if cfg.energy is not None and not 0.0 < cfg.energy <= 1.0:

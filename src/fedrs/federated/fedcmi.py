@@ -16,7 +16,7 @@ Unimodal clients: CE on their fused output (+ the proximal term).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedrs.config import from_mapping
 from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms import VARIANT_KEYS, ModalityAwareAlgorithm, register
 from fedrs.federated.local import LocalTrainer, TrainConfig, autocast, batch_inputs, iter_batches, resolve_device
@@ -39,11 +40,7 @@ class CmiConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "CmiConfig":
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"fedcmi config: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_mapping(cls, d, label="fedcmi config")
 
 
 def dominant_modality(hsi_logits: torch.Tensor, lidar_logits: torch.Tensor, labels: torch.Tensor) -> str:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedrs.config import from_mapping
 
 MODALITIES = ("hsi", "lidar")
 
@@ -36,12 +38,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"training config: unknown keys {sorted(unknown)}; known are {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, label="training config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from tqdm.auto import tqdm
 
+from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
-from fedrs.federated.local import derive_seed, lr_at_round
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
+from fedrs.federated.local import derive_seed, lr_at_round
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ class FederatedConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FederatedConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"federated config: unknown keys {sorted(unknown)}; known are {sorted(known)}")
-        return cls(**d)
+        return from_mapping(cls, d, label="federated config")
 
     def digest(self) -> str:
         relevant = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from fedrs.config import from_mapping
 from fedrs.models.baselines import HsiPatchEncoder, LidarPatchEncoder
 
 
@@ -42,8 +43,7 @@ class CmiSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CmiSpec":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return from_mapping(cls, d)
 
 
 def _projector(dim: int, kind: str) -> nn.Module:

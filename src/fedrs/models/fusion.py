@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedrs.config import from_mapping
+
 
 @dataclass(frozen=True)
 class FedDiffSpec:
@@ -39,10 +41,7 @@ class FedDiffSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FedDiffSpec":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "modalities" in known:
-            known["modalities"] = tuple(known["modalities"])
-        return cls(**known)
+        return from_mapping(cls, d, tuples=("modalities",))
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedrs.config import from_mapping
+
 
 @dataclass(frozen=True)
 class UNetSpec:
@@ -38,10 +40,7 @@ class UNetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetSpec":
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "channel_mult" in d:
-            d["channel_mult"] = tuple(d["channel_mult"])
-        return cls(**d)
+        return from_mapping(cls, d, tuples=("channel_mult",))
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from fedrs.config import from_mapping
 from fedrs.datasets.raster import Raster
 
 CLASS_NAMES = [
@@ -75,14 +76,7 @@ class SyntheticSceneConfig:
 
     @classmethod
     def from_dict(cls, params: dict | None) -> "SyntheticSceneConfig":
-        params = dict(params or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"synthetic scene: unknown settings {sorted(unknown)}; known are {sorted(known)}")
-        if "wavelength_range" in params:
-            params["wavelength_range"] = tuple(params["wavelength_range"])
-        cfg = cls(**params)
+        cfg = from_mapping(cls, params, label="synthetic scene", tuples=("wavelength_range",), noun="settings")
         if cfg.size < 48:
             raise ValueError(f"synthetic scene: size {cfg.size} too small; expected at least 48 pixels")
         if cfg.lidar_channels not in (1, 2):
