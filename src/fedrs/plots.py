@@ -22,6 +22,23 @@ def class_colours(num_classes: int) -> ListedColormap:
     return ListedColormap(colours)
 
 
+def add_class_legend(fig: Figure, cmap: ListedColormap, names: list[str], **kwargs: Any) -> None:
+    """One coloured patch per class (class i is colour i + 1; 0 is unlabelled), up to six per row."""
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
+    fig.legend(handles, names, ncol=min(len(names), 6), **kwargs)
+
+
+def row_normalised(confusion: Any) -> np.ndarray:
+    """Each true class's row as fractions (recall on the diagonal); empty rows stay zero."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    return cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+
+
+def cumulative_mb_sent(rounds: list[dict[str, Any]]) -> np.ndarray:
+    """MB sent in both directions up to and including each round."""
+    return np.cumsum([r.get("bytes_down", 0) + r.get("bytes_up", 0) for r in rounds]) / 1e6
+
+
 def rgb_bands(wavelengths: list[float] | None, bands: int) -> list[int]:
     """Bands nearest to 640/550/460 nm when wavelengths are known, else spread over the cube."""
     if wavelengths:
@@ -50,8 +67,7 @@ def scene_overview_figure(scene: dict[str, Any], bands: list[int] | None = None)
     for ax, key in zip(axes[2:], ("train_labels", "test_labels")):
         ax.imshow(scene[key], cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
         ax.set_title(f"{key.replace('_', ' ')} ({int((scene[key] > 0).sum())} px)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), bbox_to_anchor=(0.5, -0.12))
+    add_class_legend(fig, cmap, names, loc="lower center", bbox_to_anchor=(0.5, -0.12))
     for ax in axes:
         ax.set_axis_off()
     fig.suptitle(f"Scene: {scene.get('name', '')}")
@@ -79,7 +95,7 @@ def client_class_figure(manifest: dict[str, Any], class_names: list[str]) -> Fig
 
 def confusion_figure(report: dict[str, Any], class_names: list[str]) -> Figure:
     cm = np.asarray(report["confusion"], dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    norm = row_normalised(cm)
     size = max(5, 0.55 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size), constrained_layout=True)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -106,8 +122,7 @@ def classification_map_figure(prediction: np.ndarray, scene: dict[str, Any], tit
         ax.imshow(image, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
         ax.set_title(label)
         ax.set_axis_off()
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), bbox_to_anchor=(0.5, -0.1))
+    add_class_legend(fig, cmap, names, loc="lower center", bbox_to_anchor=(0.5, -0.1))
     return fig
 
 
@@ -130,7 +145,7 @@ def curves_figure(history: dict[str, Any]) -> Figure:
     axes[1].plot(r, [row["test_aa"] for row in rounds], marker=".", label="AA")
     axes[1].set_title("test accuracy")
     axes[1].legend()
-    sent = np.cumsum([row.get("bytes_down", 0) + row.get("bytes_up", 0) for row in rounds]) / 1e6
+    sent = cumulative_mb_sent(rounds)
     axes[2].plot(sent, [row["test_oa"] for row in rounds], marker="o")
     axes[2].set_xlabel("cumulative MB sent (both directions)")
     axes[2].set_title("OA against traffic")
@@ -149,7 +164,7 @@ def comparison_curves_figure(histories: dict[str, dict[str, Any]]) -> Figure:
             continue
         oa = [r["test_oa"] for r in rounds]
         axes[0].plot([r["round"] for r in rounds], oa, marker=".", label=name)
-        sent = np.cumsum([r.get("bytes_down", 0) + r.get("bytes_up", 0) for r in rounds]) / 1e6
+        sent = cumulative_mb_sent(rounds)
         if sent[-1] > 0:
             axes[1].plot(sent, oa, marker=".", label=name)
     axes[0].set(xlabel="round", ylabel="test OA", title="test OA per round")
@@ -180,8 +195,7 @@ def maps_grid_figure(predictions: dict[str, np.ndarray], scene: dict[str, Any], 
     for ax, (title, image) in zip(axes.ravel(), panels):
         ax.imshow(image, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
         ax.set_title(title, fontsize=9)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in range(len(names))]
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=8)
+    add_class_legend(fig, cmap, names, loc="outside lower center", fontsize=8)
     return fig
 
 
@@ -194,9 +208,8 @@ def confusion_grid_figure(reports: dict[str, dict[str, Any]], class_names: list[
         ax.set_axis_off()
     ticks = range(len(class_names))
     for ax, (name, report) in zip(axes.ravel(), reports.items()):
-        cm = np.asarray(report["confusion"], dtype=np.float64)
         ax.set_axis_on()
-        ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(row_normalised(report["confusion"]), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"{name}: OA {report['oa']:.3f}", fontsize=9)
         ax.set_xticks(ticks, [str(i + 1) for i in ticks], fontsize=6)
         ax.set_yticks(ticks, [str(i + 1) for i in ticks], fontsize=6)

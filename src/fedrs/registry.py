@@ -58,19 +58,15 @@ def _map(args: argparse.Namespace) -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from fedrs.evaluation import predict_scene
-    from fedrs.plots import classification_map_figure
+    from fedrs.pipelines.evaluation.nodes import classification_map
 
     bootstrap_project(Path.cwd())
     with KedroSession.create(project_path=Path.cwd(), env=args.env) as session:
-        context = session.load_context()
-        catalog = context.catalog
-        scene, normalisation = catalog.load("scene"), catalog.load("normalisation")
-        patches = catalog.load("params:patches")
-        artifact = load_registered_artifact(args.uri)
-        prediction = predict_scene(artifact, scene, normalisation, int(patches["patch_size"]),
-                                   int(patches.get("inference_batch_size", 4096)), {})
-        figure = classification_map_figure(prediction, scene, f"{args.uri} ({artifact['algorithm']})")
+        catalog = session.load_context().catalog
+        # the map the evaluation pipeline draws, with this project's patch and inference settings
+        _, figure = classification_map(load_registered_artifact(args.uri), catalog.load("scene"),
+                                       catalog.load("normalisation"), catalog.load("params:patches"),
+                                       catalog.load("params:evaluation"))
         figure.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"Classification map of {args.uri} written to {args.out}")
 

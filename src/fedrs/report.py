@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from fedrs.plots import cumulative_mb_sent
+
 TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA", "aa": "AA", "kappa": "κ",
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
@@ -57,9 +59,8 @@ def round_tables(histories: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame
     for name, history in histories.items():
         rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
         if rounds:
-            sent = np.cumsum([r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rounds]) / 1e6
             tables[name] = pd.DataFrame({"round": [r["round"] for r in rounds], "test_oa": [r["test_oa"] for r in rounds],
-                                         "mb_cumulative": sent})
+                                         "mb_cumulative": cumulative_mb_sent(rounds)})
     return tables
 
 
