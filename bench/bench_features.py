@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from common import median_seconds, peak_rss_mb, save
-from fedrs.federated.feddiff import diffusion_feature_bundle
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 
@@ -32,16 +32,33 @@ def main() -> None:
             spec = {"in_channels": bands, "base_channels": width, "steps": 500}
             unet = DiffusionUNet(UNetSpec.from_dict(spec))
             patches = rng.uniform(-1, 1, (args.patches, bands, 7, 7)).astype(np.float32)
-            seconds = median_seconds(lambda: diffusion_feature_bundle(unet, spec, patches, args.timesteps, 0),
-                                     args.repeats)
-            rows.append({"width": width, "bands": bands, "timesteps": len(args.timesteps), "seconds": seconds,
-                         "patches_per_s": args.patches / seconds})
+            seconds = median_seconds(
+                lambda unet=unet, patches=patches: diffusion_feature_bundle(unet, patches, args.timesteps, 0),
+                args.repeats,
+            )
+            rows.append(
+                {
+                    "width": width,
+                    "bands": bands,
+                    "timesteps": len(args.timesteps),
+                    "seconds": seconds,
+                    "patches_per_s": args.patches / seconds,
+                }
+            )
             print(f"C={width} bands={bands}: {args.patches / seconds:,.0f} patches/s", flush=True)
-    markdown = [f"{args.patches:,} patches of 7×7 (resized to 8×8), timesteps {args.timesteps}, batches of 512, "
-                f"median of {args.repeats}.", "", "| C | bands | patches/s | seconds |", "|---|---|---|---|"]
+    markdown = [
+        f"{args.patches:,} patches of 7×7 (resized to 8×8), timesteps {args.timesteps}, batches of 512, "
+        f"median of {args.repeats}.",
+        "",
+        "| C | bands | patches/s | seconds |",
+        "|---|---|---|---|",
+    ]
     markdown += [f"| {r['width']} | {r['bands']} | {r['patches_per_s']:,.0f} | {r['seconds']:.2f} |" for r in rows]
-    save("features", {"patches": args.patches, "timesteps": args.timesteps, "rows": rows,
-                      "peak_rss_mb": peak_rss_mb()}, markdown)
+    save(
+        "features",
+        {"patches": args.patches, "timesteps": args.timesteps, "rows": rows, "peak_rss_mb": peak_rss_mb()},
+        markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -39,15 +39,31 @@ def main() -> None:
     rows = []
     for path in models:
         artifact = TorchArtifactDataset(str(path)).load()
-        seconds = median_seconds(lambda: predict_scene(artifact, scene, normalisation, int(patches["patch_size"]),
-                                                       int(patches.get("inference_batch_size", 4096)), {}),
-                                 args.repeats, warmup=args.warmup)
-        rows.append({"algorithm": path.parent.name, "pixels": pixels, "seconds": seconds, "pixels_per_s": pixels / seconds})
+        seconds = median_seconds(
+            lambda artifact=artifact: predict_scene(
+                artifact,
+                scene,
+                normalisation,
+                int(patches["patch_size"]),
+                int(patches.get("inference_batch_size", 4096)),
+                {},
+            ),
+            args.repeats,
+            warmup=args.warmup,
+        )
+        rows.append(
+            {"algorithm": path.parent.name, "pixels": pixels, "seconds": seconds, "pixels_per_s": pixels / seconds}
+        )
         print(f"{path.parent.name}: {pixels / seconds:,.0f} pixels/s", flush=True)
-    markdown = [f"Every pixel of the {scene_name} scene ({scene['hsi'].shape[1]}×{scene['hsi'].shape[2]}, "
-                f"{scene['hsi'].shape[0]} bands), batches of {patches.get('inference_batch_size', 4096)}, "
-                f"median of {args.repeats} after {args.warmup} untimed; FedDiff includes the diffusion features of every pixel.", "",
-                "| algorithm | pixels/s | seconds |", "|---|---|---|"]
+    markdown = [
+        f"Every pixel of the {scene_name} scene ({scene['hsi'].shape[1]}×{scene['hsi'].shape[2]}, "
+        f"{scene['hsi'].shape[0]} bands), batches of {patches.get('inference_batch_size', 4096)}, "
+        f"median of {args.repeats} after {args.warmup} untimed; "
+        "FedDiff includes the diffusion features of every pixel.",
+        "",
+        "| algorithm | pixels/s | seconds |",
+        "|---|---|---|",
+    ]
     markdown += [f"| {r['algorithm']} | {r['pixels_per_s']:,.0f} | {r['seconds']:.2f} |" for r in rows]
     save("inference", {"scene": str(scene_name), "rows": rows, "peak_rss_mb": peak_rss_mb()}, markdown)
 

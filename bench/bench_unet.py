@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from common import gemm_gflops, median_seconds, peak_rss_mb, save
-from fedrs.federated.local import cpu_has_native_bf16
+from fedrs.compute import cpu_has_native_bf16
 from fedrs.models.diffusion import LinearSchedule, diffusion_loss
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
@@ -74,20 +74,42 @@ def main() -> None:
             precisions = ["fp32", "bf16"] if not flags else ["fp32"]
             for precision in precisions:
                 steps = args.steps if precision == "fp32" else args.bf16_steps
-                row = measure(UNetSpec(in_channels=args.bands, base_channels=width, **flags), args.batch, steps, precision)
-                row |= {"width": width, "variant": variant, "precision": precision,
-                        "ceiling_samples_per_s": peak / row["train_gflop_per_sample"]}
+                row = measure(
+                    UNetSpec(in_channels=args.bands, base_channels=width, **flags), args.batch, steps, precision
+                )
+                row |= {
+                    "width": width,
+                    "variant": variant,
+                    "precision": precision,
+                    "ceiling_samples_per_s": peak / row["train_gflop_per_sample"],
+                }
                 rows.append(row)
                 print(f"C={width} {variant} {precision}: {row['samples_per_s']:.1f} samples/s", flush=True)
-    markdown = [f"U-Net training, {args.bands} bands, 8×8, batch {args.batch}. Measured fp32 GEMM rate "
-                f"{peak:.0f} GFLOP/s; native bf16: {cpu_has_native_bf16()}. Ceiling = GEMM rate ÷ training FLOPs per sample.",
-                "", "| C | variant | precision | samples/s | ceiling samples/s | of ceiling | GFLOP/sample | params (M) |",
-                "|---|---|---|---|---|---|---|---|"]
-    markdown += [f"| {r['width']} | {r['variant']} | {r['precision']} | {r['samples_per_s']:.1f} | "
-                 f"{r['ceiling_samples_per_s']:.1f} | {r['samples_per_s'] / r['ceiling_samples_per_s']:.0%} | "
-                 f"{r['train_gflop_per_sample']:.2f} | {r['parameters'] / 1e6:.1f} |" for r in rows]
-    save("unet", {"gemm_gflops": peak, "native_bf16": cpu_has_native_bf16(), "bands": args.bands, "batch": args.batch,
-                  "rows": rows, "peak_rss_mb": peak_rss_mb()}, markdown)
+    markdown = [
+        f"U-Net training, {args.bands} bands, 8×8, batch {args.batch}. Measured fp32 GEMM rate "
+        f"{peak:.0f} GFLOP/s; native bf16: {cpu_has_native_bf16()}. Ceiling = GEMM rate ÷ training FLOPs per sample.",
+        "",
+        "| C | variant | precision | samples/s | ceiling samples/s | of ceiling | GFLOP/sample | params (M) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    markdown += [
+        f"| {r['width']} | {r['variant']} | {r['precision']} | {r['samples_per_s']:.1f} | "
+        f"{r['ceiling_samples_per_s']:.1f} | {r['samples_per_s'] / r['ceiling_samples_per_s']:.0%} | "
+        f"{r['train_gflop_per_sample']:.2f} | {r['parameters'] / 1e6:.1f} |"
+        for r in rows
+    ]
+    save(
+        "unet",
+        {
+            "gemm_gflops": peak,
+            "native_bf16": cpu_has_native_bf16(),
+            "bands": args.bands,
+            "batch": args.batch,
+            "rows": rows,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+        markdown,
+    )
 
 
 if __name__ == "__main__":

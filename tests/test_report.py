@@ -5,8 +5,16 @@ import numpy as np
 import pandas as pd
 
 from fedrs.plots import comparison_curves_figure
-from fedrs.report import (comparison_table, figure_png, markdown_table, ordered, render_html, render_markdown,
-                          single_modality_rows)
+from fedrs.report import (
+    comparison_table,
+    figure_png,
+    markdown_table,
+    ordered,
+    render_html,
+    render_markdown,
+    single_modality_rows,
+)
+from fedrs.results import run_summary
 
 
 def _metrics(oa, modalities=("hsi", "lidar"), **extra):
@@ -20,14 +28,16 @@ def _round(n, up, up_dense):
 
 
 def test_table_sums_traffic_of_every_stage_and_orders_rows():
-    metrics = {"fedavg": _metrics(0.8), "feddiff": _metrics(0.9), "local": _metrics(0.5, ("hsi",))}
+    diffusion = {"rounds": [], "stages": {"hsi": [_round(1, 1000, 1000)]}, "wall_seconds": 5.0, "peak_rss_mb": 1200.0}
     histories = {"fedavg": {"rounds": [_round(1, 400, 400), _round(2, 400, 400)], "wall_seconds": 10.0,
                             "peak_rss_mb": 900.0},
-                 "feddiff": {"rounds": [_round(1, 50, 500)], "wall_seconds": 20.0, "peak_rss_mb": 1000.0},
+                 "feddiff": {"rounds": [_round(1, 50, 500)], "wall_seconds": 20.0, "peak_rss_mb": 1000.0,
+                             "earlier_stages": [diffusion]},
                  "local": {"rounds": [], "wall_seconds": 3.0, "peak_rss_mb": 500.0}}
-    stages = {"feddiff": {"rounds": [], "stages": {"hsi": [_round(1, 1000, 1000)]}, "wall_seconds": 5.0,
-                          "peak_rss_mb": 1200.0}}
-    table = comparison_table(metrics, histories, stages, order=["feddiff", "fedavg"])
+    metrics = {name: _metrics(oa, mods, run=run_summary(histories[name]))
+               for name, oa, mods in (("fedavg", 0.8, ("hsi", "lidar")), ("feddiff", 0.9, ("hsi", "lidar")),
+                                      ("local", 0.5, ("hsi",)))}
+    table = comparison_table(metrics, order=["feddiff", "fedavg"])
     assert list(table["algorithm"]) == ["feddiff", "fedavg", "local"]
     fedavg, feddiff, local = (table.set_index("algorithm").loc[n] for n in ("fedavg", "feddiff", "local"))
     assert fedavg["mb_sent"] * 1e6 == 1000 and fedavg["compression"] == 1.0 and fedavg["rounds"] == 2
@@ -51,7 +61,7 @@ def test_single_modality_rows_cover_variants_ablations_and_unimodal_models():
 
 def test_pages_hold_every_algorithm_and_embed_every_figure():
     metrics = {"a": _metrics(0.7), "b": _metrics(0.6, variants={"hsi_zero_filled": {"oa": 0.3}})}
-    table = comparison_table(metrics, {}, {}, [])
+    table = comparison_table(metrics, [])
     rows = single_modality_rows(metrics, [])
     fig = comparison_curves_figure({"a": {"rounds": [_round(1, 10, 20), _round(2, 10, 20)]}})
     png = figure_png(fig)
@@ -68,3 +78,20 @@ def test_ordered_and_markdown_table():
     assert ordered(["z", "b", "a", "feddiff"], ["feddiff", "missing", "a"]) == ["feddiff", "a", "b", "z"]
     text = markdown_table(pd.DataFrame([{"x": "n", "y": float("nan"), "z": 1234.5}]))
     assert text.splitlines()[2] == "| n | – | 1,234.5 |"
+
+
+def test_runs_that_lost_clients_or_kept_raising_their_loss_are_marked():
+    rounds = [{"round": 1, "train_loss": 1.0, "test_oa": 0.5, "failed": [{"client_id": 3}], "dropped": []},
+              {"round": 2, "train_loss": 1.5, "test_oa": 0.5, "failed": [], "dropped": [{"client_id": 1}]},
+              {"round": 3, "train_loss": 2.0, "test_oa": 0.5, "failed": [], "dropped": [], "loss_growing_rounds": 2}]
+    run = run_summary({"rounds": rounds, "wall_seconds": 1.0, "peak_rss_mb": 1.0, "compute": {"precision": "bf16"}})
+    assert (run["clients_failed"], run["clients_dropped"], run["lost_clients"]) == (1, 1, True)
+    metrics = {"shaky": _metrics(0.6, run=run), "fine": _metrics(0.7, run=run_summary({"rounds": rounds[:1]}) | {
+        "clients_failed": 0, "lost_clients": False})}
+    table = comparison_table(metrics, [])
+    shaky = table.set_index("algorithm").loc["shaky"]
+    assert shaky["clients_lost"] == "⚠ 1 failed, 1 dropped" and shaky["precision"] == "bf16"
+    assert table.set_index("algorithm").loc["fine"]["clients_lost"] == "–"
+    md = render_markdown("t", {}, table, [], {})
+    assert "**shaky** lost clients during training" in md and "**fine** lost" not in md
+    assert "training loss grew in each of its last 2 rounds" in md

@@ -24,7 +24,7 @@ def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: di
     single-modality variants (zero-filled; for FedCMI also through the infiltration projectors)."""
     algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
-    test = algorithm.prepare(artifact, test)
+    test = algorithm.prepare(artifact, test, config)
     report = algorithm.evaluate(model, test, config, modalities)
     report["algorithm"] = artifact["algorithm"]
     report["modalities"] = list(modalities)
@@ -44,7 +44,8 @@ def predict_scene(artifact: dict[str, Any], scene: dict[str, Any], normalisation
     out = np.zeros((height, width), dtype=np.int16)
     batches = iter_scene_patches(hsi, lidar, patch_size, batch_size)
     total = -(-height * width // batch_size)
-    for rows, cols, h, l in tqdm(batches, total=total, desc=f"{artifact['algorithm']} map", unit="batch", leave=False):
-        batch = algorithm.prepare(artifact, {"hsi": h, "lidar": l})
+    for rows, cols, hsi_patches, lidar_patches in tqdm(batches, total=total, desc=f"{artifact['algorithm']} map",
+                                                       unit="batch", leave=False):
+        batch = algorithm.prepare(artifact, {"hsi": hsi_patches, "lidar": lidar_patches}, config)
         out[rows, cols] = algorithm.predict(model, batch, config, modalities) + 1
     return out

@@ -18,7 +18,7 @@ from fedrs.plots import cumulative_mb_sent
 TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA", "aa": "AA", "kappa": "κ",
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
-                 "peak_rss_mb": "peak MiB"}
+                 "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost"}
 
 
 def ordered(names: list[str], preferred: list[str]) -> list[str]:
@@ -26,42 +26,65 @@ def ordered(names: list[str], preferred: list[str]) -> list[str]:
     return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
 
 
-def comparison_table(metrics: dict[str, dict[str, Any]], histories: dict[str, dict[str, Any]],
-                     stage_histories: dict[str, dict[str, Any]], order: list[str]) -> pd.DataFrame:
-    """One row per algorithm: scores, per-class accuracy, traffic, wall time and peak memory.
+def lost_note(run: dict[str, Any]) -> str:
+    """``–`` for a run that kept every client; else what it lost (failed, dropped, rejected)."""
+    parts = [f"{run.get(key, 0)} {label}" for key, label in (("clients_failed", "failed"),
+                                                               ("clients_dropped", "dropped"),
+                                                               ("updates_rejected", "rejected")) if run.get(key)]
+    return "⚠ " + ", ".join(parts) if parts else "–"
 
-    Wall time adds any earlier stage of the same algorithm (FedDiff's diffusion training); peak memory
-    is the larger of the two. Traffic sums every round of every stage, both directions."""
+
+def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd.DataFrame:
+    """One row per algorithm from its metrics file alone: scores, per-class accuracy, traffic over
+    every stage, wall time, peak memory, the precision it ran in and the clients it lost."""
     rows = []
     for name in ordered(list(metrics), order):
-        report, history = metrics[name], histories.get(name, {})
-        stages = [h for h in (stage_histories.get(name), history) if h]
-        rounds = [r for h in stages for r in h.get("rounds") or []]
-        rounds += [r for h in stages for stage in (h.get("stages") or {}).values() for r in stage]
-        sent = sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rounds)
-        dense = sum(r.get("bytes_up_dense", r.get("bytes_up", 0)) + r.get("bytes_down_dense", r.get("bytes_down", 0))
-                    for r in rounds)
+        report = metrics[name]
+        run = report.get("run") or {}
+        sent, dense = run.get("bytes_sent", 0), run.get("bytes_dense", 0)
         row = {"algorithm": name, "modalities": "+".join(report.get("modalities", [])),
                "oa": report["oa"], "aa": report["aa"], "kappa": report["kappa"],
                "per_class_spread": report.get("per_class_spread", np.nan),
-               "rounds": len(history.get("rounds") or []), "mb_sent": sent / 1e6, "mb_dense": dense / 1e6,
+               "rounds": run.get("num_rounds", 0), "mb_sent": sent / 1e6, "mb_dense": dense / 1e6,
                "compression": dense / sent if sent else np.nan,
-               "wall_seconds": sum(h.get("wall_seconds", 0.0) for h in stages) if stages else np.nan,
-               "peak_rss_mb": max((h.get("peak_rss_mb", 0.0) for h in stages), default=np.nan)}
+               "wall_seconds": run.get("wall_seconds", np.nan), "peak_rss_mb": run.get("peak_rss_mb", np.nan),
+               "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
+               "loss_growing_rounds": run.get("loss_growing_rounds", 0)}
         row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def run_rounds(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each algorithm's per-round record, as its metrics file keeps it (a history-shaped dict)."""
+    return {name: {"algorithm": name, "rounds": (report.get("run") or {}).get("rounds") or []}
+            for name, report in metrics.items()}
+
+
 def round_tables(histories: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """Per federated algorithm: round, test OA and cumulative MB sent (the curves, for DVC plots)."""
+    """Per federated algorithm: round, train loss, test OA and cumulative MB sent (for DVC plots)."""
     tables = {}
     for name, history in histories.items():
         rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
         if rounds:
-            tables[name] = pd.DataFrame({"round": [r["round"] for r in rounds], "test_oa": [r["test_oa"] for r in rounds],
+            tables[name] = pd.DataFrame({"round": [r["round"] for r in rounds],
+                                         "train_loss": [r.get("train_loss", np.nan) for r in rounds],
+                                         "test_oa": [r["test_oa"] for r in rounds],
                                          "mb_cumulative": cumulative_mb_sent(rounds)})
     return tables
+
+
+def warnings_of(table: pd.DataFrame) -> list[str]:
+    """Lines the report shows above the table: runs that lost clients or whose loss kept growing."""
+    lines = []
+    for _, row in table.iterrows():
+        if row["clients_lost"] != "–":
+            lines.append(f"**{row['algorithm']}** lost clients during training ({row['clients_lost'][2:]}): "
+                         "its scores come from fewer updates than configured.")
+        if row.get("loss_growing_rounds", 0):
+            lines.append(f"**{row['algorithm']}**: the training loss grew in each of its last "
+                         f"{int(row['loss_growing_rounds'])} rounds — a diverging run until shown otherwise.")
+    return lines
 
 
 def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
@@ -122,8 +145,10 @@ def _ablation(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def render_markdown(title: str, context: dict[str, str], table: pd.DataFrame, ablation: list[dict[str, Any]],
                     figures: dict[str, str]) -> str:
     """The report as Markdown; ``figures`` maps a caption to the figure's path relative to the report."""
+    warnings = warnings_of(table)
     parts = [f"# {title}", "", *(f"- **{k}**: {v}" for k, v in context.items()), "",
-             "## Comparison", "", markdown_table(table, TABLE_COLUMNS), "",
+             "## Comparison", "", *(f"> ⚠ {w}" for w in warnings), *([""] if warnings else []),
+             markdown_table(table, TABLE_COLUMNS), "",
              "## Per-class accuracy", "", markdown_table(_per_class(table)), ""]
     if ablation:
         parts += ["## Single-modality ablations (test OA)", "", markdown_table(_ablation(ablation)), ""]
@@ -153,11 +178,13 @@ def render_html(title: str, context: dict[str, str], table: pd.DataFrame, ablati
     style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
-             "td:first-child{text-align:left}img{max-width:100%}")
+             "td:first-child{text-align:left}img{max-width:100%}.warn{color:#a40}")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><ul>"]
     parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in context.items()]
-    parts += ["</ul><h2>Comparison</h2>", _html_table(table, TABLE_COLUMNS),
+    parts += ["</ul><h2>Comparison</h2>",
+              *(f"<p class='warn'>⚠ {html.escape(w).replace('**', '')}</p>" for w in warnings_of(table)),
+              _html_table(table, TABLE_COLUMNS),
               "<h2>Per-class accuracy</h2>", _html_table(_per_class(table))]
     if ablation:
         parts += ["<h2>Single-modality ablations (test OA)</h2>", _html_table(_ablation(ablation))]

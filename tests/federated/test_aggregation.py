@@ -16,10 +16,23 @@ GLOBAL = {"hsi.w": torch.tensor([0.0, 0.0]), "lidar.w": torch.tensor([5.0]), "he
 
 def test_weights_and_masks_by_hand():
     updates = [
-        ClientUpdate(0, {"hsi.w": torch.tensor([1.0, 2.0]), "head.w": torch.tensor([2.0]), "hsi.count": torch.tensor(7)},
-                     10, ("hsi",)),
-        ClientUpdate(1, {"hsi.w": torch.tensor([4.0, 8.0]), "lidar.w": torch.tensor([9.0]), "head.w": torch.tensor([5.0]),
-                         "hsi.count": torch.tensor(4)}, 30, ("hsi", "lidar")),
+        ClientUpdate(
+            0,
+            {"hsi.w": torch.tensor([1.0, 2.0]), "head.w": torch.tensor([2.0]), "hsi.count": torch.tensor(7)},
+            10,
+            ("hsi",),
+        ),
+        ClientUpdate(
+            1,
+            {
+                "hsi.w": torch.tensor([4.0, 8.0]),
+                "lidar.w": torch.tensor([9.0]),
+                "head.w": torch.tensor([5.0]),
+                "hsi.count": torch.tensor(4),
+            },
+            30,
+            ("hsi", "lidar"),
+        ),
         ClientUpdate(2, {"lidar.w": torch.tensor([1.0]), "head.w": torch.tensor([8.0])}, 20, ("lidar",)),
     ]
     state, contributors = aggregate_modality_aware(GLOBAL, updates, owner)

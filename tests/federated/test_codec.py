@@ -7,7 +7,9 @@ from fedrs.federated.codec import CodecConfig, ErrorFeedback, decode, encode, qu
 
 def low_rank_plus_noise(m, n, rank, noise, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g) + noise * torch.randn(m, n, generator=g)
+    return torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g) + noise * torch.randn(
+        m, n, generator=g
+    )
 
 
 def test_error_within_the_rank_bound():
@@ -49,8 +51,8 @@ def test_dense_fallback():
     enc = encode(square, CodecConfig(rank=8, min_elements=1))
     assert enc.kind == "dense" and enc.nbytes == 16 * 16 * 4
     assert torch.equal(decode(enc), square)
-    assert encode(torch.randn(10), CodecConfig(rank=2)).kind == "dense"          # a vector
-    assert encode(torch.randn(8, 8), CodecConfig(rank=1)).kind == "dense"        # below min_elements
+    assert encode(torch.randn(10), CodecConfig(rank=2)).kind == "dense"  # a vector
+    assert encode(torch.randn(8, 8), CodecConfig(rank=1)).kind == "dense"  # below min_elements
 
 
 def test_conv_weights_keep_their_shape():

@@ -73,36 +73,74 @@ def test_two_organisations_train_on_the_deployment_engine(tiny_federation, flowe
     wait_port(link)
     # two organisations: each SuperNode is told where its own partition file lives
     for cid in (0, 1):
-        start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--host", "127.0.0.1",
-              "--port", str(free_port()),
-              "--node-config", f'partition-path="{tiny_federation["dir"]}/client_{cid:03d}.npz"', log=f"supernode{cid}.log")
+        start(
+            "flower-supernode",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{link}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f'partition-path="{tiny_federation["dir"]}/client_{cid:03d}.npz"',
+            log=f"supernode{cid}.log",
+        )
     (Path(env["FLWR_HOME"]) / "config.toml").write_text(
-        f'[superlink.local-test]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+        f'[superlink.local-test]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
 
     out = tmp / "run"
     settings = {
-        "federated": {"algorithm": "fedavg", "model": tiny_federation["spec"], "train": {"epochs": 1, "batch_size": 8},
-                      "num_rounds": 2, "min_clients": 2, "seed": 3},
-        "test_patches": str(tmp / "test.npz"), "expected_nodes": 2, "output_dir": str(out),
+        "federated": {
+            "algorithm": "fedavg",
+            "model": tiny_federation["spec"],
+            "train": {"epochs": 1, "batch_size": 8},
+            "num_rounds": 2,
+            "min_clients": 2,
+            "seed": 3,
+        },
+        "test_patches": str(tmp / "test.npz"),
+        "expected_nodes": 2,
+        "output_dir": str(out),
     }
     from fedrs.datasets import NpzDataset
 
     NpzDataset(settings["test_patches"]).save(tiny_federation["test"])
     (tmp / "settings.json").write_text(json.dumps(settings))
     submitted = subprocess.run(
-        [str(BIN / "flwr"), "run", str(REPO / "flower_app"), "local-test", "--format", "json",
-         "--run-config", f'settings-file="{tmp / "settings.json"}"'],
-        env=env, cwd=tmp, capture_output=True, text=True, timeout=120)
+        [
+            str(BIN / "flwr"),
+            "run",
+            str(REPO / "flower_app"),
+            "local-test",
+            "--format",
+            "json",
+            "--run-config",
+            f'settings-file="{tmp / "settings.json"}"',
+        ],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    run_id = json.loads(submitted.stdout[submitted.stdout.index("{"):])["run-id"]
+    run_id = json.loads(submitted.stdout[submitted.stdout.index("{") :])["run-id"]
 
     deadline, status = time.monotonic() + 240, ""
     while time.monotonic() < deadline:
-        listing = subprocess.run([str(BIN / "flwr"), "ls", "local-test", "--run-id", str(run_id), "--format", "json"],
-                                 env=env, cwd=tmp, capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [str(BIN / "flwr"), "ls", "local-test", "--run-id", str(run_id), "--format", "json"],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         text = listing.stdout
         if "{" in text:
-            runs = json.loads(text[text.index("{"):]).get("runs", [])
+            runs = json.loads(text[text.index("{") :]).get("runs", [])
             status = runs[0].get("status", "") if runs else ""
             if status.startswith("finished"):
                 break

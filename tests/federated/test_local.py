@@ -5,7 +5,6 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.local import TrainConfig, derive_seed, proximal_term, supervised_update
 from tests.federated.tiny_data import tiny_client_data as tiny_data
 
-
 SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
 
 
@@ -25,7 +24,9 @@ def test_fedprox_keeps_weights_near_the_global_model(rng):
         torch.manual_seed(0)
         model = alg.build_model(SPEC)
         start = {k: v.clone() for k, v in model.state_dict().items()}
-        supervised_update(model, data, ("hsi", "lidar"), TrainConfig(epochs=3, batch_size=8, lr=0.05, proximal_mu=mu), seed=1)
+        supervised_update(
+            model, data, ("hsi", "lidar"), TrainConfig(epochs=3, batch_size=8, lr=0.05, proximal_mu=mu), seed=1
+        )
         return sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in model.named_parameters())
 
     assert drift(100.0) < 0.5 * drift(0.0)
@@ -38,7 +39,9 @@ def test_same_seed_same_update(rng):
     for _ in range(2):
         torch.manual_seed(0)
         model = alg.build_model(SPEC)
-        state, metrics = alg.client_update(model, data, ("hsi", "lidar"), {"epochs": 2, "batch_size": 8}, seed=derive_seed(3, 1, 2))
+        state, metrics = alg.client_update(
+            model, data, ("hsi", "lidar"), {"epochs": 2, "batch_size": 8}, seed=derive_seed(3, 1, 2)
+        )
         states.append(state)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert metrics["num_samples"] == 24 and metrics["train_loss"] > 0
@@ -49,7 +52,9 @@ def test_unimodal_client_sends_and_changes_only_what_it_holds(rng):
     torch.manual_seed(0)
     model = alg.build_model(SPEC)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state, _ = alg.client_update(model, tiny_data(rng, modalities=("hsi",)), ("hsi",), {"epochs": 1, "batch_size": 8}, seed=0)
+    state, _ = alg.client_update(
+        model, tiny_data(rng, modalities=("hsi",)), ("hsi",), {"epochs": 1, "batch_size": 8}, seed=0
+    )
     assert state and not any(k.startswith("lidar_encoder.") for k in state)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("lidar_encoder."))
     assert any(not torch.equal(state[k], before[k]) for k in state if k.startswith("hsi_encoder."))
@@ -76,3 +81,45 @@ def test_cosine_schedule_by_hand():
     assert lr_at_round(0.1, 4, 5, "constant") == 0.1
     with pytest.raises(ValueError, match="expected 'cosine' or 'constant'"):
         lr_at_round(0.1, 2, 5, "step")
+
+
+def test_the_one_training_loop_seeds_batches_and_accumulates(rng):
+    from fedrs.federated.local import Batch, local_training
+
+    model = torch.nn.Linear(3, 1)
+    x = torch.as_tensor(rng.standard_normal((10, 3)), dtype=torch.float32)
+    seen: list[list[int]] = []
+
+    def loss(batch: Batch):
+        seen.append(sorted(batch.index.tolist()))
+        assert batch.device.type == "cpu" and batch.generator is not None
+        return model(batch.take(x)).pow(2).mean(), {"batch_size": float(batch.index.size)}
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.1)
+    metrics = local_training(model, 10, loss, cfg, seed=7, trainable={"weight"}, min_batch=3)
+    # 10 samples in batches of 4: 4, 4 and a batch of 2 (below min_batch: skipped), twice
+    assert len(seen) == 4 and all(len(s) == 4 for s in seen)
+    assert metrics["num_samples"] == 10 and metrics["batch_size"] == 4.0 and metrics["train_loss"] > 0
+    assert model.bias.requires_grad  # every parameter is trainable again afterwards
+    first = [list(s) for s in seen]
+    seen.clear()
+    bias = model.bias.detach().clone()
+    local_training(model, 10, loss, cfg, seed=7, trainable={"weight"}, min_batch=3)
+    assert seen == first  # the same seed, the same batches
+    assert torch.equal(model.bias.detach(), bias)  # only the trainable subset moved
+
+
+def test_the_loop_runs_the_batch_loss_under_the_precision_policy(rng):
+    from fedrs.federated.local import local_training
+
+    model = torch.nn.Linear(3, 2)
+    dtypes = []
+
+    def loss(batch):
+        out = model(batch.take(rng.standard_normal((6, 3))))
+        dtypes.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    local_training(model, 6, loss, TrainConfig(epochs=1, batch_size=6), seed=0)
+    local_training(model, 6, loss, TrainConfig(epochs=1, batch_size=6, precision="bf16-force"), seed=0)
+    assert dtypes == [torch.float32, torch.bfloat16] and model.weight.dtype == torch.float32

@@ -22,11 +22,12 @@ def test_failures_timeouts_and_nan_updates_are_survived(tiny_federation):
     result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
     first, second = result["history"]
     assert first["sampled"] == [0, 1, 2] and first["accepted"] == [1, 2]
-    assert first["dropped"][0]["client_id"] == 0 and "injected failure of client 0" in first["dropped"][0]["reason"]
+    assert first["failed"][0]["client_id"] == 0 and "injected failure of client 0" in first["failed"][0]["reason"]
+    assert first["dropped"] == []
     assert second["accepted"] == [0]
     assert second["rejected"] == [{"client_id": 1, "reason": second["rejected"][0]["reason"]}]
     assert "non-finite" in second["rejected"][0]["reason"]
-    assert second["dropped"] == [{"client_id": 2, "reason": "no reply within the round timeout"}]
+    assert second["dropped"] == [{"client_id": 2, "stage": "train", "reason": "no reply within the round timeout"}]
     assert all(row["aggregated"] for row in result["history"])
     for row in result["history"]:  # where the round's time went
         assert row["seconds"] == pytest.approx(row["wait_seconds"] + row["server_seconds"])
@@ -48,9 +49,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_federation, tmp_path)
     test = tiny_federation["test"]
     straight = run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "a")), test, 3, RESOURCES)
     with pytest.raises(RunInterrupted):
-        run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), stop_after_round=2), test, 3, RESOURCES)
+        run_simulation_engine(
+            config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), stop_after_round=2), test, 3, RESOURCES
+        )
     assert (tmp_path / "b" / "checkpoint.pt").is_file()
-    resumed = run_simulation_engine(config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), resume=True), test, 3, RESOURCES)
+    resumed = run_simulation_engine(
+        config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), resume=True), test, 3, RESOURCES
+    )
     assert [r["round"] for r in resumed["history"]] == [1, 2, 3]
     assert [r["sampled"] for r in resumed["history"]] == [r["sampled"] for r in straight["history"]]
     assert resumed["history"][-1]["test_oa"] == straight["history"][-1]["test_oa"]
@@ -61,7 +66,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_federation, tmp_path)
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_federation, tmp_path):
     from fedrs.federated.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path, {"round": 1, "config_digest": "0000", "state": {}, "history": [], "traffic": [], "rng": {}})
+    save_checkpoint(
+        tmp_path, {"round": 1, "config_digest": "0000", "state": {}, "history": [], "traffic": [], "rng": {}}
+    )
     cfg = config(tiny_federation, checkpoint_dir=str(tmp_path), resume=True)
     with pytest.raises(RuntimeError, match="made with other settings"):
         run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
@@ -69,8 +76,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_federation, tmp_path
 
 def test_compressed_uploads_and_downloads_send_fewer_bytes_and_still_learn(tiny_federation):
     codec = {"rank": 2, "quantize_bits": 8}
-    cfg = config(tiny_federation, num_rounds=3, compression=codec, downlink_compression=codec,
-                 faults={"raise": [[2, 1]]})
+    cfg = config(
+        tiny_federation, num_rounds=3, compression=codec, downlink_compression=codec, faults={"raise": [[2, 1]]}
+    )
     result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
     rounds = result["history"]
     assert all(r["bytes_up"] * 2 < r["bytes_up_dense"] for r in rounds)

@@ -68,7 +68,9 @@ def test_fedcmi_pipeline_end_to_end(tiny_baselines):
     tiny_baselines.run(["fedcmi"])
     p = tiny_baselines.path
     history = json.loads(p("data/07_model_output/synthetic/fedcmi/history.json").read_text())
-    assert [r["round"] for r in history["rounds"]] == [1, 2] and all(r["accepted"] == [0, 1, 2] for r in history["rounds"])
+    assert [r["round"] for r in history["rounds"]] == [1, 2] and all(
+        r["accepted"] == [0, 1, 2] for r in history["rounds"]
+    )
     metrics = json.loads(p("data/08_reporting/synthetic/fedcmi/metrics.json").read_text())
     assert set(metrics["variants"]) == {"hsi_infiltrated", "hsi_zero_filled", "lidar_infiltrated", "lidar_zero_filled"}
     assert 0.0 <= metrics["per_class_spread"] <= 1.0
@@ -85,7 +87,10 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert diffusion["stages"]["hsi"][0]["accepted"] == [0, 2] and diffusion["stages"]["lidar"][0]["accepted"] == [1, 3]
     features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
     assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4
-    assert features["reused_from_cache"] == [] and len(list(p("data/04_feature/synthetic/feddiff_feature_cache").glob("*.npy"))) == 4
+    assert (
+        features["reused_from_cache"] == []
+        and len(list(p("data/04_feature/synthetic/feddiff_feature_cache").glob("*.npy"))) == 4
+    )
     history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["accepted"] == [0, 1, 2, 3] for r in history["rounds"])
@@ -101,12 +106,24 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
 
 
 def test_centralized_feddiff_pipeline(tiny_baselines):
-    tiny_baselines.write_conf("local", "parameters_feddiff.yml", {"feddiff": {
-        "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
-                      "federated": {"num_rounds": 1, "eval_samples": 64}},
-        "features": {"timesteps": [5]},
-        "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
-    }})
+    tiny_baselines.write_conf(
+        "local",
+        "parameters_feddiff.yml",
+        {
+            "feddiff": {
+                "diffusion": {
+                    "model": {"base_channels": 8, "steps": 50},
+                    "train": {"epochs": 1, "batch_size": 32},
+                    "federated": {"num_rounds": 1, "eval_samples": 64},
+                },
+                "features": {"timesteps": [5]},
+                "classifier": {
+                    "train": {"epochs": 1, "batch_size": 16},
+                    "federated": {"num_rounds": 2, "eval_samples": 300},
+                },
+            }
+        },
+    )
     tiny_baselines.run(["feddiff_centralized"])
     p = tiny_baselines.path
     history = json.loads(p("data/07_model_output/synthetic/feddiff_centralized/history.json").read_text())

@@ -37,7 +37,9 @@ def test_data_pipelines_end_to_end(kedro_project):
         total = 0
         for entry in manifest["clients"]:
             # a client loads its own file with nothing but the path
-            bundle = NpzDataset(str(p(f"data/05_model_input/synthetic/{layout}/clients/{entry['partition']}.npz"))).load()
+            bundle = NpzDataset(
+                str(p(f"data/05_model_input/synthetic/{layout}/clients/{entry['partition']}.npz"))
+            ).load()
             assert sorted(m for m in ("hsi", "lidar") if m in bundle) == sorted(entry["modalities"])
             assert bundle["labels"].size == entry["num_samples"]
             total += entry["num_samples"]
@@ -51,8 +53,11 @@ def test_data_pipelines_end_to_end(kedro_project):
 
 def _artefacts(project):
     out = {}
-    for rel in ("data/04_feature/synthetic/train_patches.npz", "data/04_feature/synthetic/test_patches.npz",
-                "data/05_model_input/synthetic/horizontal/clients/client_003.npz"):
+    for rel in (
+        "data/04_feature/synthetic/train_patches.npz",
+        "data/04_feature/synthetic/test_patches.npz",
+        "data/05_model_input/synthetic/horizontal/clients/client_003.npz",
+    ):
         bundle = NpzDataset(str(project.path(rel))).load()
         out.update({f"{rel}:{k}": v for k, v in bundle.items() if isinstance(v, np.ndarray)})
     return out
@@ -79,17 +84,28 @@ def test_same_seed_same_arrays(kedro_project, tmp_path_factory, monkeypatch):
 def test_bad_input_writes_nothing(kedro_project):
     bad = kedro_project.path("data/01_raw/bad")
     scene = generate_synthetic_scene(
-        {"seed": 1, "size": 48, "bands": 8, "n_buildings": 12, "n_tree_clusters": 6, "n_plazas": 3})
+        {"seed": 1, "size": 48, "bands": 8, "n_buildings": 12, "n_tree_clusters": 6, "n_plazas": 3}
+    )
     for layer, raster in scene.items():
         RasterDataset(str(bad / f"{layer}.tif")).save(raster)
     labels = scene["test_labels"].data.copy()
     labels[0, 5, 5] = 42
-    RasterDataset(str(bad / "test_labels.tif")).save(Raster(labels, scene["test_labels"].crs, scene["test_labels"].transform))
-    kedro_project.write_conf("badenv", "catalog.yml", {
-        name: {"type": "fedrs.datasets.RasterDataset", "filepath": f"data/01_raw/bad/{layer}.tif"}
-        for name, layer in (("raw_hsi", "hsi"), ("raw_lidar", "lidar"), ("raw_train_labels", "train_labels"),
-                            ("raw_test_labels", "test_labels"))
-    })
+    RasterDataset(str(bad / "test_labels.tif")).save(
+        Raster(labels, scene["test_labels"].crs, scene["test_labels"].transform)
+    )
+    kedro_project.write_conf(
+        "badenv",
+        "catalog.yml",
+        {
+            name: {"type": "fedrs.datasets.RasterDataset", "filepath": f"data/01_raw/bad/{layer}.tif"}
+            for name, layer in (
+                ("raw_hsi", "hsi"),
+                ("raw_lidar", "lidar"),
+                ("raw_train_labels", "train_labels"),
+                ("raw_test_labels", "test_labels"),
+            )
+        },
+    )
     kedro_project.write_conf("badenv", "globals.yml", {"scene_name": "bad"})
     with pytest.raises(Exception, match=r"test_labels.tif: label values \[42\] are outside 0..10"):
         kedro_project.run(["data"], env="badenv")

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fedrs.datasets import NpzDataset
+from fedrs.results import run_summary
 
 
 def _write_results(project, scene, name, oa, rng, modalities=("hsi", "lidar"), rounds=3):
@@ -19,15 +20,15 @@ def _write_results(project, scene, name, oa, rng, modalities=("hsi", "lidar"), r
               "modalities": list(modalities), "per_class": {c: oa for c in scene["class_names"]},
               "confusion": (np.eye(k, dtype=int) * 5 + 1).tolist(),
               "variants": {"lidar_zero_filled": {"oa": oa / 2}} if len(modalities) == 2 else {}}
+    history = {"algorithm": name, "wall_seconds": 12.5, "peak_rss_mb": 800.0,
+               "rounds": [{"round": r, "test_oa": oa * r / rounds, "test_aa": oa, "bytes_up": 1000, "bytes_down": 2000,
+                           "bytes_up_dense": 4000, "bytes_down_dense": 2000} for r in range(1, rounds + 1)]}
+    report["run"] = run_summary(history)  # what the evaluation node writes beside the scores
     reporting = project.path("data/08_reporting/synthetic", name)
     reporting.mkdir(parents=True)
     (reporting / "metrics.json").write_text(json.dumps(report))
     output = project.path("data/07_model_output/synthetic", name)
     output.mkdir(parents=True)
-    history = {"algorithm": name, "wall_seconds": 12.5, "peak_rss_mb": 800.0,
-               "rounds": [{"round": r, "test_oa": oa * r / rounds, "test_aa": oa, "bytes_up": 1000, "bytes_down": 2000,
-                           "bytes_up_dense": 4000, "bytes_down_dense": 2000} for r in range(1, rounds + 1)]}
-    (output / "history.json").write_text(json.dumps(history))
     noisy = np.where(rng.random(labels.shape) < 0.2, rng.integers(1, k + 1, labels.shape), labels)
     NpzDataset(str(output / "prediction.npz")).save({"prediction": noisy.astype(np.int16)})
 
@@ -41,10 +42,13 @@ def test_report_compares_every_algorithm_with_results(kedro_project):
     for name, oa, mods in (("feddiff", 0.9, ("hsi", "lidar")), ("fedavg", 0.8, ("hsi", "lidar")),
                            ("fedavg_hsi", 0.5, ("hsi",))):
         _write_results(kedro_project, scene, name, oa, rng, mods)
+    # a fresh clone: the metrics files (in git) but no prediction of fedavg_hsi (DVC's); its rows stay
+    kedro_project.path("data/07_model_output/synthetic/fedavg_hsi/prediction.npz").unlink()
     kedro_project.run(["report"])
     out = kedro_project.path("data/08_reporting/synthetic/report")
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["algorithm"]) == ["feddiff", "fedavg", "fedavg_hsi"]  # the configured order
+    assert sorted(p.name for p in (out / "rounds").iterdir()) == ["fedavg.csv", "fedavg_hsi.csv", "feddiff.csv"]
     rounds = pd.read_csv(out / "rounds" / "feddiff.csv")
     assert list(rounds["round"]) == [1, 2, 3] and rounds["mb_cumulative"].iloc[-1] == pytest.approx(9000 / 1e6)
     assert table.loc[0, "mb_sent"] == pytest.approx(9000 / 1e6) and table.loc[0, "compression"] == pytest.approx(2.0)

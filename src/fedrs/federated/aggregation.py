@@ -27,7 +27,9 @@ class ClientUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def aggregate_modality_aware(global_state: State, updates: list[ClientUpdate], owner: Owner) -> tuple[State, dict[str, int]]:
+def aggregate_modality_aware(
+    global_state: State, updates: list[ClientUpdate], owner: Owner
+) -> tuple[State, dict[str, int]]:
     """Weighted average per tensor over its eligible contributors; returns (state, contributors)."""
     new_state: State = {}
     contributors: dict[str, int] = {}
@@ -56,17 +58,20 @@ def update_norm(update: State, global_state: State) -> float:
     for name, tensor in update.items():
         if torch.is_floating_point(tensor) and name in global_state:
             total += float((tensor.double() - global_state[name].double()).pow(2).sum())
-    return total ** 0.5
+    return total**0.5
 
 
-def screen_updates(updates: list[ClientUpdate], global_state: State, outlier_factor: float,
-                   max_norm: float | None = None) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
+def screen_updates(
+    updates: list[ClientUpdate], global_state: State, outlier_factor: float, max_norm: float | None = None
+) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
     """Split into (accepted, rejected-with-reason): non-finite values, or an update norm above
     ``max_norm`` or above ``outlier_factor`` × the round's median norm (with three or more updates)."""
     rejected: list[tuple[int, str]] = []
     finite: list[ClientUpdate] = []
     for u in updates:
-        bad = next((name for name, t in u.state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()), None)
+        bad = next(
+            (name for name, t in u.state.items() if torch.is_floating_point(t) and not torch.isfinite(t).all()), None
+        )
         if bad is not None:
             rejected.append((u.client_id, f"non-finite values in {bad}"))
         elif set(u.state) - set(global_state):

@@ -8,9 +8,13 @@ the ``partition_dir`` the server names (simulation, where node configs carry a p
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import time
+import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,28 @@ app = ClientApp()
 # so it keeps the most recent ones (bounded in bytes) instead of re-reading a file every round.
 _CACHE: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 CACHE_BYTES = 1 << 30
+
+
+class ClientFailure(RuntimeError):
+    """A client's handler failed; the message carries the client's own traceback to the server."""
+
+
+def reports_traceback(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Flower sends the server only ``str(exception)``; re-raise with the traceback in it, so a run
+    stopped for a systematic failure shows where in the client it happened."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:
+            node = context.node_config
+            raise ClientFailure(
+                f"{handler.__name__} on partition {node.get('partition-id', node.get('partition-path', '?'))}:\n"
+                f"{traceback.format_exc().rstrip()}"
+            ) from exc
+
+    return wrapped
 
 
 def _bundle_bytes(bundle: dict[str, Any]) -> int:
@@ -66,7 +92,7 @@ def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[st
 
 
 def settings_of(msg: Message) -> dict[str, Any]:
-    return json.loads(str(msg.content["config"]["settings"]))
+    return json.loads(str(msg.content.config_records["config"]["settings"]))
 
 
 def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | None:
@@ -84,34 +110,58 @@ def received_weights(msg: Message, context: Context, rnd: int) -> dict[str, torc
     """This round's global weights: dense, a compressed delta against what this node holds, or
     (no arrays) those that came with this round's exchange. Kept in the node's state."""
     content, state = msg.content, context.state
+    held = int(str(state.config_records["weights_round"]["round"])) if "weights_round" in state else None
     if "arrays" not in content:
-        held = state.get("weights_round")
-        if held is None or int(held["round"]) != rnd:
+        if held != rnd:
             raise RuntimeError(f"no weights for round {rnd}: the exchange did not deliver them to this node")
-        return state["weights"].to_torch_state_dict()
+        return state.array_records["weights"].to_torch_state_dict()
     if "down_codec" in content:
-        expected, held = int(content["reference"]["round"]), state.get("weights_round")
-        if held is None or int(held["round"]) != expected:
+        expected = int(str(content.config_records["reference"]["round"]))
+        if held != expected:
             raise RuntimeError(f"the server encoded against round {expected} weights; this node holds "
-                               f"{'none' if held is None else int(held['round'])}")
-        weights = unpack_tensors(content["arrays"], content["down_codec"], state["weights"].to_torch_state_dict())
+                               f"{'none' if held is None else held}")
+        weights = unpack_tensors(content.array_records["arrays"], content.config_records["down_codec"],
+                                 state.array_records["weights"].to_torch_state_dict())
     else:
-        weights = content["arrays"].to_torch_state_dict()
+        weights = content.array_records["arrays"].to_torch_state_dict()
     state["weights"] = ArrayRecord.from_torch_state_dict(weights)
     state["weights_round"] = ConfigRecord({"round": rnd})
     return weights
 
 
+def load_carry(context: Context) -> dict[str, Any]:
+    """What this client kept from its last round (e.g. its optimiser's moments), from node state."""
+    if "carry" not in context.state:
+        return {}
+    blob = context.state.config_records["carry"]["blob"]
+    return torch.load(io.BytesIO(bytes(blob)), weights_only=False)  # type: ignore[arg-type]
+
+
+def save_carry(context: Context, carry: dict[str, Any]) -> None:
+    if carry:
+        buffer = io.BytesIO()
+        torch.save(carry, buffer)
+        context.state["carry"] = ConfigRecord({"blob": buffer.getvalue()})
+
+
 @app.query()
+@reports_traceback
 def describe(msg: Message, context: Context) -> Message:
     _, data = client_data(msg, context)
     site = data.get("site")
-    info = ConfigRecord({"client_id": int(data["client_id"]), "modalities": ",".join(data["modalities"]),
-                         "num_samples": int(len(data["labels"])), "site": -1 if site is None else int(site)})
+    info = ConfigRecord(
+        {
+            "client_id": int(data["client_id"]),
+            "modalities": ",".join(data["modalities"]),
+            "num_samples": int(len(data["labels"])),
+            "site": -1 if site is None else int(site),
+        }
+    )
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
 @app.query("exchange")
+@reports_traceback
 def exchange(msg: Message, context: Context) -> Message:
     """Branch outputs on the client's own pixels, through the codec: what its site partner receives."""
     started = time.perf_counter()
@@ -122,13 +172,22 @@ def exchange(msg: Message, context: Context) -> Message:
     outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
-    return Message(RecordDict({"arrays": arrays, "codec": consts,
-                               "metrics": MetricRecord({"bytes_dense": dense, "bytes_sent": sent,
-                                                        "compute_seconds": time.perf_counter() - started})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                "arrays": arrays,
+                "codec": consts,
+                "metrics": MetricRecord(
+                    {"bytes_dense": dense, "bytes_sent": sent, "compute_seconds": time.perf_counter() - started}
+                ),
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 @app.train()
+@reports_traceback
 def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()  # this client's own work: data, update, codec (framework time excluded)
     settings, data = client_data(msg, context)
@@ -140,21 +199,31 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(received, strict=False)
     extra = {}
     if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server
-        extra["partner"] = unpack_tensors(msg.content["partner"], msg.content["partner_codec"])
+        extra["partner"] = unpack_tensors(msg.content.array_records["partner"],
+                                          msg.content.config_records["partner_codec"])
+    carry = load_carry(context)
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
-                                             derive_seed(settings["seed"], rnd, client_id), rnd, **extra)
+                                             derive_seed(settings["seed"], rnd, client_id), rnd, carry=carry, **extra)
+    save_carry(context, carry)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))
     if settings.get("compression"):
         # the residual of error feedback stays on this node between rounds (Flower's node state)
-        stored = context.state.get("codec_residual")
+        stored = context.state.array_records.get("codec_residual")
         feedback = ErrorFeedback.from_state(stored.to_torch_state_dict() if stored is not None else None)
-        arrays, consts, dense, sent = pack_update(state, received, CodecConfig.from_dict(settings["compression"]), feedback)
+        arrays, consts, dense, sent = pack_update(
+            state, received, CodecConfig.from_dict(settings["compression"]), feedback
+        )
         context.state["codec_residual"] = ArrayRecord.from_torch_state_dict(feedback.state())
     else:
         arrays, consts = ArrayRecord.from_torch_state_dict(state), ConfigRecord({})
         dense = sent = payload_bytes(state)
-    metrics = {**{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": dense, "bytes_sent": sent,
-               "compute_seconds": time.perf_counter() - started}
-    return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    reported: dict[str, int | float | list[int] | list[float]] = {
+        **{k: float(v) for k, v in metrics.items()},
+        "client_id": client_id,
+        "bytes_dense": dense,
+        "bytes_sent": sent,
+        "compute_seconds": time.perf_counter() - started,
+    }
+    return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(reported)}), reply_to=msg)

@@ -31,9 +31,10 @@ class CodecConfig:
     min_elements: int = 256           # smaller tensors always go dense
     row_dims: int = 1                 # leading axes forming the matrix rows
     seed: int = 0
+    error_feedback: bool = True       # carry what compression drops into the next payload
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "CodecConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> CodecConfig:
         cfg = from_mapping(cls, d, label="codec config")
         if cfg.rank is None and cfg.energy is None:
             raise ValueError("codec config: set rank, energy or both")
@@ -84,7 +85,8 @@ class Encoded:
     def nbytes(self) -> int:
         if self.dense is not None:
             return int(self.dense.nbytes)
-        return sum(int(f.nbytes) for f in (self.left, self.right))
+        assert self.left is not None and self.right is not None
+        return int(self.left.nbytes) + int(self.right.nbytes)
 
     @property
     def dense_nbytes(self) -> int:
@@ -137,6 +139,7 @@ def encode(tensor: torch.Tensor, cfg: CodecConfig) -> Encoded:
 def decode(encoded: Encoded) -> torch.Tensor:
     if encoded.dense is not None:
         return torch.from_numpy(np.asarray(encoded.dense, dtype=np.float32).reshape(encoded.shape))
+    assert encoded.left is not None and encoded.right is not None
     left = encoded.left.dequantise() if isinstance(encoded.left, Quantised) else encoded.left
     right = encoded.right.dequantise() if isinstance(encoded.right, Quantised) else encoded.right
     return torch.from_numpy((left @ right).astype(np.float32).reshape(encoded.shape))
@@ -149,6 +152,8 @@ class ErrorFeedback:
         self.residual: dict[str, torch.Tensor] = {}
 
     def encode(self, name: str, update: torch.Tensor, cfg: CodecConfig) -> Encoded:
+        if not cfg.error_feedback:
+            return encode(update, cfg)
         corrected = update.detach().float() + self.residual.get(name, torch.zeros_like(update, dtype=torch.float32))
         encoded = encode(corrected, cfg)
         self.residual[name] = corrected - decode(encoded)
@@ -158,7 +163,7 @@ class ErrorFeedback:
         return dict(self.residual)
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor] | None) -> "ErrorFeedback":
+    def from_state(cls, state: dict[str, torch.Tensor] | None) -> ErrorFeedback:
         feedback = cls()
         feedback.residual = dict(state or {})
         return feedback

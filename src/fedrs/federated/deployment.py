@@ -49,7 +49,9 @@ def run_from_settings(grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
         raise
     with atomic_path(out / "model.pt", suffix=".pt") as tmp:
         torch.save({"algorithm": cfg.algorithm, "spec": cfg.model, "state": result["state"]}, tmp)
-    _write_json(out / "history.json", {"algorithm": cfg.algorithm, "rounds": result["history"], "clients": result["clients"]})
+    _write_json(
+        out / "history.json", {"algorithm": cfg.algorithm, "rounds": result["history"], "clients": result["clients"]}
+    )
     _write_json(out / "traffic.json", result["traffic"])
     _write_json(out / "status.json", {"status": "completed", "rounds": len(result["history"])})
     return result
@@ -59,29 +61,46 @@ def run_from_settings(grid: Grid, settings: dict[str, Any]) -> dict[str, Any]:
 def main(grid: Grid, context: Context) -> None:
     settings_file = str(context.run_config.get("settings-file", ""))
     if not settings_file:
-        raise ValueError("run config 'settings-file' is empty; pass --run-config 'settings-file=\"/abs/settings.json\"'")
+        raise ValueError(
+            "run config 'settings-file' is empty; pass --run-config 'settings-file=\"/abs/settings.json\"'"
+        )
     run_from_settings(grid, json.loads(Path(settings_file).read_text()))
 
 
-def write_settings(algorithm: str, output_dir: str, expected_nodes: int, env: str | None = None,
-                   project_path: str = ".") -> dict[str, Any]:
+def write_settings(
+    algorithm: str, output_dir: str, expected_nodes: int, env: str | None = None, project_path: str = "."
+) -> dict[str, Any]:
     """Settings for a deployment run, from the Kedro project's parameters and catalog."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from fedrs.pipelines.training.nodes import merge, model_spec
+    from fedrs.results import merge, model_spec
 
     root = Path(project_path).resolve()
     bootstrap_project(root)
-    with KedroSession.create(project_path=root, env=env) as session:
+    session = KedroSession.create(project_path=root, env=env)
+    with session:
         context = session.load_context()
         params = merge(context.params["baseline"], context.params[algorithm]["training"])
-        test_path = context.catalog.get("test_patches")._describe()["filepath"]
+        dataset = context.catalog.get("test_patches")
+        if dataset is None:
+            raise ValueError(f"the catalog of {root} has no test_patches entry")
+        test_path = dataset._describe()["filepath"]
     test = NpzDataset(str(test_path)).load()
-    federated = {**params.get("federated", {}), "algorithm": params["algorithm"], "model": model_spec(test, params.get("model", {})),
-                 "train": params.get("train", {}), "seed": int(params["seed"]), "partition_dir": ""}
-    return {"federated": federated, "test_patches": str(Path(test_path).resolve()), "expected_nodes": expected_nodes,
-            "output_dir": str(Path(output_dir).resolve())}
+    federated = {
+        **params.get("federated", {}),
+        "algorithm": params["algorithm"],
+        "model": model_spec(test, params.get("model", {})),
+        "train": params.get("train", {}),
+        "seed": int(params["seed"]),
+        "partition_dir": "",
+    }
+    return {
+        "federated": federated,
+        "test_patches": str(Path(test_path).resolve()),
+        "expected_nodes": expected_nodes,
+        "output_dir": str(Path(output_dir).resolve()),
+    }
 
 
 def _cli() -> None:

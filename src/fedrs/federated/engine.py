@@ -28,7 +28,7 @@ class SimulationResources:
     total_cpus: int | None = None   # None: every core of the machine
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "SimulationResources":
+    def from_dict(cls, d: dict[str, Any] | None) -> SimulationResources:
         return cls(**(d or {}))
 
 
@@ -55,7 +55,7 @@ def run_simulation_engine(cfg: FederatedConfig, test: dict[str, Any], num_nodes:
     total_cpus = resources.total_cpus or os.cpu_count() or 1
     # Ray's socket paths must stay short: a private folder directly under the system temp dir
     ray_dir = tempfile.mkdtemp(prefix="fedrs-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    backend = {
+    backend: dict[str, Any] = {
         "client_resources": {"num_cpus": resources.num_cpus_per_client, "num_gpus": gpus},
         "init_args": {"num_cpus": total_cpus, "num_gpus": torch.cuda.device_count() if gpus else 0,
                       "_temp_dir": ray_dir, "include_dashboard": False, "logging_level": "ERROR"},

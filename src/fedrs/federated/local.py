@@ -1,15 +1,17 @@
-"""A client's local update: plain PyTorch over a partition's arrays and a config dict.
+"""A client's local update: one training loop for every algorithm, plain PyTorch over arrays.
 
-The same function serves FedAvg and FedProx (``proximal_mu`` > 0 adds μ/2·‖w − w_global‖² over the
-parameters the client trains), centralized training (one "client" holding everything) and local
-training. Determinism: the caller passes a seed; shuffling, dropout and initialisation follow it.
+``local_training`` owns what every local update shares — the seed and the shuffling generator, the
+device and precision policy, the trainable subset, the optimiser, the FedProx term, epochs ×
+batches and the loss accumulation. An algorithm plugs in a *batch loss*: a function of one
+``Batch`` (its sample indices, device and generator) that returns the loss (and optionally
+per-batch metrics to average). FedAvg/FedProx's cross-entropy, FedCMI's infiltration objective,
+the DDPM noise loss and FedDiff's three-head loss are all such functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedrs.compute import ComputePolicy, compute_policy
 from fedrs.config import from_mapping
 
 MODALITIES = ("hsi", "lidar")
@@ -32,16 +35,28 @@ class TrainConfig:
     optimizer: str = "adam"       # adam | sgd
     momentum: float = 0.9
     proximal_mu: float = 0.0
-    device: str = "auto"          # auto | cpu | cuda
-    autocast: str = "auto"        # auto (bf16 where the hardware has it) | bf16 | off
+    device: str = "auto"          # auto | cpu | cuda[:N]
+    precision: str = "fp32"       # fp32 | bf16 | bf16-force (fedrs.compute)
     eval_batch_size: int = 1024
+    keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
+    decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
         return from_mapping(cls, d, label="training config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def policy(self) -> ComputePolicy:
+        return compute_policy(self.device, self.precision)
+
+
+def split_config(config: dict[str, Any] | None, *extra: str) -> tuple[TrainConfig, dict[str, Any]]:
+    """A training config and the algorithm's own keys (``extra``) taken out of it."""
+    config = dict(config or {})
+    own = {k: config.pop(k) for k in extra if k in config}
+    return TrainConfig.from_dict(config), own
 
 
 def derive_seed(*parts: int) -> int:
@@ -58,27 +73,6 @@ def lr_at_round(base_lr: float, rnd: int, num_rounds: int, schedule: str = "cosi
         raise ValueError(f"lr_schedule {schedule!r}; expected 'cosine' or 'constant'")
     progress = (rnd - 1) / (num_rounds - 1)
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device: auto")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: without them bf16 autocast on CPU is emulated and much slower than fp32."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None) or getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
-
-
-def autocast(device: torch.device, mode: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on a CPU with native bf16 (AVX-512 BF16/AMX) or on CUDA; a no-op otherwise."""
-    if mode == "off" or (mode == "auto" and device.type == "cpu" and not cpu_has_native_bf16()):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def batch_inputs(data: dict[str, Any], index: np.ndarray | slice, modalities: tuple[str, ...],
@@ -113,14 +107,23 @@ class LocalTrainer:
     other modality's parameters untouched. ``step`` adds μ/2·‖w − w_start‖² when μ > 0.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, trainable: set[str] | None = None):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: nn.Module, cfg: TrainConfig, trainable: set[str] | None = None,
+                 carry: dict[str, Any] | None = None):
+        self.model, self.cfg, self.carry = model, cfg, carry
         self.names = {n for n, _ in model.named_parameters()} if trainable is None else set(trainable)
         for n, p in model.named_parameters():
             p.requires_grad_(n in self.names)
-        self.optimizer = build_optimizer([p for n, p in model.named_parameters() if n in self.names], cfg)
+        params = [p for n, p in model.named_parameters() if n in self.names]
+        self.optimizer = build_optimizer(params, cfg)
+        if cfg.keep_optimizer_state and carry is not None and "optimizer" in carry:
+            self.optimizer.load_state_dict(carry["optimizer"])
+            for group in self.optimizer.param_groups:  # this round's learning rate, not the stored one
+                group["lr"] = cfg.lr
         self.reference = ({n: p.detach().clone() for n, p in model.named_parameters() if n in self.names}
                           if cfg.proximal_mu > 0 else {})
+        self.decay = [(p, float(lam)) for n, p in model.named_parameters() if n in self.names
+                      for key, lam in (cfg.decoupled_decay or {}).items()
+                      if (key == "conv" and p.ndim == 4) or (key != "conv" and n.startswith(key))]
 
     def step(self, loss: torch.Tensor) -> float:
         if self.reference:
@@ -128,49 +131,117 @@ class LocalTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.decay:  # the gradient of λ‖w‖², applied outside the optimiser's normalisation
+            lr = self.optimizer.param_groups[0]["lr"]
+            with torch.no_grad():
+                for p, lam in self.decay:
+                    p.mul_(1.0 - 2.0 * lr * lam)
         return float(loss.detach())
 
     def close(self) -> None:
         for p in self.model.parameters():
             p.requires_grad_(True)
+        if self.cfg.keep_optimizer_state and self.carry is not None:
+            self.carry["optimizer"] = self.optimizer.state_dict()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a batch-loss function gets: which samples, where to put them, and the run's generator
+    (for anything random in the loss, e.g. the DDPM's timesteps and noise)."""
+
+    index: np.ndarray
+    device: torch.device
+    generator: torch.Generator
+
+    def take(self, array: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``array[index]`` as a tensor on the device (NumPy arrays and CPU tensors alike)."""
+        index = self.index
+        tensor = array[index] if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array)[index])
+        return tensor.to(self.device, dtype)
+
+
+BatchLoss = Callable[[Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cfg: TrainConfig, seed: int,
+                   trainable: set[str] | None = None, min_batch: int = 2,
+                   carry: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train ``model`` in place: ``cfg.epochs`` passes over ``num_samples`` in seeded random batches,
+    each batch's loss (computed under the precision policy) stepped by the optimiser over
+    ``trainable``. Returns the sample-weighted mean loss (FedProx term included), the sample count
+    and the batch mean of any metrics the batch loss reports. Batches smaller than ``min_batch``
+    are skipped (BatchNorm cannot normalise a batch of one)."""
+    policy = cfg.policy()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(policy.device).train()
+    trainer = LocalTrainer(model, cfg, trainable, carry)
+    total, seen, batches = 0.0, 0, 0
+    extras: dict[str, float] = {}
+    try:
+        for _ in range(cfg.epochs):
+            for idx in iter_batches(num_samples, cfg.batch_size, generator):
+                if idx.size < min_batch:
+                    continue
+                with policy.autocast():
+                    out = batch_loss(Batch(idx, policy.device, generator))
+                loss, metrics = out if isinstance(out, tuple) else (out, {})
+                total += trainer.step(loss.float()) * idx.size
+                seen += idx.size
+                batches += 1
+                for key, value in metrics.items():
+                    extras[key] = extras.get(key, 0.0) + float(value)
+    finally:
+        trainer.close()
+    return {"train_loss": total / max(seen, 1), "num_samples": num_samples,
+            **{k: v / max(batches, 1) for k, v in extras.items()}}
 
 
 def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
-                      seed: int, trainable: set[str] | None = None) -> dict[str, float]:
-    """Train ``model`` in place on ``data`` (patch arrays per modality + ``labels``) with cross-entropy;
-    returns the mean training loss and the sample count."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    trainer = LocalTrainer(model, cfg, trainable)
+                      seed: int, trainable: set[str] | None = None,
+                      carry: dict[str, Any] | None = None) -> dict[str, float]:
+    """Cross-entropy on ``data`` (patch arrays per modality + ``labels``): FedAvg, FedProx,
+    centralized and local training."""
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
-    n = int(labels.numel())
-    losses, seen = 0.0, 0
-    for _ in range(cfg.epochs):
-        for idx in iter_batches(n, cfg.batch_size, generator):
-            if idx.size < 2:  # BatchNorm cannot normalise a batch of one
-                continue
-            with autocast(device, cfg.autocast):
-                logits = model(**batch_inputs(data, idx, modalities, device))
-            losses += trainer.step(F.cross_entropy(logits.float(), labels[idx].to(device))) * idx.size
-            seen += idx.size
-    trainer.close()
-    return {"train_loss": losses / max(seen, 1), "num_samples": n}
+
+    def loss(batch: Batch) -> torch.Tensor:
+        logits = model(**{m: batch.take(data[m]) for m in modalities if m in data})
+        return F.cross_entropy(logits.float(), batch.take(labels, torch.long))
+
+    return local_training(model, int(labels.numel()), loss, cfg, seed, trainable, carry=carry)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
-            forward: dict[str, Any] | None = None) -> np.ndarray:
+def inference_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``n`` samples, ``batch_size`` at a time."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def predict_batches(n: int, cfg: TrainConfig, logits_of: Callable[[slice, torch.device], torch.Tensor]) -> np.ndarray:
+    """Class predictions of ``n`` samples in batches of ``cfg.eval_batch_size`` under the precision
+    policy; ``logits_of(slice, device)`` scores one batch (the model is already in eval mode)."""
+    policy = cfg.policy()
+    out = np.empty(n, dtype=np.int64)
+    with torch.inference_mode():
+        for sl in inference_batches(n, cfg.eval_batch_size):
+            with policy.autocast():
+                logits = logits_of(sl, policy.device)
+            out[sl] = logits.float().argmax(1).cpu().numpy()
+    return out
+
+
+def predict(
+    model: nn.Module,
+    data: dict[str, Any],
+    modalities: tuple[str, ...],
+    cfg: TrainConfig,
+    forward: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Class predictions for every sample of ``data`` using only ``modalities`` (others absent);
     ``forward`` holds extra keyword arguments of the model's forward (e.g. ``zero_fill``)."""
-    device = resolve_device(cfg.device)
-    model.to(device).eval()
+    model.to(cfg.policy().device).eval()
     n = len(data["labels"]) if "labels" in data else len(next(data[m] for m in modalities if m in data))
-    out = np.empty(n, dtype=np.int64)
-    for start in range(0, n, cfg.eval_batch_size):
-        sl = slice(start, start + cfg.eval_batch_size)
-        with autocast(device, cfg.autocast):
-            logits = model(**batch_inputs(data, sl, modalities, device), **(forward or {}))
-        out[sl] = logits.float().argmax(1).cpu().numpy()
-    return out
+    return predict_batches(
+        n, cfg, lambda sl, device: model(**batch_inputs(data, sl, modalities, device), **(forward or {}))
+    )

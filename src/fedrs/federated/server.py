@@ -1,9 +1,19 @@
 """The server's round loop, shared by every algorithm and by both Flower engines.
 
-Per round: sample clients (seeded), send each the global tensors it can use, collect replies within
-the timeout, drop clients that failed or did not answer, reject non-finite or outlying updates,
-aggregate if at least ``min_clients`` updates survive, score the global model on the test pixels,
-log traffic, and checkpoint (global model, RNG state, history) so an interrupted run resumes.
+A round is five steps, each a function over one per-round record (``RoundRecord``) that tests
+drive against a fake grid:
+
+1. ``configure_round`` — sample clients (seeded), set the round's learning rate, encode each
+   client's download (dense, or a compressed delta against what it holds);
+2. ``exchange_features`` (algorithms that exchange branch outputs) and ``collect_updates`` — send,
+   wait within the timeout, note who failed (raised) or was dropped (no reply, no partner), decode
+   the replies;
+3. ``aggregate_round`` — reject non-finite or outlying updates, aggregate if at least
+   ``min_clients`` survive;
+4. ``evaluate_round`` — score the global model on the (seeded subset of) test pixels;
+5. ``record_round`` — the history row and traffic log, the loss trend, the checkpoint (global
+   model, RNG state, history) so an interrupted run resumes; and ``FailureWatch``, which stops the
+   run when a failure is systematic rather than transient.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
 from fedrs.config import from_mapping
-from fedrs.federated.aggregation import ClientUpdate, screen_updates
-from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.aggregation import ClientUpdate, State, screen_updates
+from fedrs.federated.algorithms import Algorithm, get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed, lr_at_round
@@ -31,11 +43,16 @@ from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, un
 logger = logging.getLogger(__name__)
 
 # settings that do not change the result, so a checkpoint made with other values can be resumed
-_RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "node_wait_timeout", "faults"}
+_RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "node_wait_timeout", "faults",
+              "failure_tolerance", "loss_growth_rounds"}
 
 
 class RunInterrupted(RuntimeError):
     """Raised after the checkpoint of ``stop_after_round``: a deliberate, resumable stop."""
+
+
+class SystematicFailure(RuntimeError):
+    """Clients fail in a way that more rounds will not mend; the message carries their error."""
 
 
 @dataclass
@@ -43,16 +60,18 @@ class FederatedConfig:
     algorithm: str
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
-    num_rounds: int = 5
+    num_rounds: int = 20
     clients_per_round: int | None = None   # None: every eligible client
-    min_clients: int = 1
+    min_clients: int = 2
     seed: int = 0
     partition_dir: str = ""
-    round_timeout: float | None = None     # seconds to wait for replies; None: wait for all
-    lr_schedule: str = "cosine"           # per-round learning rate: cosine | constant
+    round_timeout: float | None = 600.0    # seconds to wait for replies; None: wait for all
+    lr_schedule: str = "cosine"            # per-round learning rate: cosine | constant
     outlier_factor: float = 10.0
     max_update_norm: float | None = None
-    eval_samples: int | None = None        # test pixels scored each round (seeded subset); None: all
+    eval_samples: int | None = 4000        # test pixels scored each round (seeded subset); None: all
+    failure_tolerance: int | None = 2      # consecutive rounds of the same failure that stop a run; None: never
+    loss_growth_rounds: int = 3            # rounds of rising training loss that raise a warning
     checkpoint_dir: str | None = None
     resume: bool = False
     stop_after_round: int | None = None
@@ -64,15 +83,21 @@ class FederatedConfig:
     client_data_dirs: list[str] = field(default_factory=list)  # more per-client files (e.g. features)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FederatedConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
         return from_mapping(cls, d, label="federated config")
 
     def digest(self) -> str:
         relevant = {k: v for k, v in asdict(self).items() if k not in _RESUMABLE}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def settings(self) -> dict[str, Any]:
+        """What every message carries to the clients (the round and its learning rate are added)."""
+        return {"algorithm": self.algorithm, "model": self.model, "train": self.train, "seed": self.seed,
+                "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
+                "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs}
 
-def wait_for_nodes(grid: Any, expected: int, timeout: float) -> list[int]:
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     while len(nodes) < expected:
@@ -83,24 +108,24 @@ def wait_for_nodes(grid: Any, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def _message(content: dict[str, Any], settings: dict[str, Any], node: int, kind: str, rnd: int) -> Message:
+def make_message(content: dict[str, Any], settings: dict[str, Any], node: int, kind: str, rnd: int) -> Message:
     record = RecordDict({**content, "config": ConfigRecord({"settings": json.dumps(settings)})})
     return Message(record, dst_node_id=node, message_type=kind, group_id=str(rnd))
 
 
-def discover_clients(grid: Any, nodes: list[int], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Ask every node which partition it holds: client id → {node, modalities, num_samples}."""
-    replies = grid.send_and_receive([_message({}, settings, n, "query", 0) for n in nodes])
+def discover_clients(grid: Grid, nodes: list[int], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Ask every node which partition it holds: client id → {node, modalities, num_samples, site}."""
+    replies = grid.send_and_receive([make_message({}, settings, n, "query", 0) for n in nodes])
     clients: dict[int, dict[str, Any]] = {}
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} could not load its partition: {reply.error.reason}")
-        info = reply.content["info"]
-        cid = int(info["client_id"])
+        info = reply.content.config_records["info"]
+        cid = int(str(info["client_id"]))
         if cid in clients:
             raise RuntimeError(f"two nodes hold the partition of client {cid}")
         clients[cid] = {"node": reply.metadata.src_node_id, "modalities": tuple(str(info["modalities"]).split(",")),
-                        "num_samples": int(info["num_samples"]), "site": int(info.get("site", -1))}
+                        "num_samples": int(str(info["num_samples"])), "site": int(str(info.get("site", -1)))}
     return clients
 
 
@@ -112,78 +137,15 @@ def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any
     return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
 
 
-def _sample(rng: np.random.Generator, eligible: list[int], k: int, clients: dict[int, dict[str, Any]],
-            by_site: bool) -> list[int]:
+def sample_clients(rng: np.random.Generator, eligible: list[int], k: int, clients: dict[int, dict[str, Any]],
+                   by_site: bool) -> list[int]:
     """``k`` clients uniformly (seeded); with ``by_site``, whole sites so both holders take part."""
     if not by_site:
         return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
     sites = sorted({clients[c]["site"] for c in eligible})
     per_site = max(1, round(k * len(sites) / max(len(eligible), 1)))
-    chosen = set(int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False))
+    chosen = {int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False)}
     return sorted(c for c in eligible if clients[c]["site"] in chosen)
-
-
-def _exchange(grid: Any, settings: dict[str, Any], clients: dict[int, dict[str, Any]], sampled: list[int],
-              weights: dict[int, dict[str, Any]], rnd: int, cfg: FederatedConfig,
-              dropped: list[dict[str, Any]], traffic: list[dict[str, Any]], timing: "RoundTiming",
-              ) -> tuple[list[int], dict[int, tuple[Any, Any]]]:
-    """Collect each client's encoded branch outputs and relay them, untouched, to its site partner.
-
-    The server never decodes them; a client whose partner could not deliver is dropped from the round.
-    """
-    messages = [_message(dict(weights[c]), settings, clients[c]["node"], "query.exchange", rnd) for c in sampled]
-    replies = timing.send_and_receive(grid, messages, cfg.round_timeout)
-    delivered: dict[int, tuple[Any, Any]] = {}
-    for cid in sampled:
-        reply = replies.get(clients[cid]["node"])
-        if reply is None or reply.has_error():
-            reason = "no reply within the round timeout" if reply is None else reply.error.reason.splitlines()[-1][:300]
-            dropped.append({"client_id": cid, "reason": f"feature exchange failed: {reason}"})
-            continue
-        metrics = reply.content["metrics"]
-        timing.client(cid, float(metrics.get("compute_seconds", 0.0)))
-        delivered[cid] = (reply.content["arrays"], reply.content["codec"])
-        traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "features",
-                        "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
-    relayed, kept = {}, []
-    for cid in sampled:
-        partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
-        if cid not in delivered or not partners:
-            if cid in delivered:
-                dropped.append({"client_id": cid, "reason": "its site partner delivered no features"})
-            continue
-        partner = partners[0]
-        relayed[cid] = delivered[partner]
-        metrics = replies[clients[partner]["node"]].content["metrics"]
-        traffic.append({"round": rnd, "client_id": cid, "direction": "down", "payload": "features",
-                        "bytes_dense": int(metrics["bytes_dense"]), "bytes_sent": int(metrics["bytes_sent"])})
-        kept.append(cid)
-    return kept, relayed
-
-
-@dataclass
-class RoundTiming:
-    """Where a round's wall time went: waiting on Flower for replies, the clients' own compute (as they
-    report it: data, local update, codec) and the server's own work (the rest). Run one client at a
-    time and ``wait - client`` is what the framework itself costs (messaging, serialisation, Ray)."""
-
-    started: float = field(default_factory=time.perf_counter)
-    wait: float = 0.0
-    clients: dict[int, float] = field(default_factory=dict)
-
-    def send_and_receive(self, grid: Any, messages: list[Message], timeout: float | None) -> dict[int, Message]:
-        t0 = time.perf_counter()
-        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
-        self.wait += time.perf_counter() - t0
-        return replies
-
-    def client(self, cid: int, seconds: float) -> None:
-        self.clients[cid] = self.clients.get(cid, 0.0) + seconds
-
-    def row(self) -> dict[str, float]:
-        total = time.perf_counter() - self.started
-        return {"seconds": total, "wait_seconds": self.wait, "server_seconds": total - self.wait,
-                "client_seconds": sum(self.clients.values()), "client_seconds_max": max(self.clients.values(), default=0.0)}
 
 
 @dataclass
@@ -191,11 +153,10 @@ class Downlink:
     """What the server believes each client holds, so it can send compressed deltas against it."""
 
     codec: CodecConfig | None
-    references: dict[int, tuple[int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    references: dict[int, tuple[int, State]] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
 
-    def encode(self, cid: int, state: dict[str, torch.Tensor], rnd: int
-               ) -> tuple[dict[str, Any], int, int, dict[str, torch.Tensor]]:
+    def encode(self, cid: int, state: State, rnd: int) -> tuple[dict[str, Any], int, int, State]:
         """Records to send, dense bytes, bytes as sent, and the weights the client will decode."""
         if self.codec is None or cid not in self.references:
             self.references[cid] = (rnd, state)
@@ -206,7 +167,8 @@ class Downlink:
                                                    self.feedback.setdefault(cid, ErrorFeedback()))
         decoded = unpack_tensors(arrays, consts, reference)  # bit-identical to what the client decodes
         self.references[cid] = (rnd, decoded)
-        return {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}, dense, sent, decoded
+        content = {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}
+        return content, dense, sent, decoded
 
     def forget(self, cid: int) -> None:
         """A client that failed may not hold what we think: its next download goes dense."""
@@ -214,8 +176,362 @@ class Downlink:
         self.feedback.pop(cid, None)
 
 
-def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
-    """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients."""
+@dataclass
+class RunState:
+    """Everything the round steps share across rounds."""
+
+    cfg: FederatedConfig
+    algorithm: Algorithm
+    model: torch.nn.Module
+    global_state: State
+    rng: np.random.Generator
+    clients: dict[int, dict[str, Any]]
+    eligible: list[int]
+    test: dict[str, Any]
+    downlink: Downlink
+    history: list[dict[str, Any]] = field(default_factory=list)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def per_round(self) -> int:
+        return min(self.cfg.clients_per_round or len(self.eligible), len(self.eligible))
+
+
+@dataclass
+class Download:
+    content: dict[str, Any]
+    bytes_dense: int
+    bytes_sent: int
+    decoded: State  # what the client will hold after decoding: the reference of its upload
+
+
+@dataclass
+class RoundRecord:
+    """One round as it happens: who was asked, what went each way, who failed or was dropped and
+    why, what was accepted — and, once evaluated, the scores. ``row()`` is its history entry."""
+
+    round: int
+    lr: float
+    settings: dict[str, Any]
+    sampled: list[int]
+    downloads: dict[int, Download] = field(default_factory=dict)
+    relayed: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # partner outputs, still encoded
+    failed: list[dict[str, Any]] = field(default_factory=list)  # the client raised: its error
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # no reply, or no partner outputs
+    updates: list[ClientUpdate] = field(default_factory=list)
+    accepted: list[ClientUpdate] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    aggregated: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    client_seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def participants(self) -> list[int]:
+        """Sampled clients not (yet) failed or dropped."""
+        out = {e["client_id"] for e in self.failed + self.dropped}
+        return [c for c in self.sampled if c not in out]
+
+    def send_and_receive(self, grid: Grid, messages: list[Message], timeout: float | None) -> dict[int, Message]:
+        t0 = time.perf_counter()
+        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+        self.wait += time.perf_counter() - t0
+        return replies
+
+    def note_reply(self, cid: int, reply: Message | None, stage: str) -> bool:
+        """Record a missing or failed reply; True when the reply carries content."""
+        if reply is None:
+            self.dropped.append({"client_id": cid, "stage": stage, "reason": "no reply within the round timeout"})
+            return False
+        if reply.has_error():
+            self.failed.append({"client_id": cid, "stage": stage, "error": client_error(reply.error.reason or "")})
+            return False
+        seconds = reply.content.metric_records["metrics"].get("compute_seconds", 0.0)
+        self.client_seconds[cid] = self.client_seconds.get(cid, 0.0) + float(str(seconds))
+        return True
+
+    def log_traffic(self, cid: int, direction: str, payload: str, dense: int, sent: int) -> None:
+        self.traffic.append(
+            {
+                "round": self.round,
+                "client_id": cid,
+                "direction": direction,
+                "payload": payload,
+                "bytes_dense": int(dense),
+                "bytes_sent": int(sent),
+            }
+        )
+
+    def row(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        weight = sum(u.num_samples for u in self.accepted)
+        train_loss = (
+            sum(float(u.metrics.get("train_loss", 0.0)) * u.num_samples for u in self.accepted) / weight
+            if weight
+            else None
+        )
+        sums = {
+            f"{key}{suffix}": sum(t[field_] for t in self.traffic if t["direction"] == direction)
+            for key, direction in (("bytes_down", "down"), ("bytes_up", "up"))
+            for suffix, field_ in (("", "bytes_sent"), ("_dense", "bytes_dense"))
+        }
+        return {
+            "round": self.round,
+            "sampled": self.sampled,
+            "accepted": [u.client_id for u in self.accepted],
+            "failed": [
+                {"client_id": f["client_id"], "stage": f["stage"], "reason": f["error"].splitlines()[-1][:300]}
+                for f in self.failed
+            ],
+            "dropped": self.dropped,
+            "rejected": [{"client_id": c, "reason": r} for c, r in self.rejected],
+            "aggregated": self.aggregated,
+            "train_loss": train_loss,
+            "lr": self.lr,
+            **{f"test_{k}": v for k, v in self.scores.items()},
+            **sums,
+            "seconds": total,
+            "wait_seconds": self.wait,
+            "server_seconds": total - self.wait,
+            "client_seconds": sum(self.client_seconds.values()),
+            "client_seconds_max": max(self.client_seconds.values(), default=0.0),
+        }
+
+
+def payload_counts(reply: Message) -> tuple[int, int]:
+    """Bytes a client's payload would take dense, and as it was sent (what its reply reports)."""
+    metrics = reply.content.metric_records["metrics"]
+    return int(str(metrics.get("bytes_dense", 0))), int(str(metrics.get("bytes_sent", 0)))
+
+
+def client_error(reason: str) -> str:
+    """A client's error as Flower reports it (``<class '…'>:<'message'>``, possibly nested), unwrapped
+    to the message — with the client's own traceback in it when the ClientApp sent one."""
+    text = reason.replace("\\n", "\n")
+    while (match := re.fullmatch(r"\s*<class '[^']*'>:<'(.*)'>\s*", text, re.S)) is not None:
+        text = match.group(1)
+    return text.strip()
+
+
+def error_signature(error: str) -> str:
+    """The line that names an error (its last non-empty line) with numbers masked: an error that
+    repeats with another round, size or index in its message is the same error."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return re.sub(r"\d+", "#", lines[-1][:300]) if lines else ""
+
+
+# ----------------------------------------------------------------------------- the five steps
+def configure_round(run: RunState, rnd: int) -> RoundRecord:
+    """Sample the round's clients and encode each one's download of the global weights."""
+    cfg = run.cfg
+    sampled = sample_clients(
+        run.rng, run.eligible, run.per_round, run.clients, by_site=run.algorithm.exchanges_features
+    )
+    lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
+    settings = {**cfg.settings(), "round": rnd, "train": {**cfg.train, "lr": lr}}
+    record = RoundRecord(rnd, lr, settings, sampled)
+    for cid in sampled:
+        keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
+        content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys}, rnd)
+        record.downloads[cid] = Download(content, dense, sent, decoded)
+        record.log_traffic(cid, "down", "weights", dense, sent)
+    return record
+
+
+def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """Collect each client's encoded branch outputs (the weights travel with this message) and
+    relay them, untouched, to its site partner. The server never decodes them; a client whose
+    partner could not deliver is dropped from the round."""
+    cfg, clients = run.cfg, run.clients
+    messages = [
+        make_message(
+            dict(record.downloads[c].content), record.settings, clients[c]["node"], "query.exchange", record.round
+        )
+        for c in record.sampled
+    ]
+    replies = record.send_and_receive(grid, messages, cfg.round_timeout)
+    delivered: dict[int, Message] = {}
+    for cid in record.sampled:
+        reply = replies.get(clients[cid]["node"])
+        if record.note_reply(cid, reply, "exchange"):
+            assert reply is not None
+            delivered[cid] = reply
+            record.log_traffic(cid, "up", "features", *payload_counts(reply))
+    for cid in list(delivered):
+        partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
+        if not partners:
+            record.dropped.append(
+                {"client_id": cid, "stage": "exchange", "reason": "its site partner delivered no features"}
+            )
+            continue
+        reply = delivered[partners[0]]
+        record.relayed[cid] = (reply.content.array_records["arrays"], reply.content.config_records["codec"])
+        record.log_traffic(cid, "down", "features", *payload_counts(reply))
+
+
+def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """Send the train messages to the round's remaining participants and decode their updates."""
+    cfg, clients, exchanged = run.cfg, run.clients, run.algorithm.exchanges_features
+    participants = record.participants
+    messages = []
+    for cid in participants:
+        content = {} if exchanged else dict(record.downloads[cid].content)  # exchanged: weights already there
+        if cid in record.relayed:
+            content["partner"], content["partner_codec"] = record.relayed[cid]
+        messages.append(make_message(content, record.settings, clients[cid]["node"], "train", record.round))
+    replies = record.send_and_receive(grid, messages, cfg.round_timeout)
+    for cid in participants:
+        reply = replies.get(clients[cid]["node"])
+        if not record.note_reply(cid, reply, "train"):
+            continue
+        assert reply is not None
+        metrics = dict(reply.content.metric_records["metrics"])
+        arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
+        state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if cfg.compression
+                 else dict(arrays.to_torch_state_dict()))
+        record.log_traffic(cid, "up", "weights", *payload_counts(reply))
+        record.updates.append(
+            ClientUpdate(cid, state, clients[cid]["num_samples"], clients[cid]["modalities"], metrics)
+        )
+    for entry in record.failed + record.dropped:  # it may not hold what we sent: dense next time
+        run.downlink.forget(entry["client_id"])
+
+
+def aggregate_round(run: RunState, record: RoundRecord) -> None:
+    """Screen the updates and, with at least ``min_clients`` accepted, aggregate them."""
+    cfg = run.cfg
+    record.accepted, record.rejected = screen_updates(
+        record.updates, run.global_state, cfg.outlier_factor, cfg.max_update_norm
+    )
+    record.aggregated = len(record.accepted) >= cfg.min_clients
+    if record.aggregated:
+        run.global_state = run.algorithm.aggregate(run.global_state, record.accepted)
+    else:
+        logger.warning(
+            "round %d: %d usable updates, below min_clients=%d; global model kept",
+            record.round,
+            len(record.accepted),
+            cfg.min_clients,
+        )
+
+
+def evaluate_round(run: RunState, record: RoundRecord) -> None:
+    run.model.load_state_dict(run.global_state)
+    report = run.algorithm.evaluate(run.model, run.test, record.settings["train"])
+    record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
+
+
+def loss_growth(history: list[dict[str, Any]], rounds: int) -> int:
+    """For how many consecutive rounds, up to the last, the training loss has risen."""
+    losses = [r.get("train_loss") for r in history]
+    grown = 0
+    for before, after in zip(losses[-2::-1], losses[::-1], strict=False):
+        if before is None or after is None or not after > before:
+            break
+        grown += 1
+    return grown if grown >= rounds else 0
+
+
+def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
+    """The round's history row and traffic, the loss-trend warning, and the checkpoint."""
+    cfg = run.cfg
+    row = record.row()
+    run.history.append(row)
+    run.traffic.extend(record.traffic)
+    grown = loss_growth(run.history, cfg.loss_growth_rounds)
+    row["loss_growing_rounds"] = grown
+    if grown:
+        logger.warning(
+            "%s: the training loss has grown for %d rounds in a row (%.4g → %.4g); a federated loss "
+            "that climbs round after round is a divergence until shown otherwise",
+            cfg.algorithm,
+            grown,
+            run.history[-grown - 1]["train_loss"],
+            row["train_loss"],
+        )
+    headline = next(iter(record.scores.items()), ("score", float("nan")))
+    logger.info(
+        "%s round %d/%d: %d/%d updates used (%d failed, %d dropped, %d rejected), train loss %s, test %s %.4f",
+        cfg.algorithm,
+        record.round,
+        cfg.num_rounds,
+        len(record.accepted),
+        len(record.sampled),
+        len(record.failed),
+        len(record.dropped),
+        len(record.rejected),
+        "–" if row["train_loss"] is None else f"{row['train_loss']:.4f}",
+        *headline,
+    )
+    if cfg.checkpoint_dir:
+        save_checkpoint(
+            cfg.checkpoint_dir,
+            {
+                "round": record.round,
+                "state": run.global_state,
+                "rng": run.rng.bit_generator.state,
+                "history": run.history,
+                "traffic": run.traffic,
+                "config_digest": cfg.digest(),
+            },
+        )
+    return row
+
+
+@dataclass
+class FailureWatch:
+    """Stops a run whose failures are systematic: a client raising the same error in
+    ``tolerance`` consecutive rounds it was sampled in, or every sampled client of one modality
+    group (the clients holding the same modalities) failing or dropped in ``tolerance`` consecutive
+    rounds. A single failure is survived; a bug is not averaged away."""
+
+    tolerance: int | None
+    clients: dict[int, dict[str, Any]]
+    repeats: dict[int, tuple[str, int]] = field(default_factory=dict)  # client → (signature, count)
+    group_streak: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def observe(self, record: RoundRecord) -> None:
+        if not self.tolerance:
+            return
+        errors = {f["client_id"]: f["error"] for f in record.failed}
+        lost = errors.keys() | {d["client_id"] for d in record.dropped}
+        for cid in record.sampled:
+            if cid not in errors:
+                self.repeats.pop(cid, None)
+                continue
+            signature = error_signature(errors[cid])
+            previous, count = self.repeats.get(cid, ("", 0))
+            count = count + 1 if previous == signature else 1
+            self.repeats[cid] = (signature, count)
+            if count >= self.tolerance:
+                raise SystematicFailure(
+                    f"client {cid} ({'+'.join(self.clients[cid]['modalities'])}) failed with the same error in "
+                    f"{count} consecutive rounds (failure_tolerance={self.tolerance}), up to round {record.round}; "
+                    f"its error:\n{errors[cid]}"
+                )
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for cid in record.sampled:
+            groups.setdefault(tuple(self.clients[cid]["modalities"]), []).append(cid)
+        for group, members in groups.items():
+            if all(c in lost for c in members):
+                self.group_streak[group] = self.group_streak.get(group, 0) + 1
+            else:
+                self.group_streak[group] = 0
+            if self.group_streak[group] >= self.tolerance:
+                example = next((errors[c] for c in members if c in errors), "no reply within the round timeout")
+                raise SystematicFailure(
+                    f"every sampled client holding {'+'.join(group)} ({members}) failed or was dropped in "
+                    f"{self.group_streak[group]} consecutive rounds (failure_tolerance={self.tolerance}), up to "
+                    f"round {record.round}; the {'+'.join(group)} side of the model is not being trained. "
+                    f"First error:\n{example}"
+                )
+
+
+# ----------------------------------------------------------------------------- the loop
+def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> tuple[RunState, int]:
+    """The run's state (fresh, or from the checkpoint when resuming) and its first round."""
     algorithm = get_algorithm(cfg.algorithm)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = algorithm.build_model(cfg.model)
@@ -224,7 +540,6 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
     history: list[dict[str, Any]] = []
     traffic: list[dict[str, Any]] = []
     start_round = 1
-
     checkpoint = load_checkpoint(cfg.checkpoint_dir) if (cfg.checkpoint_dir and cfg.resume) else None
     if checkpoint is not None:
         if checkpoint["config_digest"] != cfg.digest():
@@ -235,102 +550,65 @@ def run_rounds(grid: Any, cfg: FederatedConfig, test: dict[str, Any], expected_n
         rng.bit_generator.state = checkpoint["rng"]
         start_round = int(checkpoint["round"]) + 1
         logger.info("Resuming %s from the checkpoint of round %d", cfg.algorithm, checkpoint["round"])
-
-    base = {"algorithm": cfg.algorithm, "model": cfg.model, "train": cfg.train, "seed": cfg.seed,
-            "partition_dir": cfg.partition_dir, "faults": cfg.faults, "compression": cfg.compression,
-            "exchange_compression": cfg.exchange_compression, "client_data_dirs": cfg.client_data_dirs}
-    exchanges = bool(getattr(algorithm, "exchanges_features", False))
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
-    clients = discover_clients(grid, nodes, {**base, "round": 0})
+    clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
-    test_round = eval_subset(test, cfg.eval_samples, cfg.seed)
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
-    per_round = min(cfg.clients_per_round or len(eligible), len(eligible))
+    run = RunState(
+        cfg,
+        algorithm,
+        model,
+        global_state,
+        rng,
+        clients,
+        eligible,
+        eval_subset(test, cfg.eval_samples, cfg.seed),
+        downlink,
+        history,
+        traffic,
+    )
+    return run, start_round
 
-    rounds = tqdm(range(start_round, cfg.num_rounds + 1), desc=f"{cfg.algorithm} rounds", unit="round",
-                  initial=start_round - 1, total=cfg.num_rounds, leave=False)
+
+def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
+    record = configure_round(run, rnd)
+    if run.algorithm.exchanges_features:
+        exchange_features(grid, run, record)
+    collect_updates(grid, run, record)
+    aggregate_round(run, record)
+    evaluate_round(run, record)
+    return record
+
+
+def run_rounds(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
+    """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients."""
+    run, start_round = start_run(grid, cfg, test, expected_nodes)
+    watch = FailureWatch(cfg.failure_tolerance, run.clients)
+    rounds = tqdm(
+        range(start_round, cfg.num_rounds + 1),
+        desc=f"{cfg.algorithm} rounds",
+        unit="round",
+        initial=start_round - 1,
+        total=cfg.num_rounds,
+        leave=False,
+    )
     for rnd in rounds:
-        timing = RoundTiming()
-        sampled = _sample(rng, eligible, per_round, clients, by_site=exchanges)
-        lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
-        settings = {**base, "round": rnd, "train": {**cfg.train, "lr": lr}}
-        weights, down, sent_to = {}, {}, {}
-        for cid in sampled:
-            state = {k: global_state[k] for k in sorted(algorithm.client_keys(model, clients[cid]["modalities"]))}
-            weights[cid], dense, sent, sent_to[cid] = downlink.encode(cid, state, rnd)
-            down[cid] = (dense, sent)
-        dropped: list[dict[str, Any]] = []
-        relayed: dict[int, tuple[Any, Any]] = {}
-        if exchanges:  # the weights travel once, with the exchange; the train message reuses them
-            kept, relayed = _exchange(grid, settings, clients, sampled, weights, rnd, cfg, dropped, traffic, timing)
-            for cid in set(sampled) - set(kept):
-                downlink.forget(cid)
-            sampled = kept
-        messages = []
-        for cid in sampled:
-            content = {} if exchanges else dict(weights[cid])
-            if cid in relayed:
-                content["partner"], content["partner_codec"] = relayed[cid]
-            messages.append(_message(content, settings, clients[cid]["node"], "train", rnd))
-        replies = timing.send_and_receive(grid, messages, cfg.round_timeout)
-
-        updates, up = [], {}
-        for cid in sampled:
-            reply = replies.get(clients[cid]["node"])
-            if reply is None or reply.has_error():
-                reason = "no reply within the round timeout" if reply is None else reply.error.reason.splitlines()[-1][:300]
-                dropped.append({"client_id": cid, "reason": reason})
-                downlink.forget(cid)
-            else:
-                metrics = dict(reply.content["metrics"])
-                timing.client(cid, float(metrics.get("compute_seconds", 0.0)))
-                up[cid] = (int(metrics.get("bytes_dense", 0)), int(metrics.get("bytes_sent", 0)))
-                state = unpack_update(reply.content["arrays"], reply.content["codec"], sent_to[cid]) \
-                    if cfg.compression else dict(reply.content["arrays"].to_torch_state_dict())
-                updates.append(ClientUpdate(cid, state, clients[cid]["num_samples"], clients[cid]["modalities"], metrics))
-        accepted, rejected = screen_updates(updates, global_state, cfg.outlier_factor, cfg.max_update_norm)
-        aggregated = len(accepted) >= cfg.min_clients
-        if aggregated:
-            global_state = algorithm.aggregate(global_state, accepted)
-        else:
-            logger.warning("round %d: %d usable updates, below min_clients=%d; global model kept",
-                           rnd, len(accepted), cfg.min_clients)
-        model.load_state_dict(global_state)
-        scores = {k: v for k, v in algorithm.evaluate(model, test_round, settings["train"]).items()
-                  if isinstance(v, (int, float)) and k != "num_samples"}
-        weight = sum(u.num_samples for u in accepted)
-        train_loss = sum(u.metrics.get("train_loss", 0.0) * u.num_samples for u in accepted) / weight if weight else None
-        for cid in down:  # every client the weights went to, including any the round later dropped
-            traffic.append({"round": rnd, "client_id": cid, "direction": "down", "payload": "weights",
-                            "bytes_dense": down[cid][0], "bytes_sent": down[cid][1]})
-            if cid in up:
-                traffic.append({"round": rnd, "client_id": cid, "direction": "up", "payload": "weights",
-                                "bytes_dense": up[cid][0], "bytes_sent": up[cid][1]})
-        features = [t for t in traffic if t["round"] == rnd and t["payload"] == "features"]
-        row = {
-            "round": rnd, "sampled": sampled, "accepted": [u.client_id for u in accepted],
-            "dropped": dropped, "rejected": [{"client_id": c, "reason": r} for c, r in rejected],
-            "aggregated": aggregated, "train_loss": train_loss, "lr": lr,
-            **{f"test_{k}": v for k, v in scores.items()},
-            "bytes_down": int(sum(sent for _, sent in down.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "down"),
-            "bytes_down_dense": int(sum(dense for dense, _ in down.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "down"),
-            "bytes_up": int(sum(sent for _, sent in up.values())) + sum(t["bytes_sent"] for t in features if t["direction"] == "up"),
-            "bytes_up_dense": int(sum(dense for dense, _ in up.values())) + sum(t["bytes_dense"] for t in features if t["direction"] == "up"),
-            **timing.row(),
-        }
-        history.append(row)
-        headline = next(iter(scores.items()), ("score", float("nan")))
-        rounds.set_postfix({headline[0]: f"{headline[1]:.3f}"})
-        logger.info("%s round %d/%d: %d/%d updates used (%d dropped, %d rejected), test %s %.4f",
-                    cfg.algorithm, rnd, cfg.num_rounds, len(accepted), len(sampled), len(dropped), len(rejected),
-                    *headline)
-        if cfg.checkpoint_dir:
-            save_checkpoint(cfg.checkpoint_dir, {"round": rnd, "state": global_state, "rng": rng.bit_generator.state,
-                                                 "history": history, "traffic": traffic, "config_digest": cfg.digest()})
+        record = run_round(grid, run, rnd)
+        row = record_round(run, record)
+        headline = next(iter(record.scores.items()), ("score", float("nan")))
+        rounds.set_postfix({headline[0]: f"{headline[1]:.3f}", "loss": row["train_loss"]})
+        watch.observe(record)
         if cfg.stop_after_round == rnd and rnd < cfg.num_rounds:
             raise RunInterrupted(f"stopped after round {rnd} as requested (stop_after_round); resume to continue")
     rounds.close()
-    return {"state": global_state, "history": history, "traffic": traffic,
-            "clients": {str(c): {"modalities": list(i["modalities"]), "num_samples": i["num_samples"]} for c, i in clients.items()}}
+    return {
+        "state": run.global_state,
+        "history": run.history,
+        "traffic": run.traffic,
+        "clients": {
+            str(c): {"modalities": list(i["modalities"]), "num_samples": i["num_samples"]}
+            for c, i in run.clients.items()
+        },
+    }

@@ -9,6 +9,8 @@ shape and the quantisation constants.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
@@ -64,14 +66,14 @@ def unpack_tensors(arrays: ArrayRecord, consts: ConfigRecord, reference: State |
         if "raw" in part:
             state[name] = torch.from_numpy(np.array(part["raw"]))
             continue
-        shape = tuple(int(v) for v in consts[f"{name}|shape"])
+        shape = tuple(int(v) for v in cast(list[int], consts[f"{name}|shape"]))
         if "dense" in part:
             encoded = Encoded(shape, dense=part["dense"])
         else:
             factors = {}
             for side in ("left", "right"):
                 low = consts.get(f"{name}|{side}|low")
-                factors[side] = (Quantised(part[side], float(low), float(consts[f"{name}|{side}|scale"]))
+                factors[side] = (Quantised(part[side], float(str(low)), float(str(consts[f"{name}|{side}|scale"])))
                                  if low is not None else part[side])
             encoded = Encoded(shape, left=factors["left"], right=factors["right"])
         value = decode(encoded)

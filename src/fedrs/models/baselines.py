@@ -76,7 +76,7 @@ class FusionSpec:
         return {**asdict(self), "modalities": list(self.modalities)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FusionSpec":
+    def from_dict(cls, d: dict) -> FusionSpec:
         return cls(**{**d, "modalities": tuple(d.get("modalities", ("hsi", "lidar")))})
 
 
@@ -96,7 +96,10 @@ class FusionCNN(nn.Module):
             self.lidar_encoder = LidarPatchEncoder(spec.lidar_channels, max(8, spec.width // 2), spec.dim)
         fused = spec.dim * len(spec.modalities)
         self.classifier = nn.Sequential(
-            nn.Dropout(spec.dropout), nn.Linear(fused, spec.dim), nn.ReLU(inplace=True), nn.Linear(spec.dim, spec.num_classes)
+            nn.Dropout(spec.dropout),
+            nn.Linear(fused, spec.dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(spec.dim, spec.num_classes),
         )
 
     def forward(self, hsi: torch.Tensor | None = None, lidar: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,7 +42,7 @@ class CmiSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CmiSpec":
+    def from_dict(cls, d: dict) -> CmiSpec:
         return from_mapping(cls, d)
 
 
@@ -76,8 +76,8 @@ class CrossModalInfiltrationNet(nn.Module):
             h = self.hsi_encoder(hsi)
             out["s_hsi"], out["i_hsi"] = self.hsi_self(h), self.hsi_infiltration(h)
         if lidar is not None:
-            l = self.lidar_encoder(lidar)
-            out["s_lidar"], out["i_lidar"] = self.lidar_self(l), self.lidar_infiltration(l)
+            lf = self.lidar_encoder(lidar)
+            out["s_lidar"], out["i_lidar"] = self.lidar_self(lf), self.lidar_infiltration(lf)
         return out
 
     def fuse(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

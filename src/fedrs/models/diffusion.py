@@ -40,15 +40,15 @@ def diffusion_features(model: nn.Module, schedule: LinearSchedule, x0: torch.Ten
                        seed: int) -> torch.Tensor:
     """Middle-block outputs for each t in ``timesteps``, concatenated along channels.
 
-    The noise is drawn from a generator seeded with ``seed`` (per sample batch position), so the
-    same patches and model give the same features.
+    One noise pattern per timestep, drawn from ``seed`` and shared by every sample, so a sample's
+    features depend on its patch alone — not on which batch it came in or where in it.
     """
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for step in timesteps:
         if not 0 <= step < schedule.steps:
             raise ValueError(f"feature timestep {step} outside [0, {schedule.steps})")
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        noise = torch.randn(x0.shape[1:], generator=generator).to(x0.device, x0.dtype).expand_as(x0)
         t = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
-        parts.append(model.middle_features(schedule.q_sample(x0, t, noise), t))
+        parts.append(model.middle_features(schedule.q_sample(x0, t, noise), t))  # type: ignore[operator]
     return torch.cat(parts, dim=1)

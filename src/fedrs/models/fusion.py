@@ -8,10 +8,14 @@ Per modality m (separate weights):
 Fusion: gated FR blocks; j1 = FR(cnn_H + diff_L, cnn_L + diff_H) is the bilateral connection,
 j2 = FR(cnn_H, diff_H), j3 = FR(diff_L, cnn_L); three heads give o1 (the prediction), o2, o3.
 
-Ablations: ``use_diffusion=False`` feeds the stem nothing (the enhanced path sees only the CNN's
-third layer: a FedFusion-like model); ``bilateral=False`` replaces j1 by j2 + j3 (no cross-modal
-mixing of CNN and diffusion paths); ``modalities=("hsi",)`` or ``("lidar",)`` keeps one branch, its
-own FR block (j2 or j3) and head — the single-modality FedDiff.
+Ablations build only what they train (so nothing dead is trained, compressed or sent):
+``use_diffusion=False`` has no diffusion stem (the enhanced path sees only the CNN's third layer: a
+FedFusion-like model); ``bilateral=False`` has no FR1 and uses j1 = j2 + j3 (no cross-modal mixing
+of CNN and diffusion paths); ``modalities=("hsi",)`` or ``("lidar",)`` keeps one branch, its own FR
+block (j2 or j3) and head — the single-modality FedDiff.
+
+A model with ``use_diffusion=True`` refuses to run without its diffusion features: silently
+standing zeros in for them would score a different model than the one trained.
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ class FedDiffSpec:
     use_diffusion: bool = True
     bilateral: bool = True
     modalities: tuple[str, ...] = ("hsi", "lidar")  # one modality: its branch, FR block and head only
+    timesteps: tuple[int, ...] = ()    # the diffusion features' timesteps and noise seed (stage 2)
+    feature_seed: int = 0
+    unet_size: int = 8                 # patch side the branches see (the U-Net's input size)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FedDiffSpec":
-        return from_mapping(cls, d, tuples=("modalities",))
+    def from_dict(cls, d: dict) -> FedDiffSpec:
+        return from_mapping(cls, d, tuples=("modalities", "timesteps"))
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
@@ -58,18 +65,21 @@ class PatchBranch(nn.Module):
         self.layer2 = nn.Sequential(*_conv_bn(16, 32, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
         self.layer3 = nn.Sequential(*_conv_bn(32, 64, 3), nn.ReLU(inplace=True))
         self.layer4 = nn.Sequential(*_conv_bn(64, 128, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
-        self.stem = nn.Sequential(*_conv_bn(feature_channels, 512, 3), nn.ReLU(inplace=True),
-                                  *_conv_bn(512, 256, 1), nn.ReLU(inplace=True))
-        self.enhanced = nn.Sequential(*_conv_bn(64 + 256, 128, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+        if use_diffusion:
+            self.stem = nn.Sequential(*_conv_bn(feature_channels, 512, 3), nn.ReLU(inplace=True),
+                                      *_conv_bn(512, 256, 1), nn.ReLU(inplace=True))
+        self.enhanced = nn.Sequential(*_conv_bn(64 + (256 if use_diffusion else 0), 128, 1), nn.MaxPool2d(2),
+                                      nn.ReLU(inplace=True))
 
-    def forward(self, patch: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, patch: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         third = self.layer3(self.layer2(self.layer1(patch)))
         cnn = self.layer4(third)
-        if self.use_diffusion and features is not None:
-            stem = self.stem(features)
-        else:
-            stem = third.new_zeros(third.shape[0], 256, *third.shape[2:])
-        return cnn, self.enhanced(torch.cat([third, stem], dim=1))
+        if not self.use_diffusion:
+            return cnn, self.enhanced(third)
+        if features is None:
+            raise ValueError("this FedDiff branch was built with use_diffusion: true and needs the diffusion "
+                             "features of its pixels; none were given")
+        return cnn, self.enhanced(torch.cat([third, self.stem(features)], dim=1))
 
 
 class FR(nn.Module):
@@ -105,10 +115,17 @@ class FedDiffClassifier(nn.Module):
     def __init__(self, spec: FedDiffSpec):
         super().__init__()
         self.spec = spec
-        self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion)
-        self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion)
-        self.fr1, self.fr2, self.fr3 = FR(), FR(), FR()
-        self.head1, self.head2, self.head3 = Head(spec.num_classes), Head(spec.num_classes), Head(spec.num_classes)
+        both = set(spec.modalities) == {"hsi", "lidar"}
+        if "hsi" in spec.modalities:
+            self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion)
+            self.fr2, self.head2 = FR(), Head(spec.num_classes)
+        if "lidar" in spec.modalities:
+            self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion)
+            self.fr3, self.head3 = FR(), Head(spec.num_classes)
+        if both:
+            self.head1 = Head(spec.num_classes)
+            if spec.bilateral:
+                self.fr1 = FR()
 
     def fuse(self, cnn_h: torch.Tensor, diff_h: torch.Tensor, cnn_l: torch.Tensor, diff_l: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

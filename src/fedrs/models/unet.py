@@ -34,12 +34,16 @@ class UNetSpec:
     dropout: float = 0.0
     complex_fft: bool = True
     frequency_block: bool = True
+    size: int = 8                     # input side: patches are resized to size × size
+    steps: int = 500                  # the DDPM schedule this U-Net is trained for (T, linear β)
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channel_mult": list(self.channel_mult)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetSpec":
+    def from_dict(cls, d: dict) -> UNetSpec:
         return from_mapping(cls, d, tuples=("channel_mult",))
 
 
@@ -181,7 +185,7 @@ class DiffusionUNet(nn.Module):
     def _encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.input_conv(x)
         skips = [h]
-        for block, frequency in zip(self.encoder, self.frequency):
+        for block, frequency in zip(self.encoder, self.frequency, strict=False):
             h = block(h, emb)
             skips.append(h)          # the skip keeps the features before frequency conditioning
             h = frequency(h)
@@ -197,6 +201,7 @@ class DiffusionUNet(nn.Module):
         emb = self._embed(t)
         h, skips = self._encode(x, emb)
         for block in self.decoder:
+            assert isinstance(block, nn.ModuleList)
             h = block[0](torch.cat([h, skips.pop()], dim=1), emb)
             for layer in block[1:]:
                 h = layer(h, emb)

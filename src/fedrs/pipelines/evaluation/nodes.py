@@ -8,11 +8,20 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from fedrs.evaluation import evaluate_artifact, load_model, predict_scene
+from fedrs.federated.algorithms.base import inference_config
+from fedrs.federated.local import TrainConfig
 from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
+from fedrs.results import run_summary
 
 
-def evaluate(model: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]) -> tuple[dict, Figure]:
-    report = evaluate_artifact(model, test_patches, params.get("inference", {}))
+def evaluate(model: dict[str, Any], test_patches: dict[str, Any], history: dict[str, Any],
+             params: dict[str, Any]) -> tuple[dict, Figure]:
+    """The test scores, how they were computed, and a summary of the run that trained the model (so
+    the report can be rebuilt from the metrics files alone)."""
+    inference = params.get("inference", {})
+    report = evaluate_artifact(model, test_patches, inference)
+    report["evaluation"] = TrainConfig.from_dict(inference_config(inference)).policy().describe()
+    report["run"] = run_summary(history)
     return report, confusion_figure(report, list(test_patches["class_names"]))
 
 
@@ -30,7 +39,9 @@ def curves(history: dict[str, Any]) -> Figure:
 
 def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
     """Final scores at step 0 and per-round curves with the round as step, for kedro-mlflow."""
-    metrics: dict[str, Any] = {k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")}
+    metrics: dict[str, Any] = {
+        k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")
+    }
     for name, acc in report["per_class"].items():
         if acc is not None:
             metrics[f"class_acc.{name.replace(' ', '_')}"] = {"value": float(acc), "step": 0}
@@ -42,9 +53,19 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]
         if points:
             metrics[f"round.{key}"] = points
-    for key in ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa"):
-        if key in history:
-            metrics[key] = {"value": float(history[key]), "step": 0}
+    run = report.get("run", {})
+    for key in (
+        "wall_seconds",
+        "peak_rss_mb",
+        "mean_oa",
+        "worst_oa",
+        "clients_failed",
+        "clients_dropped",
+        "updates_rejected",
+        "loss_growing_rounds",
+    ):
+        if key in run:
+            metrics[key] = {"value": float(run[key]), "step": 0}
     return metrics
 
 

@@ -1,8 +1,8 @@
-"""The evaluation template: instantiate with ``create_pipeline(algorithm)`` for namespace ``<algo>``.
+"""The evaluation template, instantiated per algorithm under its namespace.
 
-Reads ``<algo>.model`` and ``<algo>.history``; writes ``<algo>.metrics`` (JSON), the confusion
-matrix, the predicted map (array and figure) and the curves (figures, also logged to MLflow), the MLflow metrics
-and the registered MLflow model.
+Reads ``<algo>.model`` and ``<algo>.history``; writes ``<algo>.metrics`` (JSON: the scores and a
+summary of the run that produced them), the confusion matrix, the predicted map (array and figure)
+and the curves (figures, also logged to MLflow), the MLflow metrics and the registered MLflow model.
 """
 
 from kedro.pipeline import Pipeline, node, pipeline
@@ -12,7 +12,8 @@ from fedrs.pipelines.evaluation.nodes import classification_map, curves, evaluat
 
 def create_template() -> Pipeline:
     return Pipeline([
-        node(evaluate, ["model", "test_patches", "params:evaluation"], ["metrics", "confusion_plot"], name="evaluate"),
+        node(evaluate, ["model", "test_patches", "history", "params:evaluation"], ["metrics", "confusion_plot"],
+             name="evaluate"),
         node(classification_map, ["model", "scene", "normalisation", "params:patches", "params:evaluation"],
              ["prediction", "classification_map_plot"], name="classification_map"),
         node(curves, "history", "curves_plot", name="curves"),
@@ -21,7 +22,8 @@ def create_template() -> Pipeline:
     ])
 
 
-def create_pipeline(algorithm: str) -> Pipeline:
+def create_pipeline(algorithm: str, test_inputs: str = "test_patches") -> Pipeline:
+    """``test_inputs``: what the model is scored on (FedDiff: the test patches with their features)."""
     return pipeline(create_template(), namespace=algorithm,
-                    inputs={"test_patches", "scene", "normalisation"},
+                    inputs={"test_patches": test_inputs, "scene": "scene", "normalisation": "normalisation"},
                     parameters={"params:evaluation": "params:evaluation", "params:patches": "params:patches"})

@@ -1,4 +1,6 @@
-"""FedDiff nodes: thin wrappers that build configs, start Flower runs and package artefacts."""
+"""FedDiff nodes: thin wrappers that build configs, start Flower runs and package artefacts.
+Each node takes the parameter blocks it uses: ``feddiff.diffusion`` (stage 1), ``feddiff.features``
+(stage 2), ``feddiff.classifier`` (stage 3), the run's ``seed`` and simulation ``resources``."""
 
 from __future__ import annotations
 
@@ -9,34 +11,42 @@ from typing import Any
 import pandas as pd
 
 from fedrs.cache import cached_array, content_digest
-from fedrs.federated.engine import SimulationResources, run_simulation_engine
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.feddiff import MODALITIES, diffusion_feature_bundle
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
+from fedrs.federated.algorithms.feddiff import MODALITIES
+from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.local import TrainConfig
 from fedrs.federated.server import FederatedConfig
 from fedrs.federated.standalone import train_centralized
 from fedrs.models.unet import DiffusionUNet, UNetSpec
-from fedrs.pipelines.training.nodes import no_traffic, run_history  # one history layout for all
+from fedrs.results import artifact, run_history, traffic_table
 
 logger = logging.getLogger(__name__)
 
 
-def unet_spec(patches: dict[str, Any], modality: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {**params["diffusion"]["model"], "in_channels": int(patches[modality].shape[1])}
+def unet_spec(patches: dict[str, Any], modality: str, diffusion: dict[str, Any], patch_params: dict[str, Any]
+              ) -> dict[str, Any]:
+    return {**diffusion["model"], "in_channels": int(patches[modality].shape[1]),
+            "size": int(patch_params["unet_size"])}
 
 
-def classifier_spec(patches: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    model = params["diffusion"]["model"]
-    timesteps = list(params["features"]["timesteps"])
-    feature_channels = int(model["base_channels"]) * int(list(model["channel_mult"])[-1]) * len(timesteps)
-    return {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
-            "hsi_feature_channels": feature_channels, "lidar_feature_channels": feature_channels,
-            "num_classes": int(patches["num_classes"]), **params["classifier"]["model"],
-            "timesteps": timesteps, "feature_seed": int(params["features"]["seed"])}
+def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: dict[str, Any],
+                    features: dict[str, Any]) -> dict[str, Any]:
+    """The classifier's spec: data shapes, feature channels of the U-Nets at the feature timesteps."""
+    timesteps = list(features["timesteps"])
+    spec = {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
+            "num_classes": int(patches["num_classes"]), **classifier["model"],
+            "timesteps": timesteps, "feature_seed": int(features["seed"])}
+    for modality in MODALITIES:
+        unet = UNetSpec.from_dict(unets[modality]["spec"])
+        spec[f"{modality}_feature_channels"] = unet.base_channels * unet.channel_mult[-1] * len(timesteps)
+        spec["unet_size"] = unet.size
+    return spec
 
 
-def classifier_algorithm(params: dict[str, Any], centralized: bool = False) -> str:
+def classifier_algorithm(classifier: dict[str, Any], centralized: bool = False) -> str:
     """``feddiff``, or a single-modality variant when ``classifier.modalities`` names one."""
-    modalities = tuple(params["classifier"].get("modalities", MODALITIES))
+    modalities = tuple(classifier.get("modalities", MODALITIES))
     if centralized:
         return "feddiff_centralized"
     return "feddiff" if set(modalities) == set(MODALITIES) else f"feddiff_{modalities[0]}"
@@ -44,41 +54,41 @@ def classifier_algorithm(params: dict[str, Any], centralized: bool = False) -> s
 
 def _artifact(name: str, spec: dict[str, Any], unets: dict[str, Any], state: dict) -> dict[str, Any]:
     modalities = list(get_algorithm(name).modalities)
-    return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state,
-            "unets": {m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities}}
+    return artifact(name, spec, modalities, state,
+                    unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities})
 
 
-def _run(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], params: dict[str, Any], partition_dir: str,
-         checkpoint_dir: str, test: dict[str, Any], num_nodes: int, **extra: Any) -> dict[str, Any]:
-    cfg = FederatedConfig.from_dict({**stage.get("federated", {}), "algorithm": algorithm, "model": spec,
-                                     "train": stage.get("train", {}), "seed": int(params["seed"]),
-                                     "partition_dir": partition_dir, "checkpoint_dir": f"{checkpoint_dir}/{algorithm}",
-                                     **extra})
-    return run_simulation_engine(cfg, test, num_nodes, SimulationResources.from_dict(params.get("resources")))
+def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], seed: int, **extra: Any) -> FederatedConfig:
+    return FederatedConfig.from_dict({**stage.get("federated", {}), "algorithm": algorithm, "model": spec,
+                                      "train": stage.get("train", {}), "seed": int(seed), **extra})
 
 
 def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, test_patches: dict[str, Any],
-                    params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                    diffusion: dict[str, Any], patch_params: dict[str, Any], seed: int, resources: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stage 1: one federated DDPM per modality, over the clients that hold it."""
     started = time.perf_counter()
     unets, rounds = {}, {}
     for modality in MODALITIES:
-        spec = unet_spec(test_patches, modality, params)
-        result = _run(f"ddpm_{modality}", spec, params["diffusion"], params, partition_dir, checkpoint_dir,
-                      test_patches, int(manifest["num_clients"]))
+        spec = unet_spec(test_patches, modality, diffusion, patch_params)
+        cfg = _config(f"ddpm_{modality}", spec, diffusion, seed, partition_dir=partition_dir,
+                      checkpoint_dir=f"{checkpoint_dir}/ddpm_{modality}")
+        result = run_simulation_engine(cfg, test_patches, int(manifest["num_clients"]),
+                                       SimulationResources.from_dict(resources))
         unets[modality] = {"spec": spec, "state": result["state"]}
         rounds[modality] = result["history"]
-    return unets, run_history("feddiff_diffusion", [], started, stages=rounds)
+    return unets, run_history("feddiff_diffusion", [], started, diffusion.get("train"), stages=rounds)
 
 
 def extract_features(unets: dict[str, Any], manifest: dict[str, Any], client_partitions: dict[str, Any],
-                     cache_dir: str, params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+                     cache_dir: str, features: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Stage 2: each client's features of its own modality, with that modality's global U-Net.
 
     Each client's features are cached under the digest of the U-Net (spec and weights), its patches,
     the timesteps and the seed: a re-run with an unchanged model and scene loads them instead."""
-    timesteps, seed = list(params["features"]["timesteps"]), int(params["features"]["seed"])
-    use_cache = bool(params["features"].get("cache", True))
+    timesteps, seed = list(features["timesteps"]), int(features["seed"])
+    policy = TrainConfig.from_dict({k: features[k] for k in ("device", "precision") if k in features}).policy()
+    use_cache = bool(features.get("cache", True))
     digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
     models = {}
     for modality, entry in unets.items():
@@ -89,70 +99,89 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], client_par
     for client in manifest["clients"]:
         bundle = client_partitions[client["partition"]]()
         (modality,) = client["modalities"]
-        key = content_digest(digests[modality], bundle[modality], timesteps, seed)
-        features, hit = cached_array(cache_dir if use_cache else None, f"{modality}-{key}",
-                                     lambda: diffusion_feature_bundle(models[modality], unets[modality]["spec"],
-                                                                      bundle[modality], timesteps, seed))
-        files[client["partition"]] = {f"{modality}_features": features}
+        key = content_digest(digests[modality], bundle[modality], timesteps, seed, policy.precision)
+
+        def compute(modality: str = modality, bundle: dict[str, Any] = bundle) -> Any:
+            return diffusion_feature_bundle(models[modality], bundle[modality], timesteps, seed, policy)
+
+        array, hit = cached_array(cache_dir if use_cache else None, f"{modality}-{key}", compute)
+        files[client["partition"]] = {f"{modality}_features": array}
         if hit:
             reused.append(client["partition"])
     if reused:
         logger.info("Diffusion features reused from %s for %d of %d clients", cache_dir, len(reused), len(files))
     return files, {"timesteps": timesteps, "seed": seed, "unets": digests, "reused_from_cache": reused,
+                   "compute": policy.describe(),
                    "clients": {k: list(v[next(iter(v))].shape) for k, v in files.items()}}
 
 
 def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir: str, features_manifest: dict[str, Any],
-                     checkpoint_dir: str, unets: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]
-                     ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+                     checkpoint_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
+                     test_patches: dict[str, Any], classifier: dict[str, Any], features: dict[str, Any], seed: int,
+                     resources: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Stage 3: federated classifier rounds with the compressed feature exchange."""
     started = time.perf_counter()
-    spec = classifier_spec(test_patches, params)
-    name = classifier_algorithm(params)
-    artifact = _artifact(name, spec, unets, {})
+    spec = classifier_spec(test_patches, unets, classifier, features)
+    name = classifier_algorithm(classifier)
+    model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so it scores the global model centrally
-    test_inputs = get_algorithm(name).prepare(artifact, test_patches)
-    result = _run(name, spec, params["classifier"], params, partition_dir, checkpoint_dir, test_inputs,
-                  int(manifest["num_clients"]), client_data_dirs=[features_dir])
-    artifact["state"] = result["state"]
-    history = run_history(name, result["history"], started, clients=result["clients"],
-                       features=features_manifest, layout=manifest["layout"])
-    traffic = pd.DataFrame(result["traffic"]) if result["traffic"] else no_traffic()
-    return artifact, history, traffic, test_inputs
+    test_inputs = get_algorithm(name).prepare(model_artifact, test_patches, features)
+    cfg = _config(name, spec, classifier, seed, partition_dir=partition_dir, checkpoint_dir=f"{checkpoint_dir}/{name}",
+                  client_data_dirs=[features_dir])
+    result = run_simulation_engine(cfg, test_inputs, int(manifest["num_clients"]),
+                                   SimulationResources.from_dict(resources))
+    model_artifact["state"] = result["state"]
+    history = run_history(
+        name,
+        result["history"],
+        started,
+        cfg.train,
+        clients=result["clients"],
+        features=features_manifest,
+        layout=manifest["layout"],
+        earlier_stages=[diffusion_history],
+    )
+    return model_artifact, history, traffic_table(result["traffic"]), test_inputs
 
 
-
-
-
-def train_diffusion_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], params: dict[str, Any]
-                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_diffusion_pooled(
+    train_patches: dict[str, Any],
+    test_patches: dict[str, Any],
+    diffusion: dict[str, Any],
+    patch_params: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Centralized FedDiff, stage 1: each DDPM on every training pixel in one place."""
     started = time.perf_counter()
-    stage = params["diffusion"]
     unets, rounds = {}, {}
     for modality in MODALITIES:
-        spec = unet_spec(train_patches, modality, params)
+        spec = unet_spec(train_patches, modality, diffusion, patch_params)
         state, rounds[modality] = train_centralized(
-            train_patches, test_patches, f"ddpm_{modality}", spec, stage.get("train", {}),
-            int(stage.get("federated", {}).get("num_rounds", 1)), int(params["seed"]),
-            stage.get("federated", {}).get("eval_samples"), stage.get("federated", {}).get("lr_schedule", "constant"))
+            train_patches, test_patches, _config(f"ddpm_{modality}", spec, diffusion, seed)
+        )
         unets[modality] = {"spec": spec, "state": state}
-    return unets, run_history("feddiff_centralized_diffusion", [], started, stages=rounds)
+    return unets, run_history("feddiff_centralized_diffusion", [], started, diffusion.get("train"), stages=rounds)
 
 
-def train_classifier_pooled(train_patches: dict[str, Any], unets: dict[str, Any], test_patches: dict[str, Any],
-                            params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+def train_classifier_pooled(
+    train_patches: dict[str, Any],
+    unets: dict[str, Any],
+    diffusion_history: dict[str, Any],
+    test_patches: dict[str, Any],
+    classifier: dict[str, Any],
+    features: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
     started = time.perf_counter()
-    spec = classifier_spec(test_patches, params)
-    name = classifier_algorithm(params, centralized=True)
-    artifact = _artifact(name, spec, unets, {})
+    spec = classifier_spec(test_patches, unets, classifier, features)
+    name = classifier_algorithm(classifier, centralized=True)
+    model_artifact = _artifact(name, spec, unets, {})
     algorithm = get_algorithm(name)
-    train_inputs, test_inputs = algorithm.prepare(artifact, train_patches), algorithm.prepare(artifact, test_patches)
-    stage = params["classifier"]
-    fed = stage.get("federated", {})
-    state, rounds = train_centralized(train_inputs, test_inputs, name, spec, stage.get("train", {}),
-                                      int(fed.get("num_rounds", 1)), int(params["seed"]), fed.get("eval_samples"),
-                                      fed.get("lr_schedule", "cosine"))
-    artifact["state"] = state
-    return artifact, run_history(name, rounds, started), no_traffic(), test_inputs
+    train_inputs = algorithm.prepare(model_artifact, train_patches, features)
+    test_inputs = algorithm.prepare(model_artifact, test_patches, features)
+    cfg = _config(name, spec, classifier, seed)
+    state, rounds = train_centralized(train_inputs, test_inputs, cfg)
+    model_artifact["state"] = state
+    history = run_history(name, rounds, started, cfg.train, earlier_stages=[diffusion_history])
+    return model_artifact, history, traffic_table([]), test_inputs

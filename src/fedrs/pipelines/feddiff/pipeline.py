@@ -3,44 +3,52 @@ feature exchange → the shared evaluation, all under the ``feddiff`` namespace.
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from fedrs.pipelines.evaluation.pipeline import create_template as evaluation_template
-from fedrs.pipelines.feddiff.nodes import (extract_features, train_classifier, train_classifier_pooled,
-                                           train_diffusion, train_diffusion_pooled)
+from fedrs.pipelines.evaluation.pipeline import create_pipeline as evaluation_pipeline
+from fedrs.pipelines.feddiff.nodes import (
+    extract_features,
+    train_classifier,
+    train_classifier_pooled,
+    train_diffusion,
+    train_diffusion_pooled,
+)
 
 SHARED = {"test_patches", "modality_split.federation_manifest", "modality_split.client_partitions",
           "modality_split.client_partition_dir"}
+PARAMETERS = {f"params:feddiff.{k}": f"params:feddiff.{k}"
+              for k in ("diffusion", "features", "classifier", "seed", "resources")}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     stages = Pipeline([
         node(train_diffusion, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
-                               "checkpoint_dir", "test_patches", "params:feddiff"],
+                               "checkpoint_dir", "test_patches", "params:feddiff.diffusion", "params:patches",
+                               "params:feddiff.seed", "params:feddiff.resources"],
              ["unets", "diffusion_history"], name="train_diffusion"),
         node(extract_features, ["unets", "modality_split.federation_manifest", "modality_split.client_partitions",
-                                "feature_cache_dir", "params:feddiff"], ["client_features", "features_manifest"], name="extract_features"),
+                                "feature_cache_dir", "params:feddiff.features"],
+             ["client_features", "features_manifest"], name="extract_features"),
         node(train_classifier, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
-                                "client_features_dir", "features_manifest", "checkpoint_dir", "unets", "test_patches",
-                                "params:feddiff"], ["model", "history", "traffic", "test_inputs"],
-             name="train_classifier"),
+                                "client_features_dir", "features_manifest", "checkpoint_dir", "unets",
+                                "diffusion_history", "test_patches", "params:feddiff.classifier",
+                                "params:feddiff.features", "params:feddiff.seed", "params:feddiff.resources"],
+             ["model", "history", "traffic", "test_inputs"], name="train_classifier"),
     ])
-    trained = pipeline(stages, namespace="feddiff", inputs=SHARED, parameters={"params:feddiff": "params:feddiff"})
-    return trained + _evaluated("feddiff")
-
-
-def _evaluated(namespace: str) -> Pipeline:
-    return pipeline(evaluation_template(), namespace=namespace,
-                    inputs={"test_patches": f"{namespace}.test_inputs", "scene": "scene", "normalisation": "normalisation"},
-                    parameters={"params:evaluation": "params:evaluation", "params:patches": "params:patches"})
+    trained = pipeline(stages, namespace="feddiff", inputs=SHARED,
+                       parameters={**PARAMETERS, "params:patches": "params:patches"})
+    return trained + evaluation_pipeline("feddiff", test_inputs="feddiff.test_inputs")
 
 
 def create_centralized_pipeline(**kwargs) -> Pipeline:
     """The upper bound: the same FedDiff stages with every training pixel and both modalities pooled."""
     stages = Pipeline([
-        node(train_diffusion_pooled, ["train_patches", "test_patches", "params:feddiff"],
+        node(train_diffusion_pooled, ["train_patches", "test_patches", "params:feddiff.diffusion", "params:patches",
+                                      "params:feddiff.seed"],
              ["unets", "diffusion_history"], name="train_diffusion"),
-        node(train_classifier_pooled, ["train_patches", "unets", "test_patches", "params:feddiff"],
+        node(train_classifier_pooled, ["train_patches", "unets", "diffusion_history", "test_patches",
+                                       "params:feddiff.classifier", "params:feddiff.features", "params:feddiff.seed"],
              ["model", "history", "traffic", "test_inputs"], name="train_classifier"),
     ])
+    used = {k: v for k, v in PARAMETERS.items() if k in stages.inputs()}
     trained = pipeline(stages, namespace="feddiff_centralized", inputs={"train_patches", "test_patches"},
-                       parameters={"params:feddiff": "params:feddiff"})
-    return trained + _evaluated("feddiff_centralized")
+                       parameters={**used, "params:patches": "params:patches"})
+    return trained + evaluation_pipeline("feddiff_centralized", test_inputs="feddiff_centralized.test_inputs")

@@ -18,7 +18,7 @@ def partition_clients(train_patches: dict[str, Any], params: dict[str, Any]
     clients = make_partition(train_patches, tuple(train_patches["grid_shape"]), params)
     manifest = partition_manifest(clients, train_patches["labels"], int(train_patches["num_classes"]), params)
     files = {entry["partition"]: client_bundle(train_patches, client)
-             for entry, client in zip(manifest["clients"], clients)}
+             for entry, client in zip(manifest["clients"], clients, strict=False)}
     for entry in manifest["clients"]:
         logger.info("client %d (%s, site %s): %d pixels", entry["client_id"], "+".join(entry["modalities"]),
                     entry["site"], entry["num_samples"])

@@ -1,11 +1,13 @@
 """FedDiff's federated parts: what crosses the network, ownership, a client update with a partner."""
 
 import numpy as np
+import pytest
 import torch
 
 from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.federated.codec import CodecConfig
-from fedrs.federated.wire import pack_tensors, unpack_tensors
+from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
 
 SPEC = {"hsi_channels": 6, "lidar_channels": 2, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
         "num_classes": 4, "timesteps": [5], "feature_seed": 0}
@@ -41,7 +43,9 @@ def test_branches_belong_to_their_modality(rng):
     alg = get_algorithm("feddiff")
     model = alg.build_model(SPEC)
     hsi_keys = alg.client_keys(model, ("hsi",))
-    assert any(k.startswith("hsi_branch.") for k in hsi_keys) and not any(k.startswith("lidar_branch.") for k in hsi_keys)
+    assert any(k.startswith("hsi_branch.") for k in hsi_keys) and not any(
+        k.startswith("lidar_branch.") for k in hsi_keys
+    )
     assert {"fr1.gate_col.weight", "head1.net.7.weight"} <= hsi_keys
 
 
@@ -53,8 +57,9 @@ def test_client_update_uses_the_partner_and_trains_only_its_side(rng):
     lidar["labels"] = hsi["labels"]  # the two holders of a site share pixels and labels
     partner = alg.client_exchange(model, lidar, ("lidar",), {})
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state, metrics = alg.client_update(model, hsi, ("hsi",), {"epochs": 1, "batch_size": 8, "weight_term": 0.01},
-                                       seed=1, rnd=1, partner=partner)
+    state, metrics = alg.client_update(
+        model, hsi, ("hsi",), {"epochs": 1, "batch_size": 8, "weight_term": 0.01}, seed=1, rnd=1, partner=partner
+    )
     assert metrics["num_samples"] == 20 and np.isfinite(metrics["train_loss"])
     assert not any(k.startswith("lidar_branch.") for k in state)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("lidar_branch."))
@@ -93,3 +98,62 @@ def test_centralized_feddiff_runs_both_branches_live(rng):
     state, _ = alg.client_update(model, both, ("hsi", "lidar"), {"epochs": 1, "batch_size": 8}, seed=0)
     for prefix in ("hsi_branch.layer1.0.weight", "lidar_branch.layer1.0.weight", "fr1.gate_row.weight"):
         assert not torch.equal(state[prefix], before[prefix])
+
+
+def _payload(alg, spec, modalities):
+    model = alg.build_model(spec)
+    keys = alg.client_keys(model, modalities)
+    return payload_bytes({k: v for k, v in model.state_dict().items() if k in keys}), keys
+
+
+def test_variants_send_only_what_they_train():
+    alg = get_algorithm("feddiff")
+    full, keys = _payload(alg, SPEC, ("hsi",))
+    cf = SPEC["hsi_feature_channels"]
+    # the diffusion stem (conv 3×3 → 512 + BN, conv 1×1 → 256 + BN; BN: weight, bias, running mean and
+    # variance, and an int64 counter) and the 256 stem channels of the enhanced path's 1×1 conv
+    stem = 4 * (cf * 512 * 9 + 512 + 4 * 512 + 512 * 256 + 256 + 4 * 256 + 128 * 256) + 2 * 8
+    no_diffusion, nd_keys = _payload(alg, {**SPEC, "use_diffusion": False}, ("hsi",))
+    assert full - no_diffusion == stem and not any(".stem." in k for k in nd_keys)
+    # without the bilateral connection FR1 is not built: two 1×1 convs and two 3×3 gates of 128 channels
+    fr = 4 * ((64 * 128 + 64) + (128 * 64 + 128) + 2 * (128 * 128 * 9 + 128))
+    no_bilateral, nb_keys = _payload(alg, {**SPEC, "bilateral": False}, ("hsi",))
+    assert full - no_bilateral == fr and not any(k.startswith("fr1.") for k in nb_keys)
+    # a single-modality FedDiff holds its branch, its FR block and its head only
+    _, hsi_keys = _payload(get_algorithm("feddiff_hsi"), SPEC, ("hsi",))
+    assert {k.split(".")[0] for k in hsi_keys} == {"hsi_branch", "fr2", "head2"}
+    _, lidar_keys = _payload(get_algorithm("feddiff_lidar"), SPEC, ("lidar",))
+    assert {k.split(".")[0] for k in lidar_keys} == {"lidar_branch", "fr3", "head3"}
+
+
+def test_a_model_that_uses_diffusion_features_refuses_to_run_without_them(rng):
+    alg = get_algorithm("feddiff_centralized")
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    both = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    bare = {k: v for k, v in both.items() if not k.endswith("_features")}
+    with pytest.raises(ValueError, match="no hsi_features for these 20 pixels"):
+        alg.client_update(model, bare, ("hsi", "lidar"), {"epochs": 1, "batch_size": 8}, seed=0)
+    with pytest.raises(ValueError, match="no hsi_features"):
+        alg.predict(model, bare, {})
+    with pytest.raises(ValueError, match="needs the diffusion features"):
+        model(hsi=torch.randn(2, 6, 8, 8), lidar=torch.randn(2, 2, 8, 8))
+    with pytest.raises(ValueError, match="has no hsi U-Net"):
+        alg.prepare({"algorithm": "feddiff_centralized", "spec": SPEC, "unets": {}}, bare)
+    # the FedFusion-like ablation has no stem and needs none
+    plain = get_algorithm("feddiff_centralized").build_model({**SPEC, "use_diffusion": False})
+    assert alg.predict(plain, bare, {}).shape == (20,)
+
+
+def test_a_pixel_gets_the_same_features_wherever_it_is_computed(rng):
+    torch.manual_seed(0)
+    unet = get_algorithm("ddpm_hsi").build_model({"in_channels": 6, "base_channels": 8, "steps": 50})
+    patches = rng.standard_normal((9, 6, 7, 7)).astype(np.float32)
+    whole = diffusion_feature_bundle(unet, patches, [5, 20], seed=3, batch_size=4)
+    for k in (0, 5, 8):  # alone, or at another position of another batch: one seeding rule
+        np.testing.assert_allclose(
+            diffusion_feature_bundle(unet, patches[k : k + 1], [5, 20], seed=3), whole[k : k + 1], rtol=1e-4, atol=1e-4
+        )
+    shifted = diffusion_feature_bundle(unet, patches[3:], [5, 20], seed=3, batch_size=2)
+    np.testing.assert_allclose(shifted, whole[3:], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(diffusion_feature_bundle(unet, patches, [5, 20], seed=4), whole)

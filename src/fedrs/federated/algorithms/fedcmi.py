@@ -26,8 +26,8 @@ from torch import nn
 
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import State
-from fedrs.federated.algorithms import VARIANT_KEYS, ModalityAwareAlgorithm, register
-from fedrs.federated.local import LocalTrainer, TrainConfig, autocast, batch_inputs, iter_batches, resolve_device
+from fedrs.federated.algorithms.base import VARIANT_KEYS, Modalities, ModalityAwareAlgorithm
+from fedrs.federated.local import Batch, TrainConfig, batch_inputs, local_training, split_config
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
 
 
@@ -39,7 +39,7 @@ class CmiConfig:
     warmup_rounds: int = 1      # rounds without infiltration
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "CmiConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> CmiConfig:
         return from_mapping(cls, d, label="fedcmi config")
 
 
@@ -85,22 +85,24 @@ def infiltration_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return -(p_teacher * log_p_student).sum(dim=1).mean()
 
 
-@torch.no_grad()
 def true_class_probabilities(model: CrossModalInfiltrationNet, data: dict[str, Any], cfg: TrainConfig
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P_H[c], P_L[c]: mean softmax(c(s))[c] over the client's class-c pixels; and which classes it has."""
-    device = resolve_device(cfg.device)
-    model.to(device).eval()
+    policy = cfg.policy()
+    model.to(policy.device).eval()
     k = model.spec.num_classes
     labels = np.asarray(data["labels"])
     sums = {m: np.zeros(k) for m in ("hsi", "lidar")}
-    for start in range(0, labels.size, cfg.eval_batch_size):
-        sl = slice(start, start + cfg.eval_batch_size)
-        z = model.project(**batch_inputs(data, sl, ("hsi", "lidar"), device))
-        y = torch.as_tensor(labels[sl], device=device)
-        for m, head in (("hsi", model.hsi_classifier), ("lidar", model.lidar_classifier)):
-            p = F.softmax(head(z[f"s_{m}"]).float(), dim=1)[torch.arange(y.numel(), device=device), y]
-            np.add.at(sums[m], labels[sl], p.cpu().numpy())
+    with torch.inference_mode():
+        for start in range(0, labels.size, cfg.eval_batch_size):
+            sl = slice(start, start + cfg.eval_batch_size)
+            y = torch.as_tensor(labels[sl], device=policy.device)
+            with policy.autocast():
+                z = model.project(**batch_inputs(data, sl, ("hsi", "lidar"), policy.device))
+                logits = {"hsi": model.hsi_classifier(z["s_hsi"]), "lidar": model.lidar_classifier(z["s_lidar"])}
+            for m, scores in logits.items():
+                p = F.softmax(scores.float(), dim=1)[torch.arange(y.numel(), device=policy.device), y]
+                np.add.at(sums[m], labels[sl], p.cpu().numpy())
     counts = np.bincount(labels, minlength=k)
     present = counts > 0
     safe = np.maximum(counts, 1)
@@ -108,13 +110,12 @@ def true_class_probabilities(model: CrossModalInfiltrationNet, data: dict[str, A
 
 
 def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], modalities: tuple[str, ...],
-                     cfg: TrainConfig, cmi: CmiConfig, seed: int, rnd: int, trainable: set[str]) -> dict[str, float]:
+                     cfg: TrainConfig, cmi: CmiConfig, seed: int, rnd: int, trainable: set[str],
+                     carry: dict[str, Any] | None = None) -> dict[str, float]:
     """Train ``model`` in place with FedCMI's objective; the model's weights on entry are the teacher's."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     multimodal = set(modalities) == {"hsi", "lidar"}
     infiltrate = multimodal and rnd > cmi.warmup_rounds and cmi.lambda2 > 0
+    device = cfg.policy().device
     teacher = None
     tau = torch.ones(model.spec.num_classes)
     if infiltrate:
@@ -124,49 +125,34 @@ def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], mod
         p_hsi, p_lidar, present = true_class_probabilities(teacher, data, cfg)
         tau = torch.as_tensor(class_temperatures(p_hsi, p_lidar, present, cmi.gamma), dtype=torch.float32)
     tau = tau.to(device)
-
-    model.to(device).train()
-    trainer = LocalTrainer(model, cfg, trainable)
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
-    n = int(labels.numel())
-    totals = {"loss": 0.0, "infiltration": 0.0, "hsi_dominant": 0, "batches": 0, "seen": 0}
-    for _ in range(cfg.epochs):
-        for idx in iter_batches(n, cfg.batch_size, generator):
-            if idx.size < 2:
-                continue
-            inputs = batch_inputs(data, idx, modalities, device)
-            y = labels[idx].to(device)
-            with autocast(device, cfg.autocast):
-                z = model.project(**inputs)
-                fused = model.fused_logits(z)
-                logits_h = model.hsi_classifier(z["s_hsi"]) if multimodal else None
-                logits_l = model.lidar_classifier(z["s_lidar"]) if multimodal else None
-            loss = F.cross_entropy(fused.float(), y)
-            if multimodal:
-                loss = loss + cmi.lambda1 * (F.cross_entropy(logits_h.float(), y) + F.cross_entropy(logits_l.float(), y))
-            if teacher is not None:
-                dominant = dominant_modality(logits_h.detach(), logits_l.detach(), y)
-                with torch.no_grad(), autocast(device, cfg.autocast):
-                    zt = teacher.project(**inputs)
-                if dominant == "hsi":
-                    teacher_logits = teacher.hsi_classifier(zt["s_hsi"])
-                    student_logits = model.lidar_classifier(z["i_lidar"])
-                else:
-                    teacher_logits = teacher.lidar_classifier(zt["s_lidar"])
-                    student_logits = model.hsi_classifier(z["i_hsi"])
-                inf = infiltration_loss(student_logits, teacher_logits, tau[y])
-                loss = loss + cmi.lambda2 * inf
-                totals["infiltration"] += float(inf.detach())
-                totals["hsi_dominant"] += int(dominant == "hsi")
-            totals["loss"] += trainer.step(loss) * idx.size
-            totals["seen"] += idx.size
-            totals["batches"] += 1
-    trainer.close()
-    batches = max(totals["batches"], 1)
-    return {"train_loss": totals["loss"] / max(totals["seen"], 1), "num_samples": n,
-            "infiltration_loss": totals["infiltration"] / batches if infiltrate else 0.0,
-            "hsi_dominant_fraction": totals["hsi_dominant"] / batches if infiltrate else 0.0,
-            "mean_temperature": float(tau.mean())}
+
+    def loss_of(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = {m: batch.take(data[m]) for m in modalities}
+        y = batch.take(labels, torch.long)
+        z = model.project(**inputs)
+        loss = F.cross_entropy(model.fused_logits(z).float(), y)
+        if not multimodal:
+            return loss, {}
+        logits_h, logits_l = model.hsi_classifier(z["s_hsi"]), model.lidar_classifier(z["s_lidar"])
+        loss = loss + cmi.lambda1 * (F.cross_entropy(logits_h.float(), y) + F.cross_entropy(logits_l.float(), y))
+        if teacher is None:
+            return loss, {}
+        dominant = dominant_modality(logits_h.detach(), logits_l.detach(), y)
+        with torch.no_grad():
+            zt = teacher.project(**inputs)
+            teacher_logits = (teacher.hsi_classifier(zt["s_hsi"]) if dominant == "hsi"
+                              else teacher.lidar_classifier(zt["s_lidar"]))
+        student_logits = (model.lidar_classifier(z["i_lidar"]) if dominant == "hsi"
+                          else model.hsi_classifier(z["i_hsi"]))
+        inf = infiltration_loss(student_logits, teacher_logits, tau[y])
+        return loss + cmi.lambda2 * inf, {"infiltration_loss": float(inf.detach()),
+                                          "hsi_dominant_fraction": float(dominant == "hsi")}
+
+    metrics = local_training(model, int(labels.numel()), loss_of, cfg, seed, trainable, carry=carry)
+    metrics.setdefault("infiltration_loss", 0.0)
+    metrics.setdefault("hsi_dominant_fraction", 0.0)
+    return {**metrics, "mean_temperature": float(tau.mean())}
 
 
 @dataclass(frozen=True)
@@ -177,21 +163,21 @@ class FedCMIAlgorithm(ModalityAwareAlgorithm):
     def build_model(self, spec: dict[str, Any]) -> CrossModalInfiltrationNet:
         return CrossModalInfiltrationNet(CmiSpec.from_dict(spec))
 
-    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: tuple[str, ...],
-                      config: dict[str, Any], seed: int, rnd: int = 1) -> tuple[State, dict[str, float]]:
-        config = dict(config)
-        cmi = CmiConfig.from_dict(config.pop("cmi", None))
+    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                      config: dict[str, Any], seed: int, rnd: int = 1,
+                      partner: dict[str, torch.Tensor] | None = None,
+                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+        assert isinstance(model, CrossModalInfiltrationNet)
+        cfg, own = split_config(config, "cmi")
         keys = self.client_keys(model, client_modalities)
-        trainable = {n for n, _ in model.named_parameters() if n in keys}
-        metrics = cmi_local_update(model, data, self.usable_modalities(client_modalities), TrainConfig.from_dict(config),
-                                   cmi, seed, rnd, trainable)
+        metrics = cmi_local_update(model, data, self.usable_modalities(client_modalities), cfg,
+                                   CmiConfig.from_dict(own.get("cmi")), seed, rnd,
+                                   self.trainable(model, client_modalities), carry)
         return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
 
-    def predict(self, model, data, config, modalities=None, **forward):  # noqa: ANN001 — same as the base
-        return super().predict(model, data, {k: v for k, v in config.items() if k != "cmi"}, modalities, **forward)
-
-    def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
-                            modalities: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    def evaluation_variants(
+        self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities
+    ) -> dict[str, dict[str, float]]:
         """Single-modality inference through the infiltration projector, and zero-filled."""
         out = {}
         for keep in ("hsi", "lidar"):
@@ -199,6 +185,3 @@ class FedCMIAlgorithm(ModalityAwareAlgorithm):
                 report = self.score(model, test, config, (keep,), zero_fill=zero_fill)
                 out[name] = {k: report[k] for k in VARIANT_KEYS}
         return out
-
-
-register("fedcmi", FedCMIAlgorithm("fedcmi"))

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.fedcmi import (CmiConfig, class_temperatures, cmi_local_update, dominant_modality,
-                                    infiltration_loss)
+from fedrs.federated.algorithms.fedcmi import (
+    CmiConfig,
+    class_temperatures,
+    cmi_local_update,
+    dominant_modality,
+    infiltration_loss,
+)
 from fedrs.federated.local import TrainConfig
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
 from tests.federated.tiny_data import tiny_client_data as data
@@ -85,7 +90,9 @@ def test_ownership_and_masked_aggregation():
     from fedrs.federated.aggregation import ClientUpdate
 
     g = model.state_dict()
-    hsi_client = ClientUpdate(0, {k: torch.ones_like(g[k]) for k in hsi_keys if torch.is_floating_point(g[k])}, 10, ("hsi",))
+    hsi_client = ClientUpdate(
+        0, {k: torch.ones_like(g[k]) for k in hsi_keys if torch.is_floating_point(g[k])}, 10, ("hsi",)
+    )
     new = alg.aggregate(g, [hsi_client])
     assert torch.equal(new["lidar_self.weight"], g["lidar_self.weight"])
     assert torch.equal(new["hsi_self.weight"], torch.ones_like(g["hsi_self.weight"]))
@@ -109,8 +116,14 @@ def test_unimodal_client_trains_its_side_only(rng):
     torch.manual_seed(0)
     model = alg.build_model(SPEC)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state, metrics = alg.client_update(model, data(rng, ("lidar",)), ("lidar",),
-                                       {"epochs": 1, "batch_size": 8, "cmi": {"warmup_rounds": 0}}, seed=0, rnd=3)
+    state, metrics = alg.client_update(
+        model,
+        data(rng, ("lidar",)),
+        ("lidar",),
+        {"epochs": 1, "batch_size": 8, "cmi": {"warmup_rounds": 0}},
+        seed=0,
+        rnd=3,
+    )
     assert metrics["infiltration_loss"] == 0.0  # no infiltration without both modalities
     assert not any(k.startswith("hsi_") for k in state)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before if k.startswith("hsi_"))

@@ -1,0 +1,42 @@
+"""Every algorithm the federated runtime runs, by name: one literal table.
+
+Each module defines its algorithm against ``base.Algorithm`` and imports nothing from this
+package's ``__init__``; this table is the only place that names them all.
+"""
+
+from __future__ import annotations
+
+from fedrs.federated.algorithms.base import Algorithm, ModalityAwareAlgorithm
+from fedrs.federated.algorithms.ddpm import DiffusionAlgorithm
+from fedrs.federated.algorithms.fedcmi import FedCMIAlgorithm
+from fedrs.federated.algorithms.feddiff import FedDiffAlgorithm
+from fedrs.federated.algorithms.fusion import FusionAlgorithm
+
+ALGORITHMS: dict[str, Algorithm] = {
+    # the baselines: the two-branch fusion CNN (or one branch of it)
+    "centralized": FusionAlgorithm("centralized"),
+    "local": FusionAlgorithm("local"),
+    "fedavg": FusionAlgorithm("fedavg"),
+    "fedprox": FusionAlgorithm("fedprox"),
+    "fedavg_hsi": FusionAlgorithm("fedavg_hsi", ("hsi",)),
+    "fedavg_lidar": FusionAlgorithm("fedavg_lidar", ("lidar",)),
+    # FedCMI: cross-modal infiltration
+    "fedcmi": FedCMIAlgorithm("fedcmi"),
+    # FedDiff: stage 1 (one DDPM per modality) and stage 3 (the classifier) with its ablations
+    "ddpm_hsi": DiffusionAlgorithm("ddpm_hsi", ("hsi",)),
+    "ddpm_lidar": DiffusionAlgorithm("ddpm_lidar", ("lidar",)),
+    "feddiff": FedDiffAlgorithm("feddiff"),
+    "feddiff_hsi": FedDiffAlgorithm("feddiff_hsi", ("hsi",)),
+    "feddiff_lidar": FedDiffAlgorithm("feddiff_lidar", ("lidar",)),
+    "feddiff_centralized": FedDiffAlgorithm("feddiff_centralized"),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; known are {sorted(ALGORITHMS)}") from None
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "ModalityAwareAlgorithm", "get_algorithm"]

@@ -1,0 +1,163 @@
+"""The interface every federated algorithm implements, and the parts most of them share.
+
+An algorithm says how to build its model from a spec, which tensors a client with given
+modalities trains and exchanges, what a client does in a round (``client_update``, and for the
+algorithms that exchange intermediate outputs ``client_exchange``), how the server aggregates, and
+how a model is scored. The Flower apps and the plain trainers call these and nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrs.federated.aggregation import ClientUpdate, State, aggregate_modality_aware
+from fedrs.federated.local import TrainConfig, predict
+from fedrs.metrics import classification_report
+
+VARIANT_KEYS = ("oa", "aa", "kappa", "per_class_spread")
+Modalities = tuple[str, ...]
+
+
+class Algorithm(ABC):
+    """What the round loop, the ClientApp, the standalone trainers and the evaluation call."""
+
+    name: str
+    modalities: Modalities
+
+    @abstractmethod
+    def owner(self, parameter: str) -> str | None:
+        """The modality owning a parameter (averaged over that modality's holders), None if shared."""
+
+    @abstractmethod
+    def build_model(self, spec: dict[str, Any]) -> nn.Module:
+        """A fresh model from its spec (initialised from torch's global RNG)."""
+
+    @abstractmethod
+    def is_eligible(self, client_modalities: Modalities) -> bool:
+        """Whether a client holding these modalities takes part."""
+
+    @abstractmethod
+    def client_keys(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
+        """Tensors a client with these modalities trains, receives and sends back."""
+
+    @abstractmethod
+    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                      config: dict[str, Any], seed: int, rnd: int = 1,
+                      partner: dict[str, torch.Tensor] | None = None,
+                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+        """Train ``model`` in place on a client's data; its tensors to send and its metrics.
+        ``partner``: the site partner's relayed outputs (FedDiff); ``carry``: what the client keeps
+        between rounds (the optimiser's state, with ``keep_optimizer_state``), read and updated."""
+
+    @property
+    @abstractmethod
+    def exchanges_features(self) -> bool:
+        """Whether each round starts with clients exchanging intermediate outputs with a partner."""
+
+    @abstractmethod
+    def client_exchange(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """What a client sends its partner at the start of a round (if ``exchanges_features``)."""
+
+    @abstractmethod
+    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
+        """The new global state from the accepted client updates."""
+
+    @abstractmethod
+    def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Inputs a trained artefact needs beyond the patches (FedDiff: its diffusion features),
+        computed under ``config``'s device and precision."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
+                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
+        """Predicted class index (0-based) of every sample of ``data``."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
+                 modalities: Modalities | None = None) -> dict[str, Any]:
+        """Scores of the model on test data (classifiers: OA, AA, κ, per class)."""
+
+    @abstractmethod
+    def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
+                            modalities: Modalities) -> dict[str, dict[str, float]]:
+        """Scores with one modality only (zero-filled, or the algorithm's own stand-in)."""
+
+
+@dataclass(frozen=True)
+class ModalityAwareAlgorithm(Algorithm):
+    """What the classifiers here share: modality ownership of parameters, masked FedAvg, scoring.
+    Subclasses give ``owner``, ``build_model`` and ``client_update``."""
+
+    name: str
+    modalities: Modalities = ("hsi", "lidar")
+
+    def usable_modalities(self, client_modalities: Modalities) -> Modalities:
+        return tuple(m for m in self.modalities if m in client_modalities)
+
+    def is_eligible(self, client_modalities: Modalities) -> bool:
+        return bool(self.usable_modalities(client_modalities))
+
+    def client_keys(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
+        usable = self.usable_modalities(client_modalities)
+        return {name for name in model.state_dict() if self.owner(name) is None or self.owner(name) in usable}
+
+    def trainable(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
+        keys = self.client_keys(model, client_modalities)
+        return {n for n, _ in model.named_parameters() if n in keys}
+
+    @property
+    def exchanges_features(self) -> bool:
+        return False
+
+    def client_exchange(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{self.name} exchanges no intermediate outputs")
+
+    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
+        return aggregate_modality_aware(global_state, updates, self.owner)[0]
+
+    def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
+        return data
+
+    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
+                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
+        use = self.modalities if modalities is None else modalities
+        return predict(model, data, use, TrainConfig.from_dict(inference_config(config)), forward or None)
+
+    def score(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities,
+              **forward: Any) -> dict[str, Any]:
+        pred = self.predict(model, test, config, modalities, **forward)
+        return classification_report(np.asarray(test["labels"]), pred, int(test["num_classes"]),
+                                     list(test.get("class_names") or []) or None)
+
+    def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
+                 modalities: Modalities | None = None) -> dict[str, Any]:
+        return self.score(model, test, config, self.modalities if modalities is None else modalities)
+
+    def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
+                            modalities: Modalities) -> dict[str, dict[str, float]]:
+        """Single-modality scores of a two-modality model: the other side zero-filled."""
+        if len(modalities) < 2:
+            return {}
+        out = {}
+        for keep in modalities:
+            report = self.score(model, test, config, (keep,))
+            out[f"{keep}_zero_filled"] = {k: report[k] for k in VARIANT_KEYS}
+        return out
+
+
+INFERENCE_KEYS = ("device", "precision", "eval_batch_size")
+
+
+def inference_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys of a training or evaluation config that scoring uses (device, precision, batch)."""
+    return {k: v for k, v in (config or {}).items() if k in INFERENCE_KEYS}

@@ -1,0 +1,169 @@
+"""FedDiff stage 3 on the shared runtime (../shared/spec/feddiff.md): the bilateral dual-branch
+classifier trained with the feature exchange (stages 1 and 2 are in ``ddpm``).
+
+Per round every sampled client sends its branch outputs (cnn_m, diff_m on its own pixels) through
+the codec; the server relays them to the partner holding the other modality of the same site; each
+client trains its branch and its copy of the fusion blocks and heads on its live outputs plus the
+partner's (constant) ones; branches average over same-modality clients, fusion and heads over all.
+Only compressed branch outputs and weights cross — never patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrs.federated.aggregation import State
+from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
+from fedrs.federated.local import Batch, TrainConfig, inference_batches, local_training, predict_batches, split_config
+from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, feddiff_loss
+from fedrs.models.unet import DiffusionUNet, UNetSpec
+
+MODALITIES = ("hsi", "lidar")
+# FedDiff's own training keys (the rest is a TrainConfig): λ of the conv-weight term and where it acts,
+# and the BatchNorm mode of the branch outputs a client sends its partner
+FEDDIFF_KEYS = ("weight_term", "weight_term_mode", "exchange_bn")
+
+
+def branch_inputs(data: dict[str, Any], modality: str, spec: FedDiffSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A modality's patches at the U-Net size and its diffusion features, built once per call:
+    the resize is per sample, so batches index these instead of resizing every epoch. A model that
+    uses diffusion features and finds none for its pixels is an error."""
+    key = f"{modality}_features"
+    if spec.use_diffusion and key not in data:
+        raise ValueError(f"feddiff: no {key} for these {len(data[modality])} pixels; a FedDiff model with "
+                         "use_diffusion: true trains and predicts only with its diffusion features")
+    features = torch.as_tensor(np.asarray(data[key]), dtype=torch.float32) if spec.use_diffusion else None
+    return unet_input(data[modality], spec.unet_size), features
+
+
+@dataclass(frozen=True)
+class FedDiffAlgorithm(ModalityAwareAlgorithm):
+    """A client holding one modality trains its branch with its site partner's relayed outputs; one
+    holding both (centralized FedDiff) runs the whole model; the single-modality variants
+    (``feddiff_hsi``, ``feddiff_lidar``) need no partner."""
+
+    def owner(self, parameter: str) -> str | None:
+        for modality in MODALITIES:
+            if parameter.startswith(f"{modality}_branch."):
+                return modality
+        return None
+
+    @property
+    def exchanges_features(self) -> bool:
+        return len(self.modalities) == 2 and self.name != "feddiff_centralized"
+
+    def build_model(self, spec: dict[str, Any]) -> FedDiffClassifier:
+        return FedDiffClassifier(FedDiffSpec.from_dict({**spec, "modalities": list(self.modalities)}))
+
+    def client_exchange(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The client's branch outputs on its own pixels: all that its partner receives."""
+        assert isinstance(model, FedDiffClassifier)
+        (modality,) = self.usable_modalities(client_modalities)
+        mode = (config or {}).get("exchange_bn", "eval")
+        if mode not in ("eval", "train"):
+            raise ValueError(f"feddiff: exchange_bn {mode!r}; expected 'eval' or 'train'")
+        # eval: BatchNorm with the global running statistics; train: with this client's batch statistics,
+        # as its own branch runs while it trains (the running statistics of this copy are discarded)
+        branch = getattr(model, f"{modality}_branch").train(mode == "train")
+        cfg = TrainConfig.from_dict(inference_config(config))
+        policy = cfg.policy()
+        patches, features = branch_inputs(data, modality, model.spec)
+        outs: dict[str, list[torch.Tensor]] = {"cnn": [], "diff": []}
+        with torch.inference_mode():
+            for sl in inference_batches(len(patches), cfg.eval_batch_size):
+                with policy.autocast():
+                    cnn, diff = branch(patches[sl].to(policy.device),
+                                       None if features is None else features[sl].to(policy.device))
+                outs["cnn"].append(cnn.float().cpu())
+                outs["diff"].append(diff.float().cpu())
+        return {k: torch.cat(v) for k, v in outs.items()}
+
+    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                      config: dict[str, Any], seed: int, rnd: int = 1,
+                      partner: dict[str, torch.Tensor] | None = None,
+                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+        assert isinstance(model, FedDiffClassifier)
+        usable = self.usable_modalities(client_modalities)
+        if partner is None and self.exchanges_features:
+            raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
+        cfg, own = split_config(config, *FEDDIFF_KEYS)
+        weight_term = float(own.get("weight_term", 0.01))
+        if own.get("weight_term_mode", "loss") == "decoupled":  # λ·Σ‖W‖² as decay outside Adam
+            cfg, weight_term = replace(cfg, decoupled_decay={"conv": weight_term}), 0.0
+        elif own.get("weight_term_mode", "loss") != "loss":
+            raise ValueError(f"feddiff: weight_term_mode {own['weight_term_mode']!r}; expected 'loss' or 'decoupled'")
+        keys = self.client_keys(model, client_modalities)
+        trainable = self.trainable(model, client_modalities)
+        conv_weights = [p for n, p in model.named_parameters() if n in trainable and p.ndim == 4]
+        labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
+        if partner is not None and len(partner["cnn"]) != len(labels):
+            raise ValueError(f"feddiff: partner sent {len(partner['cnn'])} outputs for {len(labels)} pixels")
+        inputs = {m: branch_inputs(data, m, model.spec) for m in usable}
+
+        def loss(batch: Batch) -> torch.Tensor:
+            live = {m: (batch.take(p), None if f is None else batch.take(f)) for m, (p, f) in inputs.items()}
+            if partner is None:  # every branch this model has is live here
+                outs = model(**{m: v[0] for m, v in live.items()}, **{f"{m}_features": v[1] for m, v in live.items()})
+            else:
+                (modality,) = usable
+                cnn, diff = getattr(model, f"{modality}_branch")(*live[modality])
+                other = batch.take(partner["cnn"]), batch.take(partner["diff"])
+                outs = model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
+            value = feddiff_loss(outs, batch.take(labels, torch.long))
+            if weight_term and conv_weights:
+                value = value + weight_term * torch.stack([w.float().pow(2).sum() for w in conv_weights]).sum()
+            return value
+
+        metrics = local_training(model, int(len(labels)), loss, cfg, seed, trainable, carry=carry)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
+
+    def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add the diffusion features computed with the artefact's global U-Nets (server side)."""
+        spec = FedDiffSpec.from_dict(artifact["spec"])
+        if not spec.use_diffusion:
+            return data
+        out = dict(data)
+        for modality in self.modalities:
+            if f"{modality}_features" in data:
+                continue
+            entry = (artifact.get("unets") or {}).get(modality)
+            if entry is None:
+                raise ValueError(f"{artifact['algorithm']}: the artefact has no {modality} U-Net to compute the "
+                                 "diffusion features this model needs")
+            unet = DiffusionUNet(UNetSpec.from_dict(entry["spec"]))
+            unet.load_state_dict(entry["state"])
+            policy = TrainConfig.from_dict(inference_config(config)).policy()
+            out[f"{modality}_features"] = diffusion_feature_bundle(unet, data[modality], list(spec.timesteps),
+                                                                   spec.feature_seed, policy)
+        return out
+
+    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
+                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
+        """o1 of the assembled model; with ``modalities`` naming one of two, the other branch's
+        outputs are zero-filled (the single-modality evaluation of the two-branch model)."""
+        assert isinstance(model, FedDiffClassifier)
+        cfg = TrainConfig.from_dict(inference_config(config))
+        model.to(cfg.policy().device).eval()
+        use = tuple(self.modalities if modalities is None else modalities)
+        tensors = {m: branch_inputs(data, m, model.spec) for m in use}
+
+        def logits(sl: slice, device: torch.device) -> torch.Tensor:
+            live = {m: (p[sl].to(device), None if f is None else f[sl].to(device)) for m, (p, f) in tensors.items()}
+            if len(self.modalities) == 1:
+                return model(**{m: v[0] for m, v in live.items()},
+                             **{f"{m}_features": v[1] for m, v in live.items()})[0]
+            outputs = {m: getattr(model, f"{m}_branch")(*v) for m, v in live.items()}
+            ref = next(iter(outputs.values()))[0]
+            cnn_h, diff_h = outputs.get("hsi", (torch.zeros_like(ref), torch.zeros_like(ref)))
+            cnn_l, diff_l = outputs.get("lidar", (torch.zeros_like(ref), torch.zeros_like(ref)))
+            return model.fuse(cnn_h, diff_h, cnn_l, diff_l)[0]
+
+        return predict_batches(len(data[use[0]]), cfg, logits)

@@ -1,0 +1,36 @@
+"""FedAvg / FedProx (and centralized, local, unimodal FedAvg) over the two-branch fusion CNN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedrs.federated.aggregation import State
+from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm
+from fedrs.federated.local import TrainConfig, supervised_update
+from fedrs.models.baselines import FusionCNN, FusionSpec, parameter_modality
+
+
+@dataclass(frozen=True)
+class FusionAlgorithm(ModalityAwareAlgorithm):
+    """Cross-entropy local updates of the fusion CNN or one of its unimodal variants; FedProx is
+    the same with ``proximal_mu`` > 0 in the training config."""
+
+    def owner(self, parameter: str) -> str | None:
+        return parameter_modality(parameter)
+
+    def build_model(self, spec: dict[str, Any]) -> FusionCNN:
+        return FusionCNN(FusionSpec.from_dict({**spec, "modalities": list(self.modalities)}))
+
+    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                      config: dict[str, Any], seed: int, rnd: int = 1,
+                      partner: dict[str, torch.Tensor] | None = None,
+                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+        keys = self.client_keys(model, client_modalities)
+        metrics = supervised_update(model, data, self.usable_modalities(client_modalities),
+                                    TrainConfig.from_dict(config), seed, self.trainable(model, client_modalities),
+                                    carry)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics

@@ -1,0 +1,93 @@
+"""What a training node hands on: the model artefact, the run history and the traffic table — one
+layout for every algorithm, so evaluation, MLflow and the report read them all alike."""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from typing import Any
+
+import pandas as pd
+
+from fedrs.compute import compute_policy
+
+TRAFFIC_COLUMNS = ["round", "client_id", "direction", "payload", "bytes_dense", "bytes_sent"]
+
+
+def merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """Recursive dict merge: ``override`` wins; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def model_spec(patches: dict[str, Any], model_params: dict[str, Any]) -> dict[str, Any]:
+    """A fusion-CNN or FedCMI spec: the data's shapes (bands, LiDAR channels, classes) + the model's settings."""
+    return {"bands": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
+            "num_classes": int(patches["num_classes"]), **model_params}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def traffic_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per round, client, direction and payload: bytes dense and as sent (empty when nothing moved)."""
+    return pd.DataFrame(rows, columns=TRAFFIC_COLUMNS)
+
+
+def run_history(name: str, rounds: list[dict[str, Any]], started: float, train: dict[str, Any] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """A run's history: its rounds, wall time, peak memory and how it computed (device, precision)."""
+    train = train or {}
+    policy = compute_policy(str(train.get("device", "auto")), str(train.get("precision", "fp32")))
+    return {"algorithm": name, "rounds": rounds, "wall_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(), "compute": policy.describe(), **extra}
+
+
+def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict, **extra: Any) -> dict[str, Any]:
+    """The model artefact: enough to rebuild and run the model (FedDiff adds its U-Nets)."""
+    return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state, **extra}
+
+
+ROUND_KEYS = ("round", "train_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
+              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds")
+
+
+def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clients lost over a run's rounds: failed (raised), dropped (no reply or no partner), updates
+    rejected, rounds that kept the global model."""
+    count = {key: sum(len(r.get(key) or []) for r in rounds) for key in ("failed", "dropped", "rejected")}
+    return {"clients_failed": count["failed"], "clients_dropped": count["dropped"],
+            "updates_rejected": count["rejected"],
+            "rounds_not_aggregated": sum(1 for r in rounds if r.get("aggregated") is False)}
+
+
+def run_summary(history: dict[str, Any]) -> dict[str, Any]:
+    """What the report needs of a run, small enough to keep in git beside the scores: the rounds'
+    loss, test scores and bytes, traffic and wall time over every stage (FedDiff's diffusion stage
+    included), peak memory, how it computed, and the clients it lost."""
+    stages = [history, *(history.get("earlier_stages") or [])]
+    every_round = [r for h in stages for r in h.get("rounds") or []]
+    every_round += [r for h in stages for stage in (h.get("stages") or {}).values() for r in stage]
+    rounds = history.get("rounds") or []
+    lost = lost_clients(every_round)
+    summary = {
+        "rounds": [{k: r[k] for k in ROUND_KEYS if r.get(k) is not None} for r in rounds],
+        "num_rounds": len(rounds),
+        "bytes_sent": int(sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in every_round)),
+        "bytes_dense": int(sum(r.get("bytes_up_dense", r.get("bytes_up", 0))
+                               + r.get("bytes_down_dense", r.get("bytes_down", 0)) for r in every_round)),
+        "wall_seconds": float(sum(h.get("wall_seconds", 0.0) for h in stages)),
+        "peak_rss_mb": float(max((h.get("peak_rss_mb", 0.0) for h in stages), default=0.0)),
+        "compute": history.get("compute", {}),
+        **lost,
+        "lost_clients": bool(lost["clients_failed"] or lost["clients_dropped"]),
+        "loss_growing_rounds": int(rounds[-1].get("loss_growing_rounds", 0)) if rounds else 0,
+    }
+    for key in ("mean_oa", "worst_oa", "best_oa"):
+        if key in history:
+            summary[key] = history[key]
+    return summary

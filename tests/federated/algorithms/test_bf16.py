@@ -1,0 +1,108 @@
+"""Every algorithm through a local update, an aggregation and a prediction with bf16 forced.
+
+Forced bf16 is emulated on CPUs without native bf16, which is slow but fine at this size: a dtype
+mismatch anywhere (an fp32 layer fed a bf16 activation outside autocast, say) fails on every
+machine, not only on the CPUs that choose bf16 by themselves."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrs.compute import compute_policy
+from fedrs.federated.aggregation import ClientUpdate
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
+from tests.federated.tiny_data import tiny_client_data
+
+BF16 = {"epochs": 1, "batch_size": 8, "precision": "bf16-force"}
+FUSION_SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
+FEDDIFF_SPEC = {"hsi_channels": 5, "lidar_channels": 1, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
+                "num_classes": 3, "timesteps": [5], "feature_seed": 0}
+
+
+def _with_features(rng, data):
+    for m in ("hsi", "lidar"):
+        if m in data:
+            data[f"{m}_features"] = rng.standard_normal((len(data["labels"]), 16, 4, 4)).astype(np.float32)
+    return {**data, "num_classes": 3, "class_names": ["a", "b", "c"]}
+
+
+def _round_trip(name, spec, clients, rnd=1, partners=None):
+    """Each client's update from the same global model, the aggregate, and a scored prediction."""
+    alg = get_algorithm(name)
+    torch.manual_seed(0)
+    model = alg.build_model(spec)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    updates = []
+    for cid, (modalities, data) in enumerate(clients):
+        model.load_state_dict(start)
+        extra = {"partner": partners[cid]} if partners else {}
+        state, metrics = alg.client_update(model, data, modalities, BF16, seed=cid, rnd=rnd, **extra)
+        assert np.isfinite(metrics["train_loss"]), name
+        assert all(v.dtype == start[k].dtype for k, v in state.items()), "weights stay in their own dtype"
+        updates.append(ClientUpdate(cid, state, len(data["labels"]), modalities, metrics))
+    aggregated = alg.aggregate(start, updates)
+    assert any(not torch.equal(aggregated[k], start[k]) for k in start)
+    model.load_state_dict(aggregated)
+    return alg, model
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar", "centralized", "local"])
+def test_fusion_baselines_in_bf16(rng, name):
+    both = tiny_client_data(rng)
+    clients = [(("hsi", "lidar"), both), (("hsi",), tiny_client_data(rng, ("hsi",))),
+               (("lidar",), tiny_client_data(rng, ("lidar",)))]
+    alg, model = _round_trip(name, FUSION_SPEC, [c for c in clients if get_algorithm(name).is_eligible(c[0])])
+    test = {**tiny_client_data(rng), "num_classes": 3, "class_names": ["a", "b", "c"]}
+    assert 0.0 <= alg.evaluate(model, test, BF16)["oa"] <= 1.0
+    alg.evaluation_variants(model, test, BF16, alg.modalities)
+
+
+def test_fedcmi_with_infiltration_in_bf16(rng):
+    clients = [(("hsi", "lidar"), tiny_client_data(rng)), (("hsi",), tiny_client_data(rng, ("hsi",))),
+               (("lidar",), tiny_client_data(rng, ("lidar",)))]
+    spec = {**FUSION_SPEC, "dim": 8}
+    config_rnd = 3  # past the warm-up: the teacher and the infiltration loss run
+    alg = get_algorithm("fedcmi")
+    torch.manual_seed(0)
+    model = alg.build_model(spec)
+    _, metrics = alg.client_update(model, clients[0][1], clients[0][0], {**BF16, "cmi": {"warmup_rounds": 1}},
+                                   seed=0, rnd=config_rnd)
+    assert metrics["infiltration_loss"] > 0
+    alg, model = _round_trip("fedcmi", spec, clients, rnd=config_rnd)
+    test = {**tiny_client_data(rng), "num_classes": 3, "class_names": ["a", "b", "c"]}
+    variants = alg.evaluation_variants(model, test, BF16, ("hsi", "lidar"))
+    assert set(variants) == {"hsi_infiltrated", "hsi_zero_filled", "lidar_infiltrated", "lidar_zero_filled"}
+
+
+def test_ddpm_and_diffusion_features_in_bf16(rng):
+    data = tiny_client_data(rng, ("lidar",))
+    spec = {"in_channels": 1, "base_channels": 8, "steps": 50}
+    alg, model = _round_trip("ddpm_lidar", spec, [(("lidar",), data), (("lidar",), tiny_client_data(rng, ("lidar",)))])
+    assert np.isfinite(alg.evaluate(model, data, BF16)["l1"])
+    features = diffusion_feature_bundle(model, data["lidar"], [5, 20], 0,
+                                        compute_policy("cpu", "bf16-force"))
+    assert features.dtype == np.float32 and features.shape == (24, 32, 4, 4) and np.isfinite(features).all()
+
+
+def test_feddiff_with_the_exchange_in_bf16(rng):
+    hsi = _with_features(rng, tiny_client_data(rng, ("hsi",)))
+    lidar = _with_features(rng, tiny_client_data(rng, ("lidar",)))
+    lidar["labels"] = hsi["labels"]
+    alg = get_algorithm("feddiff")
+    torch.manual_seed(0)
+    model = alg.build_model(FEDDIFF_SPEC)
+    outputs = {m: alg.client_exchange(model, d, (m,), BF16) for m, d in (("hsi", hsi), ("lidar", lidar))}
+    assert all(t.dtype == torch.float32 for o in outputs.values() for t in o.values())
+    alg, model = _round_trip("feddiff", FEDDIFF_SPEC, [(("hsi",), hsi), (("lidar",), lidar)],
+                             partners=[outputs["lidar"], outputs["hsi"]])
+    test = _with_features(rng, tiny_client_data(rng))
+    assert 0.0 <= alg.evaluate(model, test, BF16)["oa"] <= 1.0
+    assert set(alg.evaluation_variants(model, test, BF16, ("hsi", "lidar"))) == {"hsi_zero_filled", "lidar_zero_filled"}
+
+
+@pytest.mark.parametrize("name", ["feddiff_centralized", "feddiff_hsi"])
+def test_feddiff_variants_without_partner_in_bf16(rng, name):
+    data = _with_features(rng, tiny_client_data(rng))
+    alg, model = _round_trip(name, FEDDIFF_SPEC, [(("hsi", "lidar"), data)])
+    assert 0.0 <= alg.evaluate(model, data, BF16)["oa"] <= 1.0
