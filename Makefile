@@ -1,6 +1,6 @@
 # fedrs — the two set-up commands of the README:
 #   make run   create .venv, install the pinned stack + fedrs (editable), run the main pipeline and the report
-#   make test  same environment, the whole test suite
+#   make test  same environment: lint (ruff), types (mypy), then the whole test suite
 # A second call skips the install unless pyproject.toml (the pinned stack) changed.
 
 SHELL := /bin/bash
@@ -38,6 +38,8 @@ run: install
 	@$(BIN)/python -m fedrs.outputs --pipelines=$(PIPELINES),report
 
 test: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-data:

@@ -93,13 +93,20 @@ def scaling_bench(work: Path, num_rounds: int) -> None:
         train = sum(c["num_samples"] for c in _history(root, "fedavg")["clients"].values())
         rows.append({"axis": "scene", "clients": 8, "scene": factor, "train_pixels": train, "wall_s": wall,
                      "peak_mb": peak, **summary})
-    markdown = ["FedAvg, default model and local epochs, every test pixel scored after each round, "
-                "clients in parallel as configured (1 CPU each). Peak memory: the whole process tree (Ray workers included).",
-                "Strong: the same 300 training pixels over more clients; weak: 80 training pixels per client.",
-                "", "| scaling | clients | training pixels | scene pixels | median round s | client compute s | "
-                "fedavg stage wall s | peak MiB |", "|---|---|---|---|---|---|---|---|"]
-    markdown += [f"| {r['axis']} | {r['clients']} | {r['train_pixels']} | {r['scene']} | {r['seconds']:.2f} | "
-                 f"{r['client_seconds']:.2f} | {r['wall_s']:.1f} | {r['peak_mb']:,.0f} |" for r in rows]
+    markdown = [
+        "FedAvg, default model and local epochs, every test pixel scored after each round, "
+        "clients in parallel as configured (1 CPU each). Peak memory: the whole process tree (Ray workers included).",
+        "Strong: the same 300 training pixels over more clients; weak: 80 training pixels per client.",
+        "",
+        "| scaling | clients | training pixels | scene pixels | median round s | client compute s | "
+        "fedavg stage wall s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    markdown += [
+        f"| {r['axis']} | {r['clients']} | {r['train_pixels']} | {r['scene']} | {r['seconds']:.2f} | "
+        f"{r['client_seconds']:.2f} | {r['wall_s']:.1f} | {r['peak_mb']:,.0f} |"
+        for r in rows
+    ]
     save("scaling", {"num_rounds": num_rounds, "rows": rows}, markdown)
 
 
@@ -110,10 +117,17 @@ def e2e_bench(work: Path) -> None:
         wall, peak = kedro_run(root, pipeline)
         metrics = json.loads((root / "data/08_reporting/synthetic" / pipeline / "metrics.json").read_text())
         rows.append({"pipeline": pipeline, "wall_s": wall, "peak_mb": peak, "oa": metrics["oa"]})
-    markdown = ["`kedro run --pipelines=<name>` from an empty data/ (scene generation included), default settings.",
-                "", "| pipeline | wall time | peak memory (process tree) | OA |", "|---|---|---|---|"]
-    markdown += [f"| {r['pipeline']} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
-                 f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} |" for r in rows]
+    markdown = [
+        "`kedro run --pipelines=<name>` from an empty data/ (scene generation included), default settings.",
+        "",
+        "| pipeline | wall time | peak memory (process tree) | OA |",
+        "|---|---|---|---|",
+    ]
+    markdown += [
+        f"| {r['pipeline']} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
+        f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} |"
+        for r in rows
+    ]
     save("end_to_end", {"rows": rows}, markdown)
 
 

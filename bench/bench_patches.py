@@ -62,13 +62,24 @@ def main() -> None:
               "full_scene_pixels_per_s": pixels / med["full_scene_iteration"], "peak_rss_mb": peak_rss_mb(),
               "rows": [{"step": "labelled", "patches_per_s": labelled / med["labelled_patches"]},
                        {"step": "full scene", "patches_per_s": pixels / med["full_scene_iteration"]}]}
-    save("patches", result, [
-        f"Scene {result['scene']} (Houston 2013 size at --scale 1), patch {args.patch_size}, median of {args.repeats}.", "",
-        "| step | seconds | patches/s |", "|---|---|---|",
-        f"| normalise (fit on train pixels, apply) | {result['normalise_s']:.2f} | |",
-        f"| {labelled:,} labelled patches | {result['labelled_patches_s']:.2f} | {result['labelled_patches_per_s']:,.0f} |",
-        f"| all {pixels:,} pixels, batches of 4,096 | {result['full_scene_s']:.2f} | "
-        f"{result['full_scene_pixels_per_s']:,.0f} |", "", f"Peak memory {result['peak_rss_mb']:,.0f} MiB."])
+    save(
+        "patches",
+        result,
+        [
+            f"Scene {result['scene']} (Houston 2013 size at --scale 1), patch {args.patch_size}, "
+            f"median of {args.repeats}.",
+            "",
+            "| step | seconds | patches/s |",
+            "|---|---|---|",
+            f"| normalise (fit on train pixels, apply) | {result['normalise_s']:.2f} | |",
+            f"| {labelled:,} labelled patches | {result['labelled_patches_s']:.2f} | "
+            f"{result['labelled_patches_per_s']:,.0f} |",
+            f"| all {pixels:,} pixels, batches of 4,096 | {result['full_scene_s']:.2f} | "
+            f"{result['full_scene_pixels_per_s']:,.0f} |",
+            "",
+            f"Peak memory {result['peak_rss_mb']:,.0f} MiB.",
+        ],
+    )
 
 
 if __name__ == "__main__":

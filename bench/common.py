@@ -10,7 +10,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def save(name: str, result: dict, markdown: list[str]) -> None:
     """Write results/<name>.json and (re)write this bench's section of results/SUMMARY.md."""
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **result}
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (RESULTS / f"{name}.md").write_text("\n".join([f"## {name}", "", f"{result['machine']}, {result['date']}", "",
@@ -100,7 +100,7 @@ class TreeMemory:
             self.peak_mb = max(self.peak_mb, self._sample())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from fedrs.metrics import (average_accuracy, classification_report, cohen_kappa, confusion_matrix,
-                           overall_accuracy, per_class_accuracy)
+from fedrs.metrics import (
+    average_accuracy,
+    classification_report,
+    cohen_kappa,
+    confusion_matrix,
+    overall_accuracy,
+    per_class_accuracy,
+)
 
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
 Y_PRED = np.array([0, 0, 1, 1, 1, 2, 2, 2, 0, 1])

@@ -25,7 +25,9 @@ def _execute(project, name):
     folder.mkdir(exist_ok=True)
     shutil.copy(REPO / "notebooks" / name, folder / name)
     notebook = nbformat.read(folder / name, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    ).execute()
     return [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
 
 
@@ -34,8 +36,11 @@ def _text(outputs):
 
 
 def test_notebooks_execute_top_to_bottom(kedro_project):
-    kedro_project.write_conf("local", "parameters_baselines.yml", {"baseline": {
-        "model": {"width": 8, "dim": 16}, "train": {"epochs": 2, "batch_size": 8}}})
+    kedro_project.write_conf(
+        "local",
+        "parameters_baselines.yml",
+        {"baseline": {"model": {"width": 8, "dim": 16}, "train": {"epochs": 2, "batch_size": 8}}},
+    )
     kedro_project.run(["centralized"])
     kedro_project.run(["report"])
     explorer = _execute(kedro_project, "scene_explorer.ipynb")

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from fedrs.errors import InputError
-from fedrs.partition import (client_bundle, horizontal, make_partition, modality_mix, modality_split,
-                             partition_manifest)
+from fedrs.partition import client_bundle, horizontal, make_partition, modality_mix, modality_split, partition_manifest
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def test_modality_split_sites_are_contiguous_pairs(pixels):
     assert [c.site for c in clients] == [0, 0, 1, 1, 2, 2]
     hsi_holders = clients[0::2]
     assert covers_once(hsi_holders, 300)
-    for a, b in zip(clients[0::2], clients[1::2]):
+    for a, b in zip(clients[0::2], clients[1::2], strict=False):
         np.testing.assert_array_equal(a.indices, b.indices)  # the two holders share pixel ids
     # strips along the longer axis (columns): each site lies wholly left of the next
     spans = [(cols[c.indices].min(), cols[c.indices].max()) for c in hsi_holders]
@@ -51,7 +50,10 @@ def test_horizontal_schemes_cover_every_pixel_once(pixels, scheme):
     clients = horizontal(rows, cols, labels, (40, 120), num_clients=6, scheme=scheme, seed=1)
     assert len(clients) == 6 and covers_once(clients, 300)
     again = horizontal(rows, cols, labels, (40, 120), num_clients=6, scheme=scheme, seed=1)
-    assert all(np.array_equal(a.indices, b.indices) and a.modalities == b.modalities for a, b in zip(clients, again))
+    assert all(
+        np.array_equal(a.indices, b.indices) and a.modalities == b.modalities
+        for a, b in zip(clients, again, strict=False)
+    )
 
 
 def test_dirichlet_alpha_controls_label_skew(pixels):
@@ -100,8 +102,16 @@ def test_impossible_requests(pixels):
 
 def test_client_bundle_holds_only_its_modalities(pixels, rng):
     rows, cols, labels = pixels
-    patch_set = {"rows": rows, "cols": cols, "labels": labels, "num_classes": 5, "class_names": list("abcde"),
-                 "patch_size": 3, "hsi": rng.random((300, 4, 3, 3)), "lidar": rng.random((300, 1, 3, 3))}
+    patch_set = {
+        "rows": rows,
+        "cols": cols,
+        "labels": labels,
+        "num_classes": 5,
+        "class_names": list("abcde"),
+        "patch_size": 3,
+        "hsi": rng.random((300, 4, 3, 3)),
+        "lidar": rng.random((300, 1, 3, 3)),
+    }
     clients = make_partition(patch_set, (40, 120), {"layout": "modality_split", "num_sites": 2})
     hsi_bundle, lidar_bundle = client_bundle(patch_set, clients[0]), client_bundle(patch_set, clients[1])
     assert "hsi" in hsi_bundle and "lidar" not in hsi_bundle

@@ -3,8 +3,16 @@ import pytest
 import torch
 
 from fedrs.errors import InputError
-from fedrs.patching import (PatchExtractor, apply_normaliser, extract_patches, fit_normaliser, iter_pixel_batches,
-                            iter_scene_patches, labelled_pixels, resize_patches)
+from fedrs.patching import (
+    PatchExtractor,
+    apply_normaliser,
+    extract_patches,
+    fit_normaliser,
+    iter_pixel_batches,
+    iter_scene_patches,
+    labelled_pixels,
+    resize_patches,
+)
 
 
 def naive_patch(cube, r, c, p):
@@ -20,7 +28,7 @@ def test_patches_match_a_naive_reflect_pad(rng, patch_size):
     cols = np.array([0, 10, 0, 5, 10, 1])  # corners, borders and the middle
     patches = extract_patches(cube, rows, cols, patch_size)
     assert patches.shape == (6, 3, patch_size, patch_size) and patches.flags.c_contiguous
-    for i, (r, c) in enumerate(zip(rows, cols)):
+    for i, (r, c) in enumerate(zip(rows, cols, strict=False)):
         np.testing.assert_array_equal(patches[i], naive_patch(cube, r, c, patch_size))
         assert patches[i, :, patch_size // 2, patch_size // 2].tolist() == cube[:, r, c].tolist()
 
@@ -76,8 +84,8 @@ def test_full_scene_iterator_covers_every_pixel_once(rng):
     hsi = rng.random((3, 7, 5)).astype(np.float32)
     lidar = rng.random((1, 7, 5)).astype(np.float32)
     seen = np.zeros((7, 5), int)
-    for rows, cols, h, l in iter_scene_patches(hsi, lidar, patch_size=3, batch_size=8):
-        assert h.shape[1:] == (3, 3, 3) and l.shape[1:] == (1, 3, 3) and len(rows) <= 8
+    for rows, cols, h, li in iter_scene_patches(hsi, lidar, patch_size=3, batch_size=8):
+        assert h.shape[1:] == (3, 3, 3) and li.shape[1:] == (1, 3, 3) and len(rows) <= 8
         np.testing.assert_array_equal(h[:, :, 1, 1], hsi[:, rows, cols].T)
         seen[rows, cols] += 1
     assert (seen == 1).all()

@@ -15,7 +15,9 @@ REGISTERED_SUFFIX = ".mlflow_model"  # the catalog entries that register a model
 class ChampionHook:
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        names = sorted(o.removesuffix(REGISTERED_SUFFIX) for o in pipeline.all_outputs() if o.endswith(REGISTERED_SUFFIX))
+        names = sorted(
+            o.removesuffix(REGISTERED_SUFFIX) for o in pipeline.all_outputs() if o.endswith(REGISTERED_SUFFIX)
+        )
         if not names:
             return
         from mlflow import MlflowClient

@@ -73,7 +73,7 @@ def classification_report(
         "oa": overall_accuracy(cm),
         "aa": average_accuracy(cm),
         "kappa": cohen_kappa(cm),
-        "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(names, acc)},
+        "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(names, acc, strict=False)},
         "per_class_spread": float(finite.max() - finite.min()) if finite.size else float("nan"),
         "confusion": cm.tolist(),
         "num_samples": int(cm.sum()),

@@ -90,11 +90,14 @@ def _dirichlet_split(labels: np.ndarray, num_clients: int, alpha: float, min_sam
     )
 
 
-def _spatial_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_clients: int) -> list[np.ndarray]:
+def _spatial_split(
+    rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_clients: int
+) -> list[np.ndarray]:
     """Equal-count blocks: a grid of strips × sub-strips shaped like the scene."""
     aspect = grid_shape[1] / max(grid_shape[0], 1)
-    best = min((abs(math.log((num_clients // r) / r / aspect)), r)
-               for r in range(1, num_clients + 1) if num_clients % r == 0)[1]
+    best = min(
+        (abs(math.log((num_clients // r) / r / aspect)), r) for r in range(1, num_clients + 1) if num_clients % r == 0
+    )[1]
     n_row_bands, n_col_bands = best, num_clients // best
     band = _strips(rows.astype(np.float64) + 1e-6 * cols, n_row_bands)
     parts = []
@@ -116,9 +119,19 @@ def modality_mix(num_clients: int, multimodal_ratio: float, rng: np.random.Gener
     return [kinds[i] for i in rng.permutation(num_clients)]
 
 
-def horizontal(rows: np.ndarray, cols: np.ndarray, labels: np.ndarray, grid_shape: tuple[int, int], *,
-               num_clients: int, scheme: str = "dirichlet", alpha: float = 1.0, multimodal_ratio: float = 1.0,
-               min_samples: int = 1, seed: int = 0) -> list[ClientSpec]:
+def horizontal(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    labels: np.ndarray,
+    grid_shape: tuple[int, int],
+    *,
+    num_clients: int,
+    scheme: str = "dirichlet",
+    alpha: float = 1.0,
+    multimodal_ratio: float = 1.0,
+    min_samples: int = 1,
+    seed: int = 0,
+) -> list[ClientSpec]:
     if scheme not in SCHEMES:
         raise InputError(f"partition.scheme is {scheme!r}; expected one of {SCHEMES}")
     if num_clients < 1:
@@ -155,7 +168,10 @@ def make_partition(patch_set: dict[str, Any], grid_shape: tuple[int, int], param
     if layout == "modality_split":
         return modality_split(rows, cols, grid_shape, int(params.get("num_sites", 2)), min_samples)
     return horizontal(
-        rows, cols, labels, grid_shape,
+        rows,
+        cols,
+        labels,
+        grid_shape,
         num_clients=int(params.get("num_clients", 8)),
         scheme=params.get("scheme", "dirichlet"),
         alpha=float(params.get("alpha", 1.0)),
@@ -184,8 +200,9 @@ def client_bundle(patch_set: dict[str, Any], client: ClientSpec) -> dict[str, An
     return bundle
 
 
-def partition_manifest(clients: list[ClientSpec], labels: np.ndarray, num_classes: int,
-                       params: dict[str, Any]) -> dict[str, Any]:
+def partition_manifest(
+    clients: list[ClientSpec], labels: np.ndarray, num_classes: int, params: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "layout": params.get("layout"),
         "params": dict(params),

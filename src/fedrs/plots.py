@@ -64,7 +64,7 @@ def scene_overview_figure(scene: dict[str, Any], bands: list[int] | None = None)
     axes[1].set_title("LiDAR channel 0 (DSM)")
     fig.colorbar(im, ax=axes[1], shrink=0.7)
     cmap = class_colours(len(names))
-    for ax, key in zip(axes[2:], ("train_labels", "test_labels")):
+    for ax, key in zip(axes[2:], ("train_labels", "test_labels"), strict=False):
         ax.imshow(scene[key], cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
         ax.set_title(f"{key.replace('_', ' ')} ({int((scene[key] > 0).sum())} px)")
     add_class_legend(fig, cmap, names, loc="lower center", bbox_to_anchor=(0.5, -0.12))
@@ -109,7 +109,9 @@ def confusion_figure(report: dict[str, Any], class_names: list[str]) -> Figure:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, shrink=0.8, label="row-normalised")
-    ax.set_title(f"{report.get('algorithm', '')}: OA {report['oa']:.4f}, AA {report['aa']:.4f}, κ {report['kappa']:.4f}")
+    ax.set_title(
+        f"{report.get('algorithm', '')}: OA {report['oa']:.4f}, AA {report['aa']:.4f}, κ {report['kappa']:.4f}"
+    )
     return fig
 
 
@@ -188,11 +190,16 @@ def maps_grid_figure(predictions: dict[str, np.ndarray], scene: dict[str, Any], 
     rows = -(-len(panels) // cols)
     height, width = panels[0][1].shape
     panel_w = 3.6
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_w * rows * height / width + 0.6 * rows + 0.6),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(panel_w * cols, panel_w * rows * height / width + 0.6 * rows + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for ax in axes.ravel():
         ax.set_axis_off()
-    for ax, (title, image) in zip(axes.ravel(), panels):
+    for ax, (title, image) in zip(axes.ravel(), panels, strict=False):
         ax.imshow(image, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest")
         ax.set_title(title, fontsize=9)
     add_class_legend(fig, cmap, names, loc="outside lower center", fontsize=8)
@@ -207,7 +214,7 @@ def confusion_grid_figure(reports: dict[str, dict[str, Any]], class_names: list[
     for ax in axes.ravel():
         ax.set_axis_off()
     ticks = range(len(class_names))
-    for ax, (name, report) in zip(axes.ravel(), reports.items()):
+    for ax, (name, report) in zip(axes.ravel(), reports.items(), strict=False):
         ax.set_axis_on()
         ax.imshow(row_normalised(report["confusion"]), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"{name}: OA {report['oa']:.3f}", fontsize=9)
@@ -226,7 +233,9 @@ def modality_ablation_figure(rows: list[dict[str, Any]]) -> Figure:
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(algorithms) + 2), 4), constrained_layout=True)
     width = 0.8 / max(len(inputs), 1)
     for i, label in enumerate(inputs):
-        values = [next((r["oa"] for r in rows if r["algorithm"] == a and r["inputs"] == label), np.nan) for a in algorithms]
+        values = [
+            next((r["oa"] for r in rows if r["algorithm"] == a and r["inputs"] == label), np.nan) for a in algorithms
+        ]
         ax.bar(np.arange(len(algorithms)) + i * width, values, width, label=label)
     ax.set_xticks(np.arange(len(algorithms)) + width * (len(inputs) - 1) / 2, algorithms, rotation=20, ha="right")
     ax.set(ylabel="test OA", ylim=(0, 1), title="single-modality ablations")

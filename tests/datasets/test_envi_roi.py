@@ -34,7 +34,7 @@ def roi_text(counts, headers_first: bool, rng, shape=(ROWS, COLS), taken=None) -
         start += n
         blocks.append((roi_header, lines))
     if headers_first:  # the VA layout: every ROI header, then every data line
-        body = [h for hdr, _ in blocks for h in hdr] + [l for _, lines in blocks for l in lines + [""]]
+        body = [h for hdr, _ in blocks for h in hdr] + [line for _, lines in blocks for line in lines + [""]]
     else:
         body = [x for hdr, lines in blocks for x in hdr + lines + [""]]
     return "\r\n".join(header + body) + "\r\n", expected

@@ -18,7 +18,7 @@ def test_round_trip_arrays_and_metadata(tmp_path, rng):
 def test_failed_save_keeps_previous_file(tmp_path):
     ds = NpzDataset(str(tmp_path / "b.npz"))
     ds.save({"x": np.ones(3)})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="not JSON serializable"):
         ds.save({"x": np.ones(3), "bad": object()})  # not JSON-serialisable: fails mid-write
     np.testing.assert_array_equal(ds.load()["x"], np.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["b.npz"]

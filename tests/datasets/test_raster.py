@@ -53,7 +53,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
         return handle
 
     monkeypatch.setattr(rasterio, "open", failing_open)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="interrupted mid-write"):
         RasterDataset(str(target)).save(Raster(np.zeros((1, 4, 4), np.float32)))
     assert list(tmp_path.iterdir()) == []
 

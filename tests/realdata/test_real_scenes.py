@@ -56,7 +56,9 @@ def test_trento_italy_distribution_draws_a_seeded_split(kedro_project, rng):
     scene = scene_of(kedro_project, "trento")
     assert scene["lidar"].shape == (2, 166, 600)
     train, test = counts(scene["train_labels"], 6), counts(scene["test_labels"], 6)
-    assert [a + b for a, b in zip(train, test)] == [a + b for a, b in zip(TRENTO_TRAIN, TRENTO_TEST)]
+    assert [a + b for a, b in zip(train, test, strict=False)] == [
+        a + b for a, b in zip(TRENTO_TRAIN, TRENTO_TEST, strict=False)
+    ]
     assert 780 <= sum(train) <= 860  # 2.7 % of 30,214 per class
 
 
@@ -79,10 +81,17 @@ def test_muufl_gatorsense_struct_file(kedro_project, rng):
     cell[0, 0] = {"z": lidar.transpose(1, 2, 0)}
     folder = kedro_project.path("data/01_raw/muufl")
     folder.mkdir(parents=True)
-    scipy.io.savemat(folder / "muufl_gulfport_campus_1_hsi_220_label.mat", {"hsi": {
-        "Data": rng.random((325, 220, 64), dtype=np.float32), "Lidar": cell,
-        "sceneLabels": {"labels": np.where(gt > 0, gt, np.int16(-1))},
-        "info": {"wavelength": np.linspace(375, 1050, 64)}}})
+    scipy.io.savemat(
+        folder / "muufl_gulfport_campus_1_hsi_220_label.mat",
+        {
+            "hsi": {
+                "Data": rng.random((325, 220, 64), dtype=np.float32),
+                "Lidar": cell,
+                "sceneLabels": {"labels": np.where(gt > 0, gt, np.int16(-1))},
+                "info": {"wavelength": np.linspace(375, 1050, 64)},
+            }
+        },
+    )
     kedro_project.run(["ingest"], env="muufl_gatorsense")
     scene = scene_of(kedro_project, "muufl")
     np.testing.assert_array_equal(scene["lidar"], lidar)

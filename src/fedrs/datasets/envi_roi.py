@@ -77,7 +77,7 @@ def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | N
             "(counted by ID resets to 1)"
         )
     if npts and len(npts) == len(blocks):
-        for index, (declared, block) in enumerate(zip(npts, blocks), start=1):
+        for index, (declared, block) in enumerate(zip(npts, blocks, strict=False), start=1):
             if declared != len(block):
                 raise InputError(
                     f"{source}: ROI {index} ({names[index - 1] if index <= len(names) else '?'}) "
@@ -113,12 +113,12 @@ class EnviRoiDataset(AbstractDataset[Raster, Raster]):
         self._shape = tuple(shape) if shape else None
         self.metadata = metadata
 
-    def _load(self) -> Raster:
+    def load(self) -> Raster:
         path = require_file(self._filepath, "an ENVI ROI text export ('; ROI name:' headers, 'ID X Y' lines)")
         text = path.read_text(encoding="latin-1")
         return parse_envi_roi(text, source=str(path), shape=self._shape)
 
-    def _save(self, data: Raster) -> None:
+    def save(self, data: Raster) -> None:
         raise NotImplementedError("EnviRoiDataset is read only: raw data is never rewritten")
 
     def _exists(self) -> bool:

@@ -125,7 +125,7 @@ class MatArrayDataset(AbstractDataset[Raster, Raster]):
         self._description = description or f"a MATLAB file with variable {key!r} ({layout})"
         self.metadata = metadata
 
-    def _load(self) -> Raster:
+    def load(self) -> Raster:
         array = read_mat_variable(self._filepath, self._key, self._description)
         if array.dtype == object or not np.issubdtype(array.dtype, np.number):
             raise InputError(
@@ -135,7 +135,7 @@ class MatArrayDataset(AbstractDataset[Raster, Raster]):
             array = np.moveaxis(array, -1, 0)
         return Raster(data=np.ascontiguousarray(array), source=f"{self._filepath}:{self._key}")
 
-    def _save(self, data: Raster) -> None:
+    def save(self, data: Raster) -> None:
         raise NotImplementedError("MatArrayDataset is read only: raw data is never rewritten")
 
     def _exists(self) -> bool:

@@ -25,7 +25,7 @@ class NpzDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         self._compress = compress
         self.metadata = metadata
 
-    def _load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
         path = require_file(self._filepath, "an .npz bundle written by fedrs")
         with np.load(path, allow_pickle=False) as npz:
             bundle: dict[str, Any] = {k: npz[k] for k in npz.files if k != _META}
@@ -33,7 +33,7 @@ class NpzDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
                 bundle.update(json.loads(str(npz[_META])))
         return bundle
 
-    def _save(self, bundle: dict[str, Any]) -> None:
+    def save(self, bundle: dict[str, Any]) -> None:
         arrays = {k: np.asarray(v) for k, v in bundle.items() if isinstance(v, np.ndarray)}
         meta = {k: v for k, v in bundle.items() if not isinstance(v, np.ndarray)}
         arrays[_META] = np.asarray(json.dumps(meta))

@@ -23,12 +23,12 @@ class FolderPathDataset(AbstractDataset[str, str]):
         self._must_exist = must_exist
         self.metadata = metadata
 
-    def _load(self) -> str:
+    def load(self) -> str:
         if self._must_exist and not self._path.is_dir():
             raise InputError(f"Folder {self._path} is missing; expected it to be written by an earlier pipeline")
         return str(self._path.resolve())
 
-    def _save(self, data: str) -> None:
+    def save(self, data: str) -> None:
         raise NotImplementedError("FolderPathDataset only names a folder; other entries write into it")
 
     def _exists(self) -> bool:

@@ -57,7 +57,7 @@ class RasterDataset(AbstractDataset[Raster, Raster]):
         self._description = description
         self.metadata = metadata
 
-    def _load(self) -> Raster:
+    def load(self) -> Raster:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -75,7 +75,7 @@ class RasterDataset(AbstractDataset[Raster, Raster]):
             raise InputError(f"Cannot read raster {path}: {exc}; expected {self._description}.") from exc
         return Raster(data=data, crs=crs, transform=transform, nodata=nodata, source=str(path), meta=tags)
 
-    def _save(self, raster: Raster) -> None:
+    def save(self, raster: Raster) -> None:
         import rasterio
         from affine import Affine
 

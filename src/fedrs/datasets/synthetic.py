@@ -44,17 +44,19 @@ class SyntheticRasterDataset(AbstractDataset[Raster, Raster]):
                     return False
         return True
 
-    def _load(self) -> Raster:
+    def load(self) -> Raster:
         from fedrs.scene.synthetic import SyntheticSceneConfig, generate_synthetic_scene
 
         config = SyntheticSceneConfig.from_dict(self._generator)
         if not self._up_to_date(config.digest()):
-            self._logger.info("Generating the synthetic scene (digest %s) into %s", config.digest(), self._filepath.parent)
+            self._logger.info(
+                "Generating the synthetic scene (digest %s) into %s", config.digest(), self._filepath.parent
+            )
             for layer, raster in generate_synthetic_scene(config).items():
                 RasterDataset(str(self._layer_path(layer))).save(raster)
         return RasterDataset(str(self._filepath), description=f"the synthetic {self._layer} layer").load()
 
-    def _save(self, data: Raster) -> None:
+    def save(self, data: Raster) -> None:
         raise NotImplementedError("SyntheticRasterDataset is generated from its configuration, not saved")
 
     def _exists(self) -> bool:

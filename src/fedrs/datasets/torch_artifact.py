@@ -20,11 +20,11 @@ class TorchArtifactDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
-    def _load(self) -> dict[str, Any]:
+    def load(self) -> dict[str, Any]:
         path = require_file(self._filepath, "a model artefact written by a fedrs training pipeline")
         return torch.load(path, map_location="cpu", weights_only=True)
 
-    def _save(self, data: dict[str, Any]) -> None:
+    def save(self, data: dict[str, Any]) -> None:
         with atomic_path(self._filepath, suffix=".pt") as tmp:
             torch.save(data, tmp)
 

@@ -101,7 +101,9 @@ def _class_names(params: dict, rasters: list[Raster], max_label: int) -> list[st
     return [f"class_{k}" for k in range(1, max_label + 1)]
 
 
-def _random_split(all_labels: np.ndarray, num_classes: int, n_per_class: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _random_split(
+    all_labels: np.ndarray, num_classes: int, n_per_class: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class draw: ``n_per_class`` pixels (int) or that fraction (<1) of each class."""
     rng = np.random.default_rng(seed)
     train = np.zeros_like(all_labels)
@@ -201,16 +203,25 @@ def assemble_scene(
         "wavelengths": None if wavelengths is None else [float(w) for w in wavelengths],
         "crs": hsi.crs or lidar.crs,
         "transform": list(hsi.transform or lidar.transform or []) or None,
-        "sources": {"hsi": hsi.source, "lidar": lidar.source, "train_labels": train_labels.source,
-                    "test_labels": test_labels.source},
+        "sources": {
+            "hsi": hsi.source,
+            "lidar": lidar.source,
+            "train_labels": train_labels.source,
+            "test_labels": test_labels.source,
+        },
         "invalid_pixels": int(invalid.sum()),
         "split": split,
     }
     check_scene(scene)
     logger.info(
         "Scene %s: %d×%d px, %d HSI bands, %d LiDAR channels, %d classes, %d train / %d test pixels",
-        scene["name"], *hsi.shape, hsi_data.shape[0], lidar_data.shape[0], k,
-        int((train > 0).sum()), int((test > 0).sum()),
+        scene["name"],
+        *hsi.shape,
+        hsi_data.shape[0],
+        lidar_data.shape[0],
+        k,
+        int((train > 0).sum()),
+        int((test > 0).sum()),
     )
     return scene
 

@@ -75,7 +75,7 @@ class SyntheticSceneConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, params: dict | None) -> "SyntheticSceneConfig":
+    def from_dict(cls, params: dict | None) -> SyntheticSceneConfig:
         cfg = from_mapping(cls, params, label="synthetic scene", tuples=("wavelength_range",), noun="settings")
         if cfg.size < 48:
             raise ValueError(f"synthetic scene: size {cfg.size} too small; expected at least 48 pixels")
@@ -221,7 +221,7 @@ def _spread_sample(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray,
     sort = np.argsort(first, kind="stable")
     rank = np.empty(rows.size, dtype=np.int64)
     boundaries = np.r_[0, np.flatnonzero(np.diff(first[sort])) + 1, rows.size]
-    for start, stop in zip(boundaries[:-1], boundaries[1:]):
+    for start, stop in zip(boundaries[:-1], boundaries[1:], strict=False):
         rank[sort[start:stop]] = np.arange(stop - start)
     key = rank * rows.size + np.arange(rows.size)
     return order[np.argsort(key)[:k]]
