@@ -52,7 +52,8 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
     return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state, **extra}
 
 
-ROUND_KEYS = ("round", "train_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
+ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
+              "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds")
 
 

@@ -88,3 +88,14 @@ def test_config_validation():
         CodecConfig.from_dict({"quantize_bits": 4})
     with pytest.raises(ValueError, match=r"unknown keys \['bits'\]"):
         CodecConfig.from_dict({"bits": 8})
+
+
+def test_error_feedback_can_be_switched_off():
+    from fedrs.federated.codec import CodecConfig, ErrorFeedback
+
+    torch.manual_seed(0)
+    update = torch.randn(64, 64)
+    with_ef, without = ErrorFeedback(), ErrorFeedback()
+    with_ef.encode("w", update, CodecConfig(rank=2))
+    without.encode("w", update, CodecConfig(rank=2, error_feedback=False))
+    assert with_ef.residual["w"].norm() > 0 and without.residual == {}

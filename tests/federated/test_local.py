@@ -123,3 +123,43 @@ def test_the_loop_runs_the_batch_loss_under_the_precision_policy(rng):
     local_training(model, 6, loss, TrainConfig(epochs=1, batch_size=6), seed=0)
     local_training(model, 6, loss, TrainConfig(epochs=1, batch_size=6, precision="bf16-force"), seed=0)
     assert dtypes == [torch.float32, torch.bfloat16] and model.weight.dtype == torch.float32
+
+
+def test_kept_optimizer_state_continues_where_the_last_round_stopped(rng):
+    from fedrs.federated.local import local_training
+
+    model = torch.nn.Linear(3, 1)
+    x = torch.as_tensor(rng.standard_normal((8, 3)), dtype=torch.float32)
+
+    def loss(batch):
+        return model(batch.take(x)).pow(2).mean()
+
+    carry: dict = {}
+    kept = TrainConfig(epochs=1, batch_size=4, lr=0.01, keep_optimizer_state=True)
+    local_training(model, 8, loss, kept, seed=0, carry=carry)
+    assert carry["optimizer"]["state"][0]["step"] == 2  # two batches of Adam
+    local_training(model, 8, loss, TrainConfig(**{**kept.to_dict(), "lr": 0.005}),
+                   seed=1, carry=carry)
+    assert carry["optimizer"]["state"][0]["step"] == 4 and carry["optimizer"]["param_groups"][0]["lr"] == 0.005
+    fresh: dict = {}
+    local_training(model, 8, loss, TrainConfig(epochs=1, batch_size=4), seed=0, carry=fresh)
+    assert fresh == {}  # without keep_optimizer_state nothing is carried
+
+
+def test_decoupled_decay_shrinks_only_the_named_weights():
+    from fedrs.federated.local import local_training
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=0.0, decoupled_decay={"conv": 0.5})  # lr 0: only the decay acts
+    local_training(model, 2, lambda b: model(torch.ones(2, 1, 3, 3)).sum() * 0.0, cfg, seed=0)
+    # w ← w − lr·2λ·w uses the optimiser's lr; with lr = 0 nothing moves, with lr = 0.1 the conv shrinks by 10 %
+    assert torch.equal(model[0].weight, before["0.weight"])
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=0.1, decoupled_decay={"conv": 0.5}, optimizer="sgd", momentum=0.0,
+                      weight_decay=0.0)
+    local_training(model, 2, lambda b: model(torch.ones(2, 1, 3, 3)).sum() * 0.0, cfg, seed=0)
+    assert torch.allclose(model[0].weight, 0.9 * before["0.weight"])
+    assert torch.equal(model[2].weight, before["2.weight"]) and torch.equal(model[0].bias, before["0.bias"])

@@ -43,3 +43,19 @@ def test_features_of_an_unchanged_model_and_scene_are_reused(tmp_path):
                                  {**FEATURES, "cache": False})
     assert m4["reused_from_cache"] == []
     np.testing.assert_array_equal(fresh["client_1"]["lidar_features"], third["client_1"]["lidar_features"])
+
+
+def test_the_paper_overlay_trains_the_ddpms_by_fedavg_not_one_shot_averaging():
+    """1001 epochs in one round would average two independently trained models once; the overlay
+    spreads the paper's epochs over rounds, and its classifier keeps FedFusion's 200 epochs."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    base = yaml.safe_load((REPO / "conf/base/parameters_feddiff.yml").read_text())["feddiff"]
+    paper = yaml.safe_load((REPO / "conf/paper/parameters_feddiff.yml").read_text())["feddiff"]
+    rounds, epochs = paper["diffusion"]["federated"]["num_rounds"], paper["diffusion"]["train"]["epochs"]
+    assert rounds >= 50 and 990 <= rounds * epochs <= 1010
+    assert paper["classifier"]["federated"]["num_rounds"] * paper["classifier"]["train"]["epochs"] == 200
+    # the overlay changes sizes only: the stage-1 codec and the rest come from base
+    assert "compression" in base["diffusion"]["federated"] and "compression" not in paper["diffusion"]["federated"]

@@ -47,6 +47,10 @@ _RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "
               "failure_tolerance", "loss_growth_rounds"}
 
 
+# what clients report besides their training metrics (averaged per round into train_<key>)
+NOT_TRAINING_METRICS = {"train_loss", "num_samples", "client_id", "bytes_dense", "bytes_sent", "compute_seconds"}
+
+
 class RunInterrupted(RuntimeError):
     """Raised after the checkpoint of ``stop_after_round``: a deliberate, resumable stop."""
 
@@ -267,11 +271,11 @@ class RoundRecord:
     def row(self) -> dict[str, Any]:
         total = time.perf_counter() - self.started
         weight = sum(u.num_samples for u in self.accepted)
-        train_loss = (
-            sum(float(u.metrics.get("train_loss", 0.0)) * u.num_samples for u in self.accepted) / weight
-            if weight
-            else None
-        )
+        train_loss = (sum(float(u.metrics.get("train_loss", 0.0)) * u.num_samples for u in self.accepted) / weight
+                      if weight else None)
+        reported = sorted({k for u in self.accepted for k in u.metrics} - NOT_TRAINING_METRICS)
+        parts = ({f"train_{k}": sum(float(u.metrics.get(k, 0.0)) * u.num_samples for u in self.accepted) / weight
+                  for k in reported} if weight else {})
         sums = {
             f"{key}{suffix}": sum(t[field_] for t in self.traffic if t["direction"] == direction)
             for key, direction in (("bytes_down", "down"), ("bytes_up", "up"))
@@ -289,6 +293,7 @@ class RoundRecord:
             "rejected": [{"client_id": c, "reason": r} for c, r in self.rejected],
             "aggregated": self.aggregated,
             "train_loss": train_loss,
+            **parts,
             "lr": self.lr,
             **{f"test_{k}": v for k, v in self.scores.items()},
             **sums,

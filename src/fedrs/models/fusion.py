@@ -20,6 +20,7 @@ standing zeros in for them would score a different model than the one trained.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
+from fedrs.models.unet import group_norm
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class FedDiffSpec:
     timesteps: tuple[int, ...] = ()    # the diffusion features' timesteps and noise seed (stage 2)
     feature_seed: int = 0
     unet_size: int = 8                 # patch side the branches see (the U-Net's input size)
+    norm: str = "batch"                # batch (FedFusion's code) | group (no running statistics)
+    centre_path: bool = False          # add the centre pixel's own features to cnn_m
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,29 +55,44 @@ class FedDiffSpec:
         return from_mapping(cls, d, tuples=("modalities", "timesteps"))
 
 
-def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout)]
+NORMS = ("batch", "group")
+
+
+def _conv_bn(cin: int, cout: int, k: int, norm: str = "batch") -> list[nn.Module]:
+    """A convolution and its normalisation: BatchNorm as in FedFusion's code, or GroupNorm — which
+    keeps no running statistics, so clients of class-disjoint sites average nothing site-specific
+    and a model behaves the same in training and evaluation."""
+    if norm not in NORMS:
+        raise ValueError(f"FedDiff classifier norm {norm!r}; expected one of {NORMS}")
+    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout) if norm == "batch" else group_norm(cout)]
 
 
 class PatchBranch(nn.Module):
     """One modality's patch CNN, diffusion stem and diffusion-enhanced path."""
 
-    def __init__(self, in_channels: int, feature_channels: int, use_diffusion: bool):
+    def __init__(self, in_channels: int, feature_channels: int, use_diffusion: bool, norm: str = "batch",
+                 centre_path: bool = False):
         super().__init__()
+        if centre_path:  # the pixel being classified, straight into cnn_m: pooling blurs it into its neighbours
+            self.centre = nn.Sequential(*_conv_bn(in_channels, 128, 1, norm), nn.ReLU(inplace=True))
         self.use_diffusion = use_diffusion
-        self.layer1 = nn.Sequential(*_conv_bn(in_channels, 16, 3), nn.ReLU(inplace=True))
-        self.layer2 = nn.Sequential(*_conv_bn(16, 32, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
-        self.layer3 = nn.Sequential(*_conv_bn(32, 64, 3), nn.ReLU(inplace=True))
-        self.layer4 = nn.Sequential(*_conv_bn(64, 128, 1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+        self.layer1 = nn.Sequential(*_conv_bn(in_channels, 16, 3, norm), nn.ReLU(inplace=True))
+        self.layer2 = nn.Sequential(*_conv_bn(16, 32, 1, norm), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+        self.layer3 = nn.Sequential(*_conv_bn(32, 64, 3, norm), nn.ReLU(inplace=True))
+        self.layer4 = nn.Sequential(*_conv_bn(64, 128, 1, norm), nn.MaxPool2d(2), nn.ReLU(inplace=True))
         if use_diffusion:
-            self.stem = nn.Sequential(*_conv_bn(feature_channels, 512, 3), nn.ReLU(inplace=True),
-                                      *_conv_bn(512, 256, 1), nn.ReLU(inplace=True))
-        self.enhanced = nn.Sequential(*_conv_bn(64 + (256 if use_diffusion else 0), 128, 1), nn.MaxPool2d(2),
+            self.stem = nn.Sequential(*_conv_bn(feature_channels, 512, 3, norm), nn.ReLU(inplace=True),
+                                      *_conv_bn(512, 256, 1, norm), nn.ReLU(inplace=True))
+        self.enhanced = nn.Sequential(*_conv_bn(64 + (256 if use_diffusion else 0), 128, 1, norm), nn.MaxPool2d(2),
                                       nn.ReLU(inplace=True))
 
     def forward(self, patch: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         third = self.layer3(self.layer2(self.layer1(patch)))
         cnn = self.layer4(third)
+        if hasattr(self, "centre"):
+            h, w = patch.shape[-2:]
+            centre = patch[:, :, (h - 1) // 2:h // 2 + 1, (w - 1) // 2:w // 2 + 1].mean(dim=(2, 3), keepdim=True)
+            cnn = cnn + self.centre(centre)
         if not self.use_diffusion:
             return cnn, self.enhanced(third)
         if features is None:
@@ -101,10 +120,10 @@ class FR(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, num_classes: int, channels: int = 128):
+    def __init__(self, num_classes: int, channels: int = 128, norm: str = "batch"):
         super().__init__()
-        self.net = nn.Sequential(*_conv_bn(channels, 128, 1), nn.ReLU(inplace=True),
-                                 *_conv_bn(128, 64, 1), nn.AvgPool2d(2), nn.ReLU(inplace=True),
+        self.net = nn.Sequential(*_conv_bn(channels, 128, 1, norm), nn.ReLU(inplace=True),
+                                 *_conv_bn(128, 64, 1, norm), nn.AvgPool2d(2), nn.ReLU(inplace=True),
                                  nn.Conv2d(64, num_classes, 1), nn.Flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +136,15 @@ class FedDiffClassifier(nn.Module):
         self.spec = spec
         both = set(spec.modalities) == {"hsi", "lidar"}
         if "hsi" in spec.modalities:
-            self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion)
-            self.fr2, self.head2 = FR(), Head(spec.num_classes)
+            self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion, spec.norm,
+                                          spec.centre_path)
+            self.fr2, self.head2 = FR(), Head(spec.num_classes, norm=spec.norm)
         if "lidar" in spec.modalities:
-            self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion)
-            self.fr3, self.head3 = FR(), Head(spec.num_classes)
+            self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion,
+                                            spec.norm, spec.centre_path)
+            self.fr3, self.head3 = FR(), Head(spec.num_classes, norm=spec.norm)
         if both:
-            self.head1 = Head(spec.num_classes)
+            self.head1 = Head(spec.num_classes, norm=spec.norm)
             if spec.bilateral:
                 self.fr1 = FR()
 
@@ -151,17 +172,30 @@ class FedDiffClassifier(nn.Module):
         return self.fuse(cnn_h, diff_h, cnn_l, diff_l)
 
 
-def conv_weight_penalty(model: nn.Module) -> torch.Tensor:
-    """Σ‖W‖² over the convolution weights (the official code's term is always zero: a bug)."""
-    terms = [m.weight.pow(2).sum() for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return torch.stack(terms).sum()
+def conv_weight_penalty(model: nn.Module | None = None, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """Σ‖W‖² over the convolution weights of ``model`` (or the given ``weights``). The official
+    code's term is always zero: a bug."""
+    if weights is None:
+        assert model is not None
+        weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return torch.stack([w.float().pow(2).sum() for w in weights]).sum()
+
+
+def feddiff_loss_terms(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE(o1, y) and the heads' consistency mean((o2 − o1)²) + mean((o3 − o1)²)."""
+    o1, o2, o3 = (o.float() for o in outputs)
+    raw = torch.where(torch.isfinite(o1), o1, o1.new_zeros(()))  # masked logits take no part in consistency
+    finite = torch.isfinite(o1).float()
+    consistency = (((o2 - raw) * finite).pow(2).sum() + ((o3 - raw) * finite).pow(2).sum()) / finite.sum()
+    return F.cross_entropy(o1, labels), consistency
 
 
 def feddiff_loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor,
                  model: nn.Module | None = None, weight_decay: float = 0.01) -> torch.Tensor:
     """CE(o1, y) + mean((o2 − o1)²) + mean((o3 − o1)²) + λ·Σ‖W‖² over conv weights."""
-    o1, o2, o3 = (o.float() for o in outputs)
-    loss = F.cross_entropy(o1, labels) + (o2 - o1).pow(2).mean() + (o3 - o1).pow(2).mean()
+    ce, consistency = feddiff_loss_terms(outputs, labels)
+    loss = ce + consistency
     if model is not None and weight_decay:
         loss = loss + weight_decay * conv_weight_penalty(model)
     return loss

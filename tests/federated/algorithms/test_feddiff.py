@@ -157,3 +157,22 @@ def test_a_pixel_gets_the_same_features_wherever_it_is_computed(rng):
     shifted = diffusion_feature_bundle(unet, patches[3:], [5, 20], seed=3, batch_size=2)
     np.testing.assert_allclose(shifted, whole[3:], rtol=1e-4, atol=1e-4)
     assert not np.allclose(diffusion_feature_bundle(unet, patches, [5, 20], seed=4), whole)
+
+
+def test_present_classes_only_leaves_the_other_sites_classes_alone(rng):
+    """A client holding classes {0, 1} of 4: with present_classes_only its update does not push the
+    logits of classes 2 and 3 (its partner site's) down — the head's rows for them do not move."""
+    alg = get_algorithm("feddiff_centralized")
+    data = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    data["labels"] = rng.integers(0, 2, 20)
+    moved = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        before = model.head1.net[-2].weight.detach().clone()  # the last 1×1 conv: one row per class
+        alg.client_update(model, data, ("hsi", "lidar"), {"epochs": 1, "batch_size": 10, "weight_term": 0.0,
+                                                          "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                                                          "present_classes_only": flag}, seed=0)
+        moved[flag] = (model.head1.net[-2].weight.detach() - before).abs().flatten(1).sum(1)
+    assert (moved[False][2:] > 0).all()
+    assert torch.equal(moved[True][2:], torch.zeros(2)) and (moved[True][:2] > 0).all()

@@ -21,13 +21,13 @@ from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config
 from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
 from fedrs.federated.local import Batch, TrainConfig, inference_batches, local_training, predict_batches, split_config
-from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, feddiff_loss
+from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 MODALITIES = ("hsi", "lidar")
 # FedDiff's own training keys (the rest is a TrainConfig): λ of the conv-weight term and where it acts,
 # and the BatchNorm mode of the branch outputs a client sends its partner
-FEDDIFF_KEYS = ("weight_term", "weight_term_mode", "exchange_bn")
+FEDDIFF_KEYS = ("weight_term", "weight_term_mode", "exchange_bn", "present_classes_only")
 
 
 def branch_inputs(data: dict[str, Any], modality: str, spec: FedDiffSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,8 +106,12 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         if partner is not None and len(partner["cnn"]) != len(labels):
             raise ValueError(f"feddiff: partner sent {len(partner['cnn'])} outputs for {len(labels)} pixels")
         inputs = {m: branch_inputs(data, m, model.spec) for m in usable}
+        absent = None
+        if own.get("present_classes_only", False):
+            absent = torch.ones(model.spec.num_classes, dtype=torch.bool)
+            absent[labels.unique()] = False
 
-        def loss(batch: Batch) -> torch.Tensor:
+        def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
             live = {m: (batch.take(p), None if f is None else batch.take(f)) for m, (p, f) in inputs.items()}
             if partner is None:  # every branch this model has is live here
                 outs = model(**{m: v[0] for m, v in live.items()}, **{f"{m}_features": v[1] for m, v in live.items()})
@@ -116,10 +120,13 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
                 cnn, diff = getattr(model, f"{modality}_branch")(*live[modality])
                 other = batch.take(partner["cnn"]), batch.take(partner["diff"])
                 outs = model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
-            value = feddiff_loss(outs, batch.take(labels, torch.long))
-            if weight_term and conv_weights:
-                value = value + weight_term * torch.stack([w.float().pow(2).sum() for w in conv_weights]).sum()
-            return value
+            if absent is not None:  # a class this client never sees is not pushed down in its softmax
+                outs = (outs[0].masked_fill(absent.to(outs[0].device), float("-inf")), *outs[1:])
+            ce, consistency = feddiff_loss_terms(outs, batch.take(labels, torch.long))
+            penalty = conv_weight_penalty(weights=conv_weights) if conv_weights else ce.new_zeros(())
+            value = ce + consistency + weight_term * penalty
+            return value, {"ce": float(ce.detach()), "consistency": float(consistency.detach()),
+                           "conv_weight_norm2": float(penalty.detach())}
 
         metrics = local_training(model, int(len(labels)), loss, cfg, seed, trainable, carry=carry)
         return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
