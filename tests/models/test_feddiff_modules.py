@@ -113,3 +113,21 @@ def test_unet_trains_under_bf16_autocast(complex_fft):
         loss = diffusion_loss(unet, LinearSchedule(50), torch.randn(2, 5, 8, 8), torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_the_centre_path_feeds_the_classified_pixel_into_cnn():
+    from fedrs.models.fusion import PatchBranch
+
+    torch.manual_seed(0)
+    plain, centred = PatchBranch(7, 32, True), PatchBranch(7, 32, True, centre_path=True)
+    extra = sum(p.numel() for p in centred.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 7 * 128 + 128 + 2 * 128  # a 1×1 conv and its BatchNorm
+    centred.eval()
+    patch, features = torch.zeros(1, 7, 8, 8), torch.zeros(1, 32, 4, 4)
+    cnn0, _ = centred(patch, features)
+    patch[:, :, 3:5, 3:5] = 1.0  # the four pixels around the centre of the 8×8 resize
+    cnn1, _ = centred(patch, features)
+    centred.centre[0].weight.data.zero_()
+    cnn_without, _ = centred(patch, features)
+    assert not torch.allclose(cnn1, cnn_without)  # the centre path contributes to cnn_m
+    assert not torch.allclose(cnn0, cnn1)
