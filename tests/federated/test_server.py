@@ -166,3 +166,5 @@ def test_loss_growth_by_hand():
     rows = [{"train_loss": v} for v in (3.0, 2.0, 2.5, 2.6, 2.9)]
     assert loss_growth(rows, 3) == 3 and loss_growth(rows, 4) == 0
     assert loss_growth(rows[:2], 1) == 0 and loss_growth([], 1) == 0
+    wobble = [{"train_loss": v} for v in (0.516, 0.517, 0.520, 0.525)]  # +1.7 %: a converged run's noise
+    assert loss_growth(wobble, 3) == 0 and loss_growth(wobble, 3, min_rise=0.01) == 3

@@ -428,15 +428,20 @@ def evaluate_round(run: RunState, record: RoundRecord) -> None:
     record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
 
 
-def loss_growth(history: list[dict[str, Any]], rounds: int) -> int:
-    """For how many consecutive rounds, up to the last, the training loss has risen."""
+def loss_growth(history: list[dict[str, Any]], rounds: int, min_rise: float = 0.05) -> int:
+    """For how many consecutive rounds, up to the last, the training loss has risen — when that is
+    at least ``rounds`` rounds and the loss rose by at least ``min_rise`` (relative) over them; else 0.
+    Noise-level wobbles of a converged run are not a divergence."""
     losses = [r.get("train_loss") for r in history]
     grown = 0
     for before, after in zip(losses[-2::-1], losses[::-1], strict=False):
         if before is None or after is None or not after > before:
             break
         grown += 1
-    return grown if grown >= rounds else 0
+    if grown < rounds:
+        return 0
+    start, end = losses[-grown - 1], losses[-1]
+    return grown if start and end / start - 1.0 >= min_rise else 0
 
 
 def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
