@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrs-installed
 PIPELINES ?= feddiff
 PYTEST_ARGS ?=
+# REPRODUCIBLE=1: bit-identical numbers across CPU kinds (AVX2 code paths, oneDNN off; slower, see README)
+REPRODUCIBLE ?=
 
 # nothing may reach the internet at run time
 export KEDRO_DISABLE_TELEMETRY := true
@@ -33,8 +35,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/kedro run --pipelines=$(PIPELINES)
-	$(BIN)/kedro run --pipelines=report
+	FEDRS_REPRODUCIBLE=$(REPRODUCIBLE) $(BIN)/kedro run --pipelines=$(PIPELINES)
+	FEDRS_REPRODUCIBLE=$(REPRODUCIBLE) $(BIN)/kedro run --pipelines=report
 	@$(BIN)/python -m fedrs.outputs --pipelines=$(PIPELINES),report
 
 test: install

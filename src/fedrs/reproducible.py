@@ -31,8 +31,13 @@ CAPS = {
 }
 
 
-def requested() -> bool:
-    return os.environ.get(ENV_FLAG, "").strip().lower() in {"1", "true", "yes", "on"}
+def requested() -> str | None:
+    """``strict`` (``1``, ``true``): the caps and oneDNN off; ``isa``: the caps only (oneDNN's AVX2
+    kernels stay, faster, but their blocking may follow the cache sizes of the CPU); None: off."""
+    value = os.environ.get(ENV_FLAG, "").strip().lower()
+    if value in {"1", "true", "yes", "on", "strict"}:
+        return "strict"
+    return "isa" if value == "isa" else None
 
 
 def enable() -> dict[str, str]:
@@ -42,7 +47,7 @@ def enable() -> dict[str, str]:
         os.environ.setdefault(key, value)
     import torch
 
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = requested() == "isa"
     if os.environ.get("FEDRS_THREADS"):
         torch.set_num_threads(int(os.environ["FEDRS_THREADS"]))
     return {k: os.environ[k] for k in CAPS}
@@ -57,5 +62,5 @@ def describe() -> dict[str, str | bool]:
     """How this process computes, for the records of a run."""
     import torch
 
-    return {"reproducible": requested(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"reproducible": requested() or "off", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkldnn": bool(torch.backends.mkldnn.enabled), "threads": str(torch.get_num_threads())}
