@@ -148,6 +148,9 @@ def test_failure_watch_survives_transient_failures_and_stops_systematic_ones():
     with pytest.raises(SystematicFailure, match=r"every sampled client holding hsi\+lidar \(\[0, 1\]\)"):
         watch.observe(_record([0, 1, 2], failed=[(1, "b")], dropped=[0]))
     FailureWatch(None, clients).observe(_record([0], failed=[(0, "a")]))  # switched off
+    silent = _record([0])
+    silent.failed = [{"client_id": 0, "stage": "train", "error": ""}]  # a client error without a message
+    assert silent.row()["failed"] == [{"client_id": 0, "stage": "train", "reason": "no message"}]
 
 
 def test_a_run_whose_client_keeps_raising_stops_with_its_traceback(tiny_federation):

@@ -59,3 +59,22 @@ def test_the_paper_overlay_trains_the_ddpms_by_fedavg_not_one_shot_averaging():
     assert paper["classifier"]["federated"]["num_rounds"] * paper["classifier"]["train"]["epochs"] == 200
     # the overlay changes sizes only: the stage-1 codec and the rest come from base
     assert "compression" in base["diffusion"]["federated"] and "compression" not in paper["diffusion"]["federated"]
+
+
+def test_the_unet_size_of_the_patch_parameters_reaches_the_unet_and_the_classifier():
+    from fedrs.federated.algorithms import get_algorithm
+    from fedrs.pipelines.feddiff.nodes import classifier_spec, unet_spec
+
+    patches = {"hsi": np.zeros((4, 6, 7, 7), np.float32), "lidar": np.zeros((4, 1, 7, 7), np.float32),
+               "num_classes": 3}
+    diffusion = {"model": {"base_channels": 8, "steps": 50}}
+    spec = unet_spec(patches, "hsi", diffusion, {"unet_size": 12})
+    assert spec["size"] == 12
+    unets = {m: {"spec": unet_spec(patches, m, diffusion, {"unet_size": 12})} for m in ("hsi", "lidar")}
+    classifier = classifier_spec(patches, unets, {"model": {}}, {"timesteps": [5], "seed": 0})
+    assert classifier["unet_size"] == 12 and classifier["hsi_feature_channels"] == 16
+    ddpm = get_algorithm("ddpm_hsi")
+    model = ddpm.build_model(spec)
+    _, metrics = ddpm.client_update(model, {"hsi": np.random.default_rng(0).normal(size=(4, 6, 7, 7))},
+                                    ("hsi",), {"epochs": 1, "batch_size": 2}, seed=0)
+    assert np.isfinite(metrics["train_loss"])  # 7×7 patches resized to 12×12 train the 12×12 U-Net

@@ -286,7 +286,8 @@ class RoundRecord:
             "sampled": self.sampled,
             "accepted": [u.client_id for u in self.accepted],
             "failed": [
-                {"client_id": f["client_id"], "stage": f["stage"], "reason": f["error"].splitlines()[-1][:300]}
+                {"client_id": f["client_id"], "stage": f["stage"],
+                 "reason": (f["error"].strip().splitlines() or ["no message"])[-1][:300]}
                 for f in self.failed
             ],
             "dropped": self.dropped,
