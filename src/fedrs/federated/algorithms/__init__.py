@@ -28,7 +28,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "feddiff": FedDiffAlgorithm("feddiff"),
     "feddiff_hsi": FedDiffAlgorithm("feddiff_hsi", ("hsi",)),
     "feddiff_lidar": FedDiffAlgorithm("feddiff_lidar", ("lidar",)),
-    "feddiff_centralized": FedDiffAlgorithm("feddiff_centralized"),
+    "feddiff_centralized": FedDiffAlgorithm("feddiff_centralized", exchange=False),
 }
 
 

@@ -10,13 +10,14 @@ Only compressed branch outputs and weights cross — never patches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedrs.config import from_mapping
 from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config
 from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
@@ -25,9 +26,28 @@ from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, conv_weight_pena
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 MODALITIES = ("hsi", "lidar")
-# FedDiff's own training keys (the rest is a TrainConfig): λ of the conv-weight term and where it acts,
-# and the BatchNorm mode of the branch outputs a client sends its partner
-FEDDIFF_KEYS = ("weight_term", "weight_term_mode", "exchange_bn", "present_classes_only")
+
+
+@dataclass(frozen=True)
+class FedDiffTraining:
+    """FedDiff's own training keys (the rest of ``classifier.train`` is a TrainConfig), with the
+    same defaults as conf/base/parameters_feddiff.yml."""
+
+    weight_term: float = 0.01              # λ of Σ‖W‖² over the trained conv weights
+    weight_term_mode: str = "decoupled"    # decoupled: w ← w − lr·2λ·w beside Adam | loss: inside the loss
+    exchange_bn: str = "eval"              # BatchNorm of the outputs sent to the partner: eval | train
+    present_classes_only: bool = False     # cross-entropy over the classes the client holds
+
+    def __post_init__(self) -> None:
+        if self.weight_term_mode not in ("loss", "decoupled"):
+            raise ValueError(f"feddiff: weight_term_mode {self.weight_term_mode!r}; expected 'loss' or 'decoupled'")
+        if self.exchange_bn not in ("eval", "train"):
+            raise ValueError(f"feddiff: exchange_bn {self.exchange_bn!r}; expected 'eval' or 'train'")
+
+    @classmethod
+    def split(cls, config: dict[str, Any] | None) -> tuple[TrainConfig, FedDiffTraining]:
+        cfg, own = split_config(config, *(f.name for f in fields(cls)))
+        return cfg, from_mapping(cls, own)
 
 
 def branch_inputs(data: dict[str, Any], modality: str, spec: FedDiffSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -48,6 +68,8 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
     holding both (centralized FedDiff) runs the whole model; the single-modality variants
     (``feddiff_hsi``, ``feddiff_lidar``) need no partner."""
 
+    exchange: bool = True  # False: one client holds both modalities (centralized FedDiff)
+
     def owner(self, parameter: str) -> str | None:
         for modality in MODALITIES:
             if parameter.startswith(f"{modality}_branch."):
@@ -56,7 +78,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
 
     @property
     def exchanges_features(self) -> bool:
-        return len(self.modalities) == 2 and self.name != "feddiff_centralized"
+        return self.exchange and len(self.modalities) == 2
 
     def build_model(self, spec: dict[str, Any]) -> FedDiffClassifier:
         return FedDiffClassifier(FedDiffSpec.from_dict({**spec, "modalities": list(self.modalities)}))
@@ -66,9 +88,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         """The client's branch outputs on its own pixels: all that its partner receives."""
         assert isinstance(model, FedDiffClassifier)
         (modality,) = self.usable_modalities(client_modalities)
-        mode = (config or {}).get("exchange_bn", "eval")
-        if mode not in ("eval", "train"):
-            raise ValueError(f"feddiff: exchange_bn {mode!r}; expected 'eval' or 'train'")
+        mode = FedDiffTraining.split(config)[1].exchange_bn
         # eval: BatchNorm with the global running statistics; train: with this client's batch statistics,
         # as its own branch runs while it trains (the running statistics of this copy are discarded)
         branch = getattr(model, f"{modality}_branch").train(mode == "train")
@@ -93,12 +113,10 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         usable = self.usable_modalities(client_modalities)
         if partner is None and self.exchanges_features:
             raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
-        cfg, own = split_config(config, *FEDDIFF_KEYS)
-        weight_term = float(own.get("weight_term", 0.01))
-        if own.get("weight_term_mode", "loss") == "decoupled":  # λ·Σ‖W‖² as decay outside Adam
+        cfg, own = FedDiffTraining.split(config)
+        weight_term = own.weight_term
+        if own.weight_term_mode == "decoupled":  # λ·Σ‖W‖² as decay outside Adam
             cfg, weight_term = replace(cfg, decoupled_decay={"conv": weight_term}), 0.0
-        elif own.get("weight_term_mode", "loss") != "loss":
-            raise ValueError(f"feddiff: weight_term_mode {own['weight_term_mode']!r}; expected 'loss' or 'decoupled'")
         keys = self.client_keys(model, client_modalities)
         trainable = self.trainable(model, client_modalities)
         conv_weights = [p for n, p in model.named_parameters() if n in trainable and p.ndim == 4]
@@ -107,7 +125,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
             raise ValueError(f"feddiff: partner sent {len(partner['cnn'])} outputs for {len(labels)} pixels")
         inputs = {m: branch_inputs(data, m, model.spec) for m in usable}
         absent = None
-        if own.get("present_classes_only", False):
+        if own.present_classes_only:
             absent = torch.ones(model.spec.num_classes, dtype=torch.bool)
             absent[labels.unique()] = False
 
