@@ -73,3 +73,20 @@ def test_screening_rejects_nan_outliers_and_unknown_tensors():
 
 def test_update_norm():
     assert update_norm({"hsi.w": torch.tensor([3.0, 4.0])}, GLOBAL) == pytest.approx(5.0)
+
+
+def test_batchnorm_variances_are_pooled_not_averaged():
+    """Two clients' running statistics pool to the mean and variance of their pixels together."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    b = 3.0 + 2.0 * torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    updates = [ClientUpdate(i, {"bn.running_mean": x.mean(0).float(),
+                                "bn.running_var": x.var(0, unbiased=False).float()}, len(x), ("hsi",))
+               for i, x in enumerate((a, b))]
+    glob = {"bn.running_mean": torch.zeros(4), "bn.running_var": torch.ones(4)}
+    state, _ = aggregate_modality_aware(glob, updates, owner)
+    both = torch.cat([a, b])
+    assert torch.allclose(state["bn.running_mean"].double(), both.mean(0), atol=1e-6)
+    assert torch.allclose(state["bn.running_var"].double(), both.var(0, unbiased=False), rtol=1e-6)
+    averaged = (50 * a.var(0, unbiased=False) + 30 * b.var(0, unbiased=False)) / 80
+    assert (state["bn.running_var"].double() > averaged + 1.0).all()  # the spread of the means counts

@@ -163,3 +163,25 @@ def test_decoupled_decay_shrinks_only_the_named_weights():
     local_training(model, 2, lambda b: model(torch.ones(2, 1, 3, 3)).sum() * 0.0, cfg, seed=0)
     assert torch.allclose(model[0].weight, 0.9 * before["0.weight"])
     assert torch.equal(model[2].weight, before["2.weight"]) and torch.equal(model[0].bias, before["0.bias"])
+
+
+def test_a_statistics_pass_recomputes_batchnorm_statistics_and_trains_nothing(rng):
+    from fedrs.federated.local import Batch, local_training
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    x = torch.as_tensor(rng.normal(2.0, 3.0, (40, 3)), dtype=torch.float32)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+
+    def loss(batch: Batch) -> torch.Tensor:
+        return model(batch.take(x)).pow(2).mean()
+
+    cfg = TrainConfig(epochs=3, batch_size=20, lr=0.1, statistics_only=True)
+    metrics = local_training(model, 40, loss, cfg, seed=1)
+    bn = model[0]
+    halves = [x[i] for i in torch.randperm(40, generator=torch.Generator().manual_seed(1)).split(20)]
+    assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in halves]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([h.var(0) for h in halves]).mean(0), atol=1e-4)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 2  # one pass, whatever the epochs
+    assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())
+    assert metrics["num_samples"] == 40 and metrics["statistics_loss"] > 0

@@ -171,3 +171,61 @@ def test_loss_growth_by_hand():
     assert loss_growth(rows[:2], 1) == 0 and loss_growth([], 1) == 0
     wobble = [{"train_loss": v} for v in (0.516, 0.517, 0.520, 0.525)]  # +1.7 %: a converged run's noise
     assert loss_growth(wobble, 3) == 0 and loss_growth(wobble, 3, min_rise=0.01) == 3
+
+
+def test_the_last_round_pools_the_batchnorm_statistics_of_the_final_model(tiny_federation):
+    """Every client sends only its BatchNorm statistics of the final global weights; the pooled
+    mean and variance of a first-layer BatchNorm are those of the union of the clients' pixels."""
+    from fedrs.datasets import NpzDataset
+    from fedrs.federated.algorithms import get_algorithm
+    from fedrs.federated.local import norm_statistic_names
+
+    fed = tiny_federation
+    train = {"epochs": 1, "batch_size": 1000}  # one batch per client: its statistics are exact
+    plain = run_rounds(FakeGrid(3), config(fed, num_rounds=2, train=train, statistics_pass=False), fed["test"], 3)
+    pooled = run_rounds(FakeGrid(3), config(fed, num_rounds=2, train=train), fed["test"], 3)
+    model = get_algorithm("fedavg").build_model(fed["spec"])
+    statistics = norm_statistic_names(model)
+    assert statistics and all(torch.equal(plain["state"][k], pooled["state"][k])
+                              for k in plain["state"] if k not in statistics)  # nothing else changed
+    assert any(not torch.equal(plain["state"][k], pooled["state"][k]) for k in statistics)
+    assert [r["statistics_from"] for r in pooled["history"]] == [[], [0, 1, 2]]
+    assert plain["history"][-1]["statistics_from"] == []
+    assert pooled["history"][-1]["test_oa_before_statistics"] == plain["history"][-1]["test_oa"]
+    sent = [t for t in pooled["traffic"] if t["payload"] == "statistics"]
+    buffers = dict(model.named_buffers())
+    assert [t["client_id"] for t in sent] == [0, 1, 2] and all(t["round"] == 2 for t in sent)
+    assert all(t["bytes_dense"] == sum(buffers[k].numel() * buffers[k].element_size() for k in statistics)
+               for t in sent)
+    model.load_state_dict(pooled["state"])
+    lidar = torch.cat([torch.as_tensor(NpzDataset(f"{fed['dir']}/client_{c:03d}.npz").load()["lidar"])
+                       for c in range(3)])
+    with torch.no_grad():
+        conv = model.lidar_encoder.net[0](lidar.float())
+    bn = model.lidar_encoder.net[1]
+    assert torch.allclose(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, conv.var(dim=(0, 2, 3)), rtol=5e-3)  # per client n − 1, not N − 1
+
+
+def test_the_final_model_can_be_the_mean_of_the_last_rounds(tiny_federation, tmp_path):
+    """average_last_rounds=2: the final weights are the mean of rounds 2 and 3's global models (the
+    run itself is unchanged), also across an interruption; its BatchNorm statistics come from the pass."""
+    from fedrs.federated.checkpoint import load_checkpoint
+    from fedrs.federated.server import RunInterrupted
+
+    fed = tiny_federation
+    plain = dict(num_rounds=3, statistics_pass=False)
+    with pytest.raises(RunInterrupted):
+        run_rounds(FakeGrid(3), config(fed, **plain, checkpoint_dir=str(tmp_path / "a"), stop_after_round=2),
+                   fed["test"], 3)
+    second = load_checkpoint(str(tmp_path / "a"))["state"]
+    third = run_rounds(FakeGrid(3), config(fed, **plain), fed["test"], 3)["state"]
+    with pytest.raises(RunInterrupted):
+        run_rounds(FakeGrid(3), config(fed, **plain, average_last_rounds=2, checkpoint_dir=str(tmp_path / "b"),
+                                       stop_after_round=2), fed["test"], 3)
+    averaged = run_rounds(FakeGrid(3), config(fed, **plain, average_last_rounds=2, checkpoint_dir=str(tmp_path / "b"),
+                                              resume=True), fed["test"], 3)
+    for name, value in averaged["state"].items():
+        if torch.is_floating_point(value):
+            assert torch.allclose(value, (second[name] + third[name]) / 2, atol=1e-6), name
+    assert any(not torch.equal(averaged["state"][k], third[k]) for k in third)

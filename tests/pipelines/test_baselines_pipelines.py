@@ -23,7 +23,10 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["sampled"] == [0, 1, 2] and r["bytes_down"] > 0 for r in history["rounds"])
     traffic = pd.read_csv(p("data/07_model_output/synthetic/fedavg/traffic.csv"))
-    assert len(traffic) == 12 and set(traffic["direction"]) == {"down", "up"}
+    # 2 rounds × 3 clients × (down, up), then the statistics pass: one more download and upload each
+    assert len(traffic) == 18 and set(traffic["direction"]) == {"down", "up"}
+    statistics = traffic[traffic["payload"] == "statistics"]
+    assert len(statistics) == 3 and set(statistics["round"]) == {2}
     metrics = json.loads(p("data/08_reporting/synthetic/fedavg/metrics.json").read_text())
     assert 0.0 <= metrics["oa"] <= 1.0 and set(metrics["variants"]) == {"hsi_zero_filled", "lidar_zero_filled"}
     for figure in ("confusion", "classification_map", "curves"):
@@ -97,7 +100,9 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert all(r["client_seconds"] > 0 and r["wait_seconds"] > 0 for r in history["rounds"])  # exchange + train
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     feats = traffic[traffic["payload"] == "features"]
-    assert len(feats) == 16 and (feats["bytes_sent"] < feats["bytes_dense"]).all()  # 4 clients × up/down × 2 rounds
+    # 4 clients × up/down × 2 rounds, and again in each of the two statistics passes after round 2
+    assert len(feats) == 32 and (feats["bytes_sent"] < feats["bytes_dense"]).all()
+    assert (traffic["payload"] == "statistics").sum() == 8 and history["rounds"][-1]["statistics_from"] == [0, 1, 2, 3]
     metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
     assert 0.0 <= metrics["oa"] <= 1.0 and metrics["algorithm"] == "feddiff"
     assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000

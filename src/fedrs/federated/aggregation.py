@@ -3,7 +3,8 @@
 ``aggregate_modality_aware`` is sample-weighted FedAvg in which a parameter owned by modality m is
 averaged only over the clients that hold m; a parameter nobody contributed keeps its global value.
 Ownership comes from a function (``owner(name) -> modality | None``), so FedDiff and FedCMI reuse
-this with their own naming.
+this with their own naming. BatchNorm running variances are pooled, not averaged: the variance
+of the union of the clients' pixels includes the spread of their means (``pooled_variance``).
 """
 
 from __future__ import annotations
@@ -45,11 +46,27 @@ def aggregate_modality_aware(
             new_state[name] = torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
             continue
         total = float(sum(u.num_samples for u in eligible))
+        weights = [u.num_samples / total for u in eligible]
+        mean_name = name.removesuffix("running_var") + "running_mean"
+        if name.endswith("running_var") and all(mean_name in u.state for u in eligible):
+            new_state[name] = pooled_variance([u.state[mean_name] for u in eligible],
+                                              [u.state[name] for u in eligible], weights).to(current.dtype)
+            continue
         acc = torch.zeros_like(current, dtype=torch.float64)
-        for u in eligible:
-            acc += (u.num_samples / total) * u.state[name].to(torch.float64)
+        for w, u in zip(weights, eligible, strict=True):
+            acc += w * u.state[name].to(torch.float64)
         new_state[name] = acc.to(current.dtype)
     return new_state, contributors
+
+
+def pooled_variance(means: list[torch.Tensor], variances: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Variance of a mixture with these component means, variances and weights (summing to 1):
+    Σ w·(var + (mean − pooled mean)²). Averaging the variances alone drops the second term, which on
+    class-disjoint clients is large — and the global model then normalises with too small a scale."""
+    w = torch.tensor(weights, dtype=torch.float64).view(-1, *([1] * means[0].ndim))
+    m, v = torch.stack(means).to(torch.float64), torch.stack(variances).to(torch.float64)
+    pooled_mean = (w * m).sum(0)
+    return (w * (v + (m - pooled_mean) ** 2)).sum(0)
 
 
 def update_norm(update: State, global_state: State) -> float:

@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from fedrs.datasets.npz import NpzDataset
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
-from fedrs.federated.local import derive_seed
+from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
@@ -205,6 +205,9 @@ def train(msg: Message, context: Context) -> Message:
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
                                              derive_seed(settings["seed"], rnd, client_id), rnd, carry=carry, **extra)
     save_carry(context, carry)
+    if settings["train"].get("statistics_only"):  # a statistics pass: nothing was trained, send only these
+        statistics = norm_statistic_names(model)
+        state = {k: v for k, v in state.items() if k in statistics}
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))

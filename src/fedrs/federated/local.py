@@ -40,6 +40,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
     decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
+    statistics_only: bool = False  # no training: recompute BatchNorm's running statistics (statistics_pass)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
@@ -164,6 +165,52 @@ class Batch:
 BatchLoss = Callable[[Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 
 
+def batch_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers that keep running statistics, by module name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
+def norm_statistic_names(model: nn.Module) -> set[str]:
+    """State-dict names of the BatchNorm running statistics: all that a statistics pass sends."""
+    return {f"{name}.{buffer}" if name else buffer for name in batch_norms(model)
+            for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def statistics_pass(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cfg: TrainConfig, seed: int,
+                    min_batch: int = 2) -> dict[str, float]:
+    """Recompute every BatchNorm's running statistics as the plain average over one pass of
+    batches through ``batch_loss`` (the forward the model trains with, weights untouched).
+
+    Why: after averaging, the global weights are not the weights any client's running statistics
+    were gathered with — on class-disjoint sites the averaged statistics no longer describe what
+    the averaged model computes. Returns the pass's mean loss and the sample count."""
+    policy = cfg.policy()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(policy.device).train()
+    norms = list(batch_norms(model).values())
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: every batch counts alike
+    total, seen = 0.0, 0
+    try:
+        with torch.no_grad():
+            for idx in iter_batches(num_samples, cfg.batch_size, generator):
+                if idx.size < min_batch:
+                    continue
+                with policy.autocast():
+                    out = batch_loss(Batch(idx, policy.device, generator))
+                loss = out[0] if isinstance(out, tuple) else out
+                total += float(loss.float()) * idx.size
+                seen += idx.size
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    return {"statistics_loss": total / max(seen, 1), "num_samples": num_samples}
+
+
 def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cfg: TrainConfig, seed: int,
                    trainable: set[str] | None = None, min_batch: int = 2,
                    carry: dict[str, Any] | None = None) -> dict[str, float]:
@@ -171,7 +218,10 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
     each batch's loss (computed under the precision policy) stepped by the optimiser over
     ``trainable``. Returns the sample-weighted mean loss (FedProx term included), the sample count
     and the batch mean of any metrics the batch loss reports. Batches smaller than ``min_batch``
-    are skipped (BatchNorm cannot normalise a batch of one)."""
+    are skipped (BatchNorm cannot normalise a batch of one). With ``cfg.statistics_only`` nothing
+    is trained: ``statistics_pass`` recomputes the BatchNorm statistics instead."""
+    if cfg.statistics_only:
+        return statistics_pass(model, num_samples, batch_loss, cfg, seed, min_batch)
     policy = cfg.policy()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -10,6 +10,8 @@ drive against a fake grid:
    the replies;
 3. ``aggregate_round`` — reject non-finite or outlying updates, aggregate if at least
    ``min_clients`` survive;
+   After the last round, ``statistics_round``: every client recomputes the BatchNorm statistics of
+   the final global model on its own pixels and sends only those, pooled by the server;
 4. ``evaluate_round`` — score the global model on the (seeded subset of) test pixels;
 5. ``record_round`` — the history row and traffic log, the loss trend, the checkpoint (global
    model, RNG state, history) so an interrupted run resumes; and ``FailureWatch``, which stops the
@@ -37,7 +39,7 @@ from fedrs.federated.aggregation import ClientUpdate, State, screen_updates
 from fedrs.federated.algorithms import Algorithm, get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
-from fedrs.federated.local import derive_seed, lr_at_round
+from fedrs.federated.local import derive_seed, lr_at_round, norm_statistic_names
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class FederatedConfig:
     exchange_compression: dict[str, Any] | None = None  # codec for exchanged features; None: dense
     downlink_compression: dict[str, Any] | None = None  # global weights as compressed deltas; None: dense
     client_data_dirs: list[str] = field(default_factory=list)  # more per-client files (e.g. features)
+    statistics_pass: bool = True  # after the last round, BatchNorm statistics of the final model from every client
+    average_last_rounds: int = 0  # the final model: the mean of the last N rounds' global models (SWA); 0: the last
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
@@ -195,6 +199,8 @@ class RunState:
     downlink: Downlink
     history: list[dict[str, Any]] = field(default_factory=list)
     traffic: list[dict[str, Any]] = field(default_factory=list)
+    tail: State | None = None  # running mean of the global models of the rounds averaged so far
+    tail_rounds: int = 0
 
     @property
     def per_round(self) -> int:
@@ -231,6 +237,8 @@ class RoundRecord:
     started: float = field(default_factory=time.perf_counter)
     wait: float = 0.0
     client_seconds: dict[int, float] = field(default_factory=dict)
+    statistics_from: list[int] = field(default_factory=list)  # clients whose BatchNorm statistics were pooled
+    scores_before_statistics: dict[str, float] = field(default_factory=dict)
 
     @property
     def participants(self) -> list[int]:
@@ -303,6 +311,8 @@ class RoundRecord:
             "server_seconds": total - self.wait,
             "client_seconds": sum(self.client_seconds.values()),
             "client_seconds_max": max(self.client_seconds.values(), default=0.0),
+            "statistics_from": self.statistics_from,
+            **{f"test_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
         }
 
 
@@ -338,12 +348,18 @@ def configure_round(run: RunState, rnd: int) -> RoundRecord:
     lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
     settings = {**cfg.settings(), "round": rnd, "train": {**cfg.train, "lr": lr}}
     record = RoundRecord(rnd, lr, settings, sampled)
-    for cid in sampled:
+    encode_downloads(run, record)
+    return record
+
+
+def encode_downloads(run: RunState, record: RoundRecord) -> None:
+    """Each sampled client's download of the global weights it holds a part in."""
+    for cid in record.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
-        content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys}, rnd)
+        content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys},
+                                                            record.round)
         record.downloads[cid] = Download(content, dense, sent, decoded)
         record.log_traffic(cid, "down", "weights", dense, sent)
-    return record
 
 
 def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
@@ -423,6 +439,81 @@ def aggregate_round(run: RunState, record: RoundRecord) -> None:
         )
 
 
+def accumulate_tail(run: RunState, rnd: int) -> None:
+    """Fold this round's global model into the running mean of the last ``average_last_rounds``."""
+    keep = run.cfg.average_last_rounds
+    if keep <= 1 or rnd <= run.cfg.num_rounds - keep:
+        return
+    run.tail_rounds += 1
+    if run.tail is None:
+        run.tail = {k: v.double() if torch.is_floating_point(v) else v.clone() for k, v in run.global_state.items()}
+        return
+    for name, value in run.global_state.items():
+        if torch.is_floating_point(value):
+            run.tail[name] += (value.double() - run.tail[name]) / run.tail_rounds
+        else:
+            run.tail[name] = value.clone()
+
+
+def average_tail(run: RunState) -> None:
+    """The final global model becomes the mean of the last rounds' models (stochastic weight
+    averaging on the server). Why: on class-disjoint sites the global model swings from round to
+    round as each site pulls towards its own classes; the mean sits in the flatter middle of those
+    swings. Its BatchNorm statistics are no one's: the statistics pass recomputes them."""
+    if run.tail is None or run.tail_rounds < 2:
+        return
+    run.global_state = {k: v.to(run.global_state[k].dtype) for k, v in run.tail.items()}
+    logger.info("%s: the final model is the mean of the last %d rounds' global models", run.cfg.algorithm,
+                run.tail_rounds)
+
+
+def statistics_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """After the last round's aggregation: every eligible client runs the final global model over
+    its own pixels without training (FedDiff: with its partner's outputs of that model) and sends
+    only its BatchNorm running statistics; the server pools them (``aggregate_modality_aware``).
+
+    Why: each client's statistics were gathered with its own local weights, and the average of
+    weights is none of them — on the class-disjoint Houston sites the averaged statistics cost
+    4 OA points against statistics of the final model. The pass's traffic and failures are
+    part of the last round's record."""
+    if not (run.cfg.statistics_pass and record.aggregated and norm_statistic_names(run.model)):
+        return
+    evaluate_round(run, record)  # the gain of the pass, in the history
+    record.scores_before_statistics = dict(record.scores)
+    # with an exchange, the partner outputs of the first pass still carry the old statistics (the
+    # partner's branch runs in eval mode): a second pass sees the pooled ones, as the test pixels will
+    for _ in range(2 if run.algorithm.exchanges_features else 1):
+        statistics_pass_round(grid, run, record)
+
+
+def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    settings = {**record.settings, "train": {**record.settings["train"], "statistics_only": True}}
+    sub = RoundRecord(record.round, record.lr, settings, list(run.eligible))
+    for cid in sub.sampled:  # the statistics must be those of the exact final weights, not of a
+        run.downlink.forget(cid)  # compressed copy: the first download of the pass goes dense
+    encode_downloads(run, sub)
+    if run.algorithm.exchanges_features:
+        exchange_features(grid, run, sub)
+    collect_updates(grid, run, sub)
+    finite, rejected = screen_updates(sub.updates, run.global_state, float("inf"))
+    if finite:
+        run.global_state = run.algorithm.aggregate(run.global_state, finite)
+    sub.statistics_from = [u.client_id for u in finite]
+    for entry in sub.traffic:
+        if entry["direction"] == "up" and entry["payload"] == "weights":
+            entry["payload"] = "statistics"
+    record.traffic.extend(sub.traffic)
+    record.failed.extend({**f, "stage": f"statistics {f['stage']}"} for f in sub.failed)
+    record.dropped.extend({**d, "stage": f"statistics {d['stage']}"} for d in sub.dropped)
+    record.rejected.extend(rejected)
+    record.wait += sub.wait
+    for cid, seconds in sub.client_seconds.items():
+        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
+    record.statistics_from = sub.statistics_from
+    logger.info("%s: BatchNorm statistics of the final model pooled from %d of %d clients",
+                run.cfg.algorithm, len(finite), len(sub.sampled))
+
+
 def evaluate_round(run: RunState, record: RoundRecord) -> None:
     run.model.load_state_dict(run.global_state)
     report = run.algorithm.evaluate(run.model, run.test, record.settings["train"])
@@ -485,6 +576,8 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
                 "rng": run.rng.bit_generator.state,
                 "history": run.history,
                 "traffic": run.traffic,
+                "tail": run.tail,
+                "tail_rounds": run.tail_rounds,
                 "config_digest": cfg.digest(),
             },
         )
@@ -580,6 +673,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
         history,
         traffic,
     )
+    if checkpoint is not None:
+        run.tail, run.tail_rounds = checkpoint.get("tail"), int(checkpoint.get("tail_rounds", 0))
     return run, start_round
 
 
@@ -589,6 +684,10 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
         exchange_features(grid, run, record)
     collect_updates(grid, run, record)
     aggregate_round(run, record)
+    accumulate_tail(run, rnd)
+    if rnd == run.cfg.num_rounds:
+        average_tail(run)
+        statistics_round(grid, run, record)
     evaluate_round(run, record)
     return record
 

@@ -63,9 +63,14 @@ def test_the_default_recipe_lowers_the_loss_across_class_disjoint_sites(class_di
     cfg = FederatedConfig.from_dict({**stage["federated"], "algorithm": "feddiff",
                                      "model": {**fed["spec"], **stage["model"]}, "train": stage["train"],
                                      "num_rounds": 8, "seed": 3, "partition_dir": fed["dir"],
-                                     "client_data_dirs": [fed["features"]], "eval_samples": 400})
-    history = run_rounds(FakeGrid(4), cfg, fed["test"], 4)["history"]
+                                     "client_data_dirs": [fed["features"]], "eval_samples": 400,
+                                     "statistics_pass": True})  # off by default for FedDiff; exercised here
+    result = run_rounds(FakeGrid(4), cfg, fed["test"], 4)
+    history = result["history"]
     losses = [r["train_loss"] for r in history]
+    # the final model's BatchNorm statistics: two passes (the second relays outputs with the pooled ones)
+    assert history[-1]["statistics_from"] == [0, 1, 2, 3]
+    assert sorted(t["client_id"] for t in result["traffic"] if t["payload"] == "statistics") == [0, 0, 1, 1, 2, 2, 3, 3]
     assert all(r["accepted"] == [0, 1, 2, 3] for r in history)
     assert losses[-1] < 0.6 * losses[0], losses
     assert max(r["loss_growing_rounds"] for r in history) == 0, losses
