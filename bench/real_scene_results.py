@@ -25,9 +25,9 @@ from common import RESULTS, save
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(env: str, algorithm: str, seed: int, maps: bool, scene: str) -> dict:
+def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str = "", label: str = "") -> dict:
     cmd = [str(Path(sys.executable).parent / "kedro"), "run", f"--env={env}", f"--pipelines={algorithm}",
-           f"--params=seed={seed}"]
+           f"--params=seed={seed}" + (f",{params}" if params else "")]
     if not maps:
         cmd.append(f"--to-nodes={algorithm}.evaluate")
     started = time.perf_counter()
@@ -35,14 +35,17 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str) -> dict:
                           env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "FLWR_TELEMETRY_ENABLED": "0",
                                "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"})
     if done.returncode:
-        return {"algorithm": algorithm, "seed": seed, "error": done.stderr[-3000:]}
+        return {"algorithm": label or algorithm, "seed": seed, "error": done.stderr[-3000:]}
     metrics = json.loads((ROOT / f"data/08_reporting/{scene}/{algorithm}/metrics.json").read_text())
     run_ = metrics.get("run", {})
-    return {"algorithm": algorithm, "seed": seed, "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
+    return {"algorithm": label or algorithm, "params": params, "seed": seed,
+            "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
             "per_class": metrics.get("per_class"), "variants": metrics.get("variants"),
             "mb_sent": run_.get("bytes_sent", 0) / 1e6, "mb_dense": run_.get("bytes_dense", 0) / 1e6,
             "train_loss": [r.get("train_loss") for r in run_.get("rounds", [])],
             "test_oa": [r.get("test_oa") for r in run_.get("rounds", [])],
+            "test_oa_before_statistics": next((r["test_oa_before_statistics"] for r in run_.get("rounds", [])
+                                               if "test_oa_before_statistics" in r), None),
             "loss_growing_rounds": run_.get("loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
             "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started}
 
@@ -54,18 +57,20 @@ def main() -> None:
     parser.add_argument("--algorithms", required=True)
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--no-maps", action="store_true")
+    parser.add_argument("--params", default="", help="extra kedro --params (k=v,...) for a variant of one algorithm")
+    parser.add_argument("--label", default="", help="the row name of such a variant, e.g. 'feddiff, stage 1 dense'")
     args = parser.parse_args()
     scene = args.scene or args.env
     out = RESULTS / f"real_scene_{scene}.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for algorithm in args.algorithms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            row = run(args.env, algorithm, seed, not args.no_maps, scene)
-            rows = [r for r in rows if (r["algorithm"], r["seed"]) != (algorithm, seed)] + [row]
+            row = run(args.env, algorithm, seed, not args.no_maps, scene, args.params, args.label)
+            rows = [r for r in rows if (r["algorithm"], r["seed"]) != (row["algorithm"], seed)] + [row]
             if "error" in row:
-                print(f"{algorithm} seed {seed}: FAILED\n{row['error']}", flush=True)
+                print(f"{row['algorithm']} seed {seed}: FAILED\n{row['error']}", flush=True)
             else:
-                print(f"{algorithm} seed {seed}: OA {row['oa']:.4f} AA {row['aa']:.4f} κ {row['kappa']:.4f} "
+                print(f"{row['algorithm']} seed {seed}: OA {row['oa']:.4f} AA {row['aa']:.4f} κ {row['kappa']:.4f} "
                       f"({row['command_seconds']:.0f} s)", flush=True)
             save(f"real_scene_{scene}", {"env": args.env, "rows": rows}, summary(rows, scene))
 
