@@ -77,13 +77,13 @@ class KedroProject:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(yaml.safe_dump(content, sort_keys=False))
 
-    def run(self, pipelines: list[str], env: str | None = None, params: dict | None = None) -> dict:
+    def run(self, pipelines: list[str], env: str | None = None, params: dict | None = None, **run: Any) -> dict:
         from kedro.framework.session import KedroSession
         from kedro.framework.startup import bootstrap_project
 
         bootstrap_project(self.root)
         with KedroSession.create(project_path=self.root, env=env, runtime_params=params) as session:
-            return session.run(pipeline_names=pipelines)
+            return session.run(pipeline_names=pipelines, **run)
 
     def catalog(self, env: str | None = None):
         from kedro.framework.session import KedroSession

@@ -37,12 +37,14 @@ def content_digest(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_array(cache_dir: str | Path | None, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """``compute()`` or the array stored under ``key``; returns (array, hit). No cache_dir: no caching."""
+def cached_array(cache_dir: str | Path | None, key: str, compute: Callable[[], np.ndarray],
+                 refresh: bool = False) -> tuple[np.ndarray, bool]:
+    """``compute()`` or the array stored under ``key``; returns (array, hit). No cache_dir: no
+    caching; ``refresh``: compute and overwrite what is stored."""
     if cache_dir is None:
         return compute(), False
     path = Path(cache_dir) / f"{key}.npy"
-    if path.is_file():
+    if path.is_file() and not refresh:
         return np.load(path), True
     array = compute()
     with atomic_path(path, suffix=".npy") as tmp:

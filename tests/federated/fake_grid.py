@@ -12,7 +12,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedrs.federated import client_app
 
-HANDLERS = {"query": client_app.describe, "query.exchange": client_app.exchange, "train": client_app.train}
+HANDLERS = {"query": client_app.describe, "query.exchange": client_app.exchange, "query.features": client_app.features,
+            "train": client_app.train}
 
 
 class FakeGrid(Grid):

@@ -103,6 +103,9 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     # 4 clients × up/down × 2 rounds, and again in each of the two statistics passes after round 2
     assert len(feats) == 32 and (feats["bytes_sent"] < feats["bytes_dense"]).all()
     assert (traffic["payload"] == "statistics").sum() == 8 and history["rounds"][-1]["statistics_from"] == [0, 1, 2, 3]
+    # stage 2 ran on the clients: each was sent its modality's U-Net and sent nothing back but shapes
+    unets = traffic[traffic["payload"] == "unet"]
+    assert sorted(unets["client_id"]) == [0, 1, 2, 3] and (unets["direction"] == "down").all()
     metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
     assert 0.0 <= metrics["oa"] <= 1.0 and metrics["algorithm"] == "feddiff"
     assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000

@@ -1,48 +1,4 @@
 import numpy as np
-import torch
-
-from fedrs.models.unet import DiffusionUNet, UNetSpec
-from fedrs.pipelines.feddiff.nodes import extract_features
-
-FEATURES = {"timesteps": [5, 20], "seed": 3}
-
-
-def _unets():
-    torch.manual_seed(0)
-    out = {}
-    for modality, bands in (("hsi", 6), ("lidar", 1)):
-        spec = {"in_channels": bands, "base_channels": 8, "steps": 50}
-        out[modality] = {"spec": spec, "state": DiffusionUNet(UNetSpec.from_dict(spec)).state_dict()}
-    return out
-
-
-def _clients():
-    rng = np.random.default_rng(0)
-    manifest = {"clients": [{"partition": "client_0", "modalities": ["hsi"]},
-                            {"partition": "client_1", "modalities": ["lidar"]}]}
-    bundles = {"client_0": {"hsi": rng.normal(size=(10, 6, 7, 7)).astype(np.float32)},
-               "client_1": {"lidar": rng.normal(size=(10, 1, 7, 7)).astype(np.float32)}}
-    return manifest, {k: (lambda v=v: v) for k, v in bundles.items()}
-
-
-def test_features_of_an_unchanged_model_and_scene_are_reused(tmp_path):
-    unets, (manifest, partitions) = _unets(), _clients()
-    first, m1 = extract_features(unets, manifest, partitions, str(tmp_path), FEATURES)
-    second, m2 = extract_features(unets, manifest, partitions, str(tmp_path), FEATURES)
-    assert m1["reused_from_cache"] == [] and m2["reused_from_cache"] == ["client_0", "client_1"]
-    assert first["client_0"]["hsi_features"].shape == (10, 32, 4, 4)  # 2C × 2 timesteps at 4×4
-    for client, key in (("client_0", "hsi_features"), ("client_1", "lidar_features")):
-        np.testing.assert_array_equal(first[client][key], second[client][key])
-    # a changed LiDAR U-Net recomputes the LiDAR client only, and gives different features
-    unets["lidar"]["state"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in unets["lidar"]["state"].items()}
-    third, m3 = extract_features(unets, manifest, partitions, str(tmp_path), FEATURES)
-    assert m3["reused_from_cache"] == ["client_0"]
-    assert not np.allclose(third["client_1"]["lidar_features"], first["client_1"]["lidar_features"])
-    # switched off: computed afresh, identical values (the noise is seeded)
-    fresh, m4 = extract_features(unets, manifest, partitions, str(tmp_path),
-                                 {**FEATURES, "cache": False})
-    assert m4["reused_from_cache"] == []
-    np.testing.assert_array_equal(fresh["client_1"]["lidar_features"], third["client_1"]["lidar_features"])
 
 
 def test_the_paper_overlay_trains_the_ddpms_by_fedavg_not_one_shot_averaging():

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -25,6 +26,7 @@ from flwr.clientapp import ClientApp
 from fedrs.datasets.npz import NpzDataset
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
+from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
@@ -86,9 +88,27 @@ def load_partition(path: Path, extra_dirs: list[str] | tuple[str, ...] = ()) -> 
     return bundle
 
 
+def load_array(path: Path) -> np.ndarray:
+    """One stored array (e.g. the client's diffusion features), kept like the partitions."""
+    key = ((str(path), path.stat().st_mtime_ns),)
+    if key not in _CACHE:
+        _CACHE[key] = {"array": np.load(path)}
+        while len(_CACHE) > 1 and sum(_bundle_bytes(b) for b in _CACHE.values()) > CACHE_BYTES:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]["array"]
+
+
 def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The message's settings and the client's own data: its partition, and — for a model that
+    uses diffusion features — the features it computed itself in stage 2 (``fedrs.federated.features``)."""
     settings = settings_of(msg)
-    return settings, load_partition(partition_path(context, settings), settings.get("client_data_dirs") or ())
+    path = partition_path(context, settings)
+    data = load_partition(path, settings.get("client_data_dirs") or ())
+    if settings.get("client_features"):
+        features = FeatureSettings.from_dict(settings["client_features"])
+        data = attach_features(data, features, node_store(context.node_config, features.store, path), load_array)
+    return settings, data
 
 
 def settings_of(msg: Message) -> dict[str, Any]:
@@ -158,6 +178,24 @@ def describe(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.query("features")
+@reports_traceback
+def features(msg: Message, context: Context) -> Message:
+    """Stage 2: this client's diffusion features of its own pixels, with the global U-Nets it was
+    sent, into its own store. Only their shapes and digests go back."""
+    started = time.perf_counter()
+    settings, data = client_data(msg, context)
+    job = settings["features_job"]
+    path = partition_path(context, settings)
+    store = node_store(context.node_config, str(job.get("store", "")), path)
+    report = compute_features(data, received_unets(msg.content, settings["unet_specs"]), job, store)
+    return Message(
+        RecordDict({"features": ConfigRecord({"report": json.dumps(report)}),
+                    "metrics": MetricRecord({"compute_seconds": time.perf_counter() - started})}),
+        reply_to=msg,
+    )
 
 
 @app.query("exchange")

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,7 +87,8 @@ class FederatedConfig:
     compression: dict[str, Any] | None = None  # codec settings for uploaded updates; None: dense
     exchange_compression: dict[str, Any] | None = None  # codec for exchanged features; None: dense
     downlink_compression: dict[str, Any] | None = None  # global weights as compressed deltas; None: dense
-    client_data_dirs: list[str] = field(default_factory=list)  # more per-client files (e.g. features)
+    client_data_dirs: list[str] = field(default_factory=list)  # more per-client files of the same name
+    client_features: dict[str, Any] | None = None  # FedDiff: which stage-2 features each client reads from its store
     statistics_pass: bool = True  # after the last round, BatchNorm statistics of the final model from every client
     average_last_rounds: int = 0  # the final model: the mean of the last N rounds' global models (SWA); 0: the last
 
@@ -102,7 +104,8 @@ class FederatedConfig:
         """What every message carries to the clients (the round and its learning rate are added)."""
         return {"algorithm": self.algorithm, "model": self.model, "train": self.train, "seed": self.seed,
                 "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
-                "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs}
+                "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs,
+                "client_features": self.client_features}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -692,8 +695,10 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
     return record
 
 
-def run_rounds(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> dict[str, Any]:
-    """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients."""
+def run_rounds(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int,
+               on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients.
+    ``on_round`` sees each round's history row (the deployment engine reports progress with it)."""
     run, start_round = start_run(grid, cfg, test, expected_nodes)
     watch = FailureWatch(cfg.failure_tolerance, run.clients)
     rounds = tqdm(
@@ -710,6 +715,8 @@ def run_rounds(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_
         headline = next(iter(record.scores.items()), ("score", float("nan")))
         rounds.set_postfix({headline[0]: f"{headline[1]:.3f}", "loss": row["train_loss"]})
         watch.observe(record)
+        if on_round is not None:
+            on_round({**row, "num_rounds": cfg.num_rounds})
         if cfg.stop_after_round == rnd and rnd < cfg.num_rounds:
             raise RunInterrupted(f"stopped after round {rnd} as requested (stop_after_round); resume to continue")
     rounds.close()

@@ -1,6 +1,7 @@
-"""FedDiff nodes: thin wrappers that build configs, start Flower runs and package artefacts.
+"""FedDiff nodes: thin wrappers that build configs, start federated jobs and package artefacts.
 Each node takes the parameter blocks it uses: ``feddiff.diffusion`` (stage 1), ``feddiff.features``
-(stage 2), ``feddiff.classifier`` (stage 3), the run's ``seed`` and simulation ``resources``."""
+(stage 2), ``feddiff.classifier`` (stage 3), the run's ``seed``, simulation ``resources`` and the
+shared ``federation`` block (which engine: simulation, or a SuperLink on the deployment engine)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ from typing import Any
 
 import pandas as pd
 
-from fedrs.cache import cached_array, content_digest
+from fedrs.cache import content_digest
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.federated.algorithms.feddiff import MODALITIES
-from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.engine import FederationConfig, SimulationResources, run_job
+from fedrs.federated.features import FeatureJob
+from fedrs.federated.jobs import FeaturesJob, RoundsJob
 from fedrs.federated.local import TrainConfig
 from fedrs.federated.server import FederatedConfig
 from fedrs.federated.standalone import train_centralized
-from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.models.unet import UNetSpec
 from fedrs.results import artifact, run_history, traffic_table
 
 logger = logging.getLogger(__name__)
@@ -63,9 +65,14 @@ def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], seed: i
                                       "train": stage.get("train", {}), "seed": int(seed), **extra})
 
 
-def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, test_patches: dict[str, Any],
-                    diffusion: dict[str, Any], patch_params: dict[str, Any], seed: int, resources: dict[str, Any]
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _store(feature_cache_dir: str, federation: dict[str, Any]) -> str:
+    """Simulated clients keep their features in the project's store; deployed ones in their own."""
+    return feature_cache_dir if FederationConfig.from_dict(federation).engine == "simulation" else ""
+
+
+def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
+                    test_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any], seed: int,
+                    resources: dict[str, Any], federation: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stage 1: one federated DDPM per modality, over the clients that hold it."""
     started = time.perf_counter()
     unets, rounds = {}, {}
@@ -73,63 +80,51 @@ def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
         spec = unet_spec(test_patches, modality, diffusion, patch_params)
         cfg = _config(f"ddpm_{modality}", spec, diffusion, seed, partition_dir=partition_dir,
                       checkpoint_dir=f"{checkpoint_dir}/ddpm_{modality}")
-        result = run_simulation_engine(cfg, test_patches, int(manifest["num_clients"]),
-                                       SimulationResources.from_dict(resources))
+        result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
+                         SimulationResources.from_dict(resources), deployment_dir)
         unets[modality] = {"spec": spec, "state": result["state"]}
         rounds[modality] = result["history"]
     return unets, run_history("feddiff_diffusion", [], started, diffusion.get("train"), stages=rounds)
 
 
-def extract_features(unets: dict[str, Any], manifest: dict[str, Any], client_partitions: dict[str, Any],
-                     cache_dir: str, features: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Stage 2: each client's features of its own modality, with that modality's global U-Net.
-
-    Each client's features are cached under the digest of the U-Net (spec and weights), its patches,
-    the timesteps and the seed: a re-run with an unchanged model and scene loads them instead."""
-    timesteps, seed = list(features["timesteps"]), int(features["seed"])
+def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_dir: str, feature_cache_dir: str,
+                     deployment_dir: str, features: dict[str, Any], resources: dict[str, Any],
+                     federation: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2, on the clients: each one receives the global U-Net of its modality and computes the
+    features of its own pixels into its own store (``fedrs.federated.features``); this node only
+    learns their shapes and digests. A store keeps features of an unchanged U-Net and partition."""
+    job = FeatureJob(unets=unets, timesteps=list(features["timesteps"]), seed=int(features["seed"]),
+                     device=str(features.get("device", "auto")), precision=str(features.get("precision", "fp32")),
+                     cache=bool(features.get("cache", True)), partition_dir=partition_dir,
+                     store=_store(feature_cache_dir, federation))
+    result = run_job(FeaturesJob(job), int(manifest["num_clients"]), federation,
+                     SimulationResources.from_dict(resources), deployment_dir)
     policy = TrainConfig.from_dict({k: features[k] for k in ("device", "precision") if k in features}).policy()
-    use_cache = bool(features.get("cache", True))
-    digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
-    models = {}
-    for modality, entry in unets.items():
-        model = DiffusionUNet(UNetSpec.from_dict(entry["spec"]))
-        model.load_state_dict(entry["state"])
-        models[modality] = model
-    files, reused = {}, []
-    for client in manifest["clients"]:
-        bundle = client_partitions[client["partition"]]()
-        (modality,) = client["modalities"]
-        key = content_digest(digests[modality], bundle[modality], timesteps, seed, policy.precision)
-
-        def compute(modality: str = modality, bundle: dict[str, Any] = bundle) -> Any:
-            return diffusion_feature_bundle(models[modality], bundle[modality], timesteps, seed, policy)
-
-        array, hit = cached_array(cache_dir if use_cache else None, f"{modality}-{key}", compute)
-        files[client["partition"]] = {f"{modality}_features": array}
-        if hit:
-            reused.append(client["partition"])
-    if reused:
-        logger.info("Diffusion features reused from %s for %d of %d clients", cache_dir, len(reused), len(files))
-    return files, {"timesteps": timesteps, "seed": seed, "unets": digests, "reused_from_cache": reused,
-                   "compute": policy.describe(),
-                   "clients": {k: list(v[next(iter(v))].shape) for k, v in files.items()}}
+    return {**result, "compute": policy.describe()}
 
 
-def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir: str, features_manifest: dict[str, Any],
-                     checkpoint_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
+def train_classifier(manifest: dict[str, Any], partition_dir: str, features_manifest: dict[str, Any],
+                     checkpoint_dir: str, deployment_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
                      test_patches: dict[str, Any], classifier: dict[str, Any], features: dict[str, Any], seed: int,
-                     resources: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Stage 3: federated classifier rounds with the compressed feature exchange."""
+                     resources: dict[str, Any], federation: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """Stage 3: federated classifier rounds with the compressed feature exchange; each client reads
+    the features it computed in stage 2 (named by ``features_manifest``)."""
     started = time.perf_counter()
     spec = classifier_spec(test_patches, unets, classifier, features)
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so it scores the global model centrally
     test_inputs = get_algorithm(name).prepare(model_artifact, test_patches, features)
+    digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
+    if features_manifest["unets"] != digests:
+        raise ValueError(f"the features manifest names U-Nets {features_manifest['unets']}, but stage 1's are "
+                         f"{digests}: run stage 2 (feddiff.extract_features) again")
+    client_features = features_manifest["settings"] if spec.get("use_diffusion", True) else None
     cfg = _config(name, spec, classifier, seed, partition_dir=partition_dir, checkpoint_dir=f"{checkpoint_dir}/{name}",
-                  client_data_dirs=[features_dir])
-    result = run_simulation_engine(cfg, test_inputs, int(manifest["num_clients"]),
-                                   SimulationResources.from_dict(resources))
+                  client_features=client_features)
+    result = run_job(RoundsJob(cfg, test_inputs), int(manifest["num_clients"]), federation,
+                     SimulationResources.from_dict(resources), deployment_dir)
     model_artifact["state"] = result["state"]
     history = run_history(
         name,
@@ -137,11 +132,11 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_dir:
         started,
         cfg.train,
         clients=result["clients"],
-        features=features_manifest,
+        features={k: v for k, v in features_manifest.items() if k != "traffic"},
         layout=manifest["layout"],
         earlier_stages=[diffusion_history],
     )
-    return model_artifact, history, traffic_table(result["traffic"]), test_inputs
+    return model_artifact, history, traffic_table(features_manifest["traffic"] + result["traffic"]), test_inputs
 
 
 def train_diffusion_pooled(

@@ -12,8 +12,7 @@ from fedrs.pipelines.feddiff.nodes import (
     train_diffusion_pooled,
 )
 
-SHARED = {"test_patches", "modality_split.federation_manifest", "modality_split.client_partitions",
-          "modality_split.client_partition_dir"}
+SHARED = {"test_patches", "modality_split.federation_manifest", "modality_split.client_partition_dir"}
 PARAMETERS = {f"params:feddiff.{k}": f"params:feddiff.{k}"
               for k in ("diffusion", "features", "classifier", "seed", "resources")}
 
@@ -21,20 +20,24 @@ PARAMETERS = {f"params:feddiff.{k}": f"params:feddiff.{k}"
 def create_pipeline(**kwargs) -> Pipeline:
     stages = Pipeline([
         node(train_diffusion, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
-                               "checkpoint_dir", "test_patches", "params:feddiff.diffusion", "params:patches",
-                               "params:feddiff.seed", "params:feddiff.resources"],
+                               "checkpoint_dir", "deployment_dir", "test_patches", "params:feddiff.diffusion",
+                               "params:patches", "params:feddiff.seed", "params:feddiff.resources",
+                               "params:federation"],
              ["unets", "diffusion_history"], name="train_diffusion"),
-        node(extract_features, ["unets", "modality_split.federation_manifest", "modality_split.client_partitions",
-                                "feature_cache_dir", "params:feddiff.features"],
-             ["client_features", "features_manifest"], name="extract_features"),
+        node(extract_features, ["unets", "modality_split.federation_manifest", "modality_split.client_partition_dir",
+                                "feature_cache_dir", "deployment_dir", "params:feddiff.features",
+                                "params:feddiff.resources", "params:federation"],
+             "features_manifest", name="extract_features"),
         node(train_classifier, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
-                                "client_features_dir", "features_manifest", "checkpoint_dir", "unets",
+                                "features_manifest", "checkpoint_dir", "deployment_dir", "unets",
                                 "diffusion_history", "test_patches", "params:feddiff.classifier",
-                                "params:feddiff.features", "params:feddiff.seed", "params:feddiff.resources"],
+                                "params:feddiff.features", "params:feddiff.seed", "params:feddiff.resources",
+                                "params:federation"],
              ["model", "history", "traffic", "test_inputs"], name="train_classifier"),
     ])
     trained = pipeline(stages, namespace="feddiff", inputs=SHARED,
-                       parameters={**PARAMETERS, "params:patches": "params:patches"})
+                       parameters={**PARAMETERS, "params:patches": "params:patches",
+                                   "params:federation": "params:federation"})
     return trained + evaluation_pipeline("feddiff", test_inputs="feddiff.test_inputs")
 
 

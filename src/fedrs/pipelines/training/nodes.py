@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.engine import SimulationResources, run_job
+from fedrs.federated.jobs import RoundsJob
 from fedrs.federated.server import FederatedConfig
 from fedrs.federated.standalone import summarise_local, train_centralized, train_local
 from fedrs.results import artifact, merge, model_spec, run_history, traffic_table
@@ -22,14 +23,15 @@ def federated_config(params: dict[str, Any], spec: dict[str, Any], partition_dir
                                       "partition_dir": partition_dir, "checkpoint_dir": checkpoint_dir, **extra})
 
 
-def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, test_patches: dict[str, Any],
-                    baseline: dict[str, Any], training: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
+def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
+                    test_patches: dict[str, Any], baseline: dict[str, Any], training: dict[str, Any],
+                    federation: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
     spec = model_spec(test_patches, params.get("model", {}))
     cfg = federated_config(params, spec, partition_dir, checkpoint_dir)
     started = time.perf_counter()
-    result = run_simulation_engine(cfg, test_patches, int(manifest["num_clients"]),
-                                   SimulationResources.from_dict(params.get("resources")))
+    result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
+                     SimulationResources.from_dict(params.get("resources")), deployment_dir)
     modalities = list(get_algorithm(cfg.algorithm).modalities)
     history = run_history(cfg.algorithm, result["history"], started, cfg.train, clients=result["clients"],
                           layout=manifest["layout"])

@@ -24,7 +24,8 @@ def _template(algorithm: str) -> Pipeline:
                                                   "test_patches", "params:baseline", "params:training"],
                               OUTPUTS, name="train")])
     return Pipeline([node(train_federated, ["horizontal.federation_manifest", "horizontal.client_partition_dir",
-                                            "checkpoint_dir", "test_patches", "params:baseline", "params:training"],
+                                            "checkpoint_dir", "deployment_dir", "test_patches", "params:baseline",
+                                            "params:training", "params:federation"],
                           OUTPUTS, name="train")])
 
 
@@ -33,4 +34,4 @@ def create_pipeline(algorithm: str) -> Pipeline:
               "horizontal.client_partition_dir"}
     template = _template(algorithm)
     return pipeline(template, namespace=algorithm, inputs=shared & set(template.inputs()),
-                    parameters={"params:baseline": "params:baseline"})
+                    parameters={k: k for k in ("params:baseline", "params:federation") if k in template.inputs()})

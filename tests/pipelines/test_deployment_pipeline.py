@@ -1,0 +1,113 @@
+"""``kedro run --pipelines=feddiff`` against a real federation on 127.0.0.1: a SuperLink with TLS
+(a throw-away CA) and SuperNode authentication, four registered SuperNodes (2 sites × {HSI holder,
+LiDAR holder}), each reading only its own partition file and keeping its diffusion features in its
+own store. All three FedDiff stages run as jobs on the SuperLink; evaluation, MLflow and the
+registry work as after a simulation — and give the simulation's metrics. One federation serves the
+whole test (each Flower message starts a ClientApp process, so a FedDiff run costs minutes here).
+Every process started is stopped by its process group."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from fedrs.federated.engine import DeploymentRunFailed
+from tests.conftest import TINY_FEDDIFF
+from tests.federated.loopback import Loopback
+
+pytestmark = pytest.mark.integration
+CLIENTS = "data/05_model_input/synthetic/modality_split/clients"
+
+
+@pytest.fixture
+def loopback(tmp_path):
+    federation = Loopback(tmp_path / "flower")
+    yield federation
+    federation.stop()
+
+
+def _run(project, pipelines: list[str], **kwargs) -> None:
+    try:
+        project.run(pipelines, **kwargs)
+    finally:
+        while mlflow.active_run() is not None:  # the next session opens its own MLflow run
+            mlflow.end_run()
+
+
+def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddiff, loopback, tmp_path):
+    project, p = tiny_feddiff, tiny_feddiff.path
+    # fewer Flower messages: one classifier round, no statistics passes (tested on the simulation engine)
+    conf = json.loads(json.dumps(TINY_FEDDIFF))
+    for stage in ("diffusion", "classifier"):
+        conf["feddiff"][stage]["federated"]["statistics_pass"] = False
+    conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 1
+    project.write_conf("local", "parameters_feddiff.yml", conf)
+    _run(project, ["data"])
+    manifest = json.loads(p("data/05_model_input/synthetic/modality_split/manifest.json").read_text())
+    assert len(manifest["clients"]) == 4
+    loopback.start_superlink()
+    keys = {}
+    for client in manifest["clients"]:
+        cid = int(client["client_id"])
+        keys[cid] = loopback.node_key(f"org{cid}")
+        loopback.start_supernode(f"org{cid}", {"partition-path": str(p(CLIENTS, f"client_{cid:03d}.npz")),
+                                               "feature-cache-dir": str(tmp_path / f"org{cid}" / "features")},
+                                 keys[cid])
+    # who may not join: a key nobody registered, and a node that does not trust the coordinator's CA
+    stranger = loopback.start_supernode("stranger", {"partition-path": str(p(CLIENTS, "client_000.npz"))},
+                                        loopback.node_key("stranger", register=False), retries=2)
+    untrusting = loopback.start_supernode("untrusting", {"partition-path": str(p(CLIENTS, "client_000.npz"))},
+                                          keys[0], ca=False, retries=2)
+    project.write_conf("local", "parameters_federation.yml",
+                       {"federation": {"engine": "deployment", "deployment": loopback.deployment}})
+    _run(project, ["feddiff"])
+
+    history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1], loopback.tail()
+    assert all(r["accepted"] == [0, 1, 2, 3] for r in history["rounds"])
+    diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
+    assert diffusion["stages"]["hsi"][0]["accepted"] == [0, 2] and diffusion["stages"]["lidar"][0]["accepted"] == [1, 3]
+    # stage 2 ran at the organisations: each store holds its own features, the project's store none
+    for cid in range(4):
+        assert len(list((tmp_path / f"org{cid}" / "features").glob("*.npy"))) == 1
+    assert not list(p("data/04_feature/synthetic").glob("feddiff_feature_cache/*.npy"))
+    traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    assert sorted(traffic[traffic["payload"] == "unet"]["client_id"]) == [0, 1, 2, 3]
+    feats = traffic[traffic["payload"] == "features"]
+    assert len(feats) == 8 and (feats["bytes_sent"] < feats["bytes_dense"]).all()
+    # four jobs went through the SuperLink: two DDPMs, the features, the classifier
+    jobs = sorted(d.name.rsplit("-", 3)[0] for d in p("data/06_models/synthetic/feddiff/deployment").iterdir())
+    assert jobs == ["ddpm_hsi", "ddpm_lidar", "feddiff", "feddiff_features"]
+    deployed = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+
+    mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
+    assert run.data.params["federation.engine"] == "deployment" and "feddiff.oa" in run.data.metrics
+    versions = client.search_model_versions("name='feddiff'")
+    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+
+    # neither outsider was ever let in: both gave up after their retries
+    for proc in (stranger, untrusting):
+        proc.wait(timeout=120)
+        assert proc.returncode != 0, loopback.tail()
+    online = [n for n in loopback.registered_nodes() if str(n.get("status", "")).lower() == "online"]
+    assert len(online) == 4
+
+    # a ServerApp that fails on the SuperLink fails the Kedro node, with its error
+    failing = json.loads(json.dumps(conf))
+    failing["feddiff"]["classifier"]["federated"]["min_clients"] = 5
+    project.write_conf("local", "parameters_feddiff.yml", failing)
+    with pytest.raises(DeploymentRunFailed, match="min_clients is 5"):
+        _run(project, ["feddiff"], from_nodes=["feddiff.train_classifier"])
+    project.write_conf("local", "parameters_feddiff.yml", conf)
+
+    # the same pipeline on the simulation engine: the same metrics for the same seed
+    project.write_conf("local", "parameters_federation.yml", {"federation": {"engine": "simulation"}})
+    _run(project, ["feddiff"])
+    simulated = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    for key in ("oa", "aa", "kappa"):
+        assert deployed[key] == pytest.approx(simulated[key], abs=1e-6), key
