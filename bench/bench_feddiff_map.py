@@ -111,7 +111,8 @@ def main() -> None:
         f"{gflop_per_pixel * 1e3:.0f} | {peak:.0f} | {ceiling:,.0f} | {rate / ceiling:.0%} | "
         f"{664_845 / rate / 60:.1f} |",
     ]
-    save("feddiff_map", {"precision": args.precision, "pixels": pixels, "seconds": seconds, "pixels_per_s": rate, "split_seconds": split,
+    save("feddiff_map", {"precision": args.precision, "pixels": pixels, "seconds": seconds, "pixels_per_s": rate,
+                         "split_seconds": split,
                          "gflop_per_pixel": gflop_per_pixel, "gemm_gflops": peak, "ceiling_pixels_per_s": ceiling,
                          "peak_rss_mb": peak_rss_mb()}, markdown)
 

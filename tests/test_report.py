@@ -95,3 +95,20 @@ def test_runs_that_lost_clients_or_kept_raising_their_loss_are_marked():
     md = render_markdown("t", {}, table, [], {})
     assert "**shaky** lost clients during training" in md and "**fine** lost" not in md
     assert "training loss grew in each of its last 2 rounds" in md
+
+
+def test_a_private_runs_budget_reaches_the_table_and_mlflow():
+    from fedrs.pipelines.evaluation.nodes import mlflow_metrics
+
+    rounds = [{"round": 1, "train_loss": 1.0, "test_oa": 0.4, "dp_epsilon": 3.5},
+              {"round": 2, "train_loss": 0.9, "test_oa": 0.5, "dp_epsilon": 5.25}]
+    private = run_summary({"rounds": rounds})
+    assert private["dp_epsilon"] == 5.25 and [r["dp_epsilon"] for r in private["rounds"]] == [3.5, 5.25]
+    assert "dp_epsilon" not in run_summary({"rounds": [{"round": 1, "test_oa": 0.5}]})
+    table = comparison_table({"dp": _metrics(0.5, run=private), "plain": _metrics(0.7, run=run_summary({}))}, [])
+    cells = markdown_table(table, {"algorithm": "algorithm", "dp_epsilon": "DP ε"})
+    assert "| dp | 5.25 |" in cells and "| plain | – |" in cells
+    report = {**_metrics(0.5), "run": private}
+    logged = mlflow_metrics(report, {"rounds": rounds})
+    assert logged["dp_epsilon"] == {"value": 5.25, "step": 0}
+    assert [p["value"] for p in logged["round.dp_epsilon"]] == [3.5, 5.25]

@@ -18,7 +18,8 @@ from fedrs.plots import cumulative_mb_sent
 TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA", "aa": "AA", "kappa": "κ",
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
-                 "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost"}
+                 "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
+                 "dp_epsilon": "DP ε"}
 
 
 def ordered(names: list[str], preferred: list[str]) -> list[str]:
@@ -49,7 +50,8 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "compression": dense / sent if sent else np.nan,
                "wall_seconds": run.get("wall_seconds", np.nan), "peak_rss_mb": run.get("peak_rss_mb", np.nan),
                "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
-               "loss_growing_rounds": run.get("loss_growing_rounds", 0)}
+               "loss_growing_rounds": run.get("loss_growing_rounds", 0),
+               "dp_epsilon": run.get("dp_epsilon", np.nan)}
         row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -108,7 +110,7 @@ def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -
 
 # how the comparison's columns read; anything else: 4 decimals below 1.5, else one
 FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",
-           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}"}
+           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}"}
 
 
 def _format(value: Any, spec: str | None = None) -> str:

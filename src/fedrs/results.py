@@ -54,7 +54,8 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
 
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
               "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
-              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics")
+              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
+              "dp_epsilon", "dp_noise_std", "dp_clipped")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,4 +92,7 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean_oa", "worst_oa", "best_oa"):
         if key in history:
             summary[key] = history[key]
+    epsilons = [r["dp_epsilon"] for r in rounds if r.get("dp_epsilon") is not None]
+    if epsilons:  # client-level DP: the budget spent by the whole run
+        summary["dp_epsilon"] = float(epsilons[-1])
     return summary

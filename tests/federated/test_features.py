@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.federated.features import FeatureJob, FeatureSettings, feature_key, run_feature_job
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 from tests.federated.fake_grid import FakeGrid
@@ -76,6 +77,11 @@ def test_stage_three_reads_the_features_by_digest_and_refuses_without_them(tiny_
     (modality,) = data["modalities"]
     key = feature_key(modality, manifest["unets"][modality], data[modality], [5, 20], 3, "fp32")
     np.testing.assert_array_equal(data[f"{modality}_features"], np.load(tmp_path / f"{key}.npy"))
+    # what the client computed is what the server computes for the same pixels (scoring, maps)
+    unet = DiffusionUNet(UNetSpec.from_dict(unets[modality]["spec"]))
+    unet.load_state_dict(unets[modality]["state"])
+    expected = diffusion_feature_bundle(unet, data[modality], [5, 20], 3)
+    np.testing.assert_array_equal(data[f"{modality}_features"], expected)
     # features of another U-Net, or an empty store: a clear refusal, never zeros
     other = {**manifest["settings"], "unets": {"hsi": "0" * 16, "lidar": "0" * 16}}
     with pytest.raises(FileNotFoundError, match="stage 2"):

@@ -28,6 +28,7 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.privacy import PrivacyConfig, clip_update
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
@@ -246,6 +247,10 @@ def train(msg: Message, context: Context) -> Message:
     if settings["train"].get("statistics_only"):  # a statistics pass: nothing was trained, send only these
         statistics = norm_statistic_names(model)
         state = {k: v for k, v in state.items() if k in statistics}
+    privacy = settings.get("privacy")
+    if privacy and PrivacyConfig.from_dict(privacy).clipping == "client":
+        # client-side clipping: the server never receives this client's unclipped update
+        state, _ = clip_update(state, received, PrivacyConfig.from_dict(privacy).clipping_norm)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))

@@ -41,6 +41,7 @@ from fedrs.federated.algorithms import Algorithm, get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed, lr_at_round, norm_statistic_names
+from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class FederatedConfig:
     client_features: dict[str, Any] | None = None  # FedDiff: which stage-2 features each client reads from its store
     statistics_pass: bool = True  # after the last round, BatchNorm statistics of the final model from every client
     average_last_rounds: int = 0  # the final model: the mean of the last N rounds' global models (SWA); 0: the last
+    privacy: dict[str, Any] | None = None  # client-level DP: clipping and Gaussian noise (fedrs.federated.privacy)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
@@ -105,7 +107,7 @@ class FederatedConfig:
         return {"algorithm": self.algorithm, "model": self.model, "train": self.train, "seed": self.seed,
                 "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
                 "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs,
-                "client_features": self.client_features}
+                "client_features": self.client_features, "privacy": self.privacy}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -204,6 +206,7 @@ class RunState:
     traffic: list[dict[str, Any]] = field(default_factory=list)
     tail: State | None = None  # running mean of the global models of the rounds averaged so far
     tail_rounds: int = 0
+    privacy_releases: list[tuple[float, float]] = field(default_factory=list)  # (σ, sampling rate) per DP aggregate
 
     @property
     def per_round(self) -> int:
@@ -241,6 +244,7 @@ class RoundRecord:
     wait: float = 0.0
     client_seconds: dict[int, float] = field(default_factory=dict)
     statistics_from: list[int] = field(default_factory=list)  # clients whose BatchNorm statistics were pooled
+    privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -316,6 +320,9 @@ class RoundRecord:
             "client_seconds_max": max(self.client_seconds.values(), default=0.0),
             "statistics_from": self.statistics_from,
             **{f"test_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
+            **({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
+                "dp_clipped": self.privacy["clipped"],
+                "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))} if self.privacy else {}),
         }
 
 
@@ -427,12 +434,14 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
 def aggregate_round(run: RunState, record: RoundRecord) -> None:
     """Screen the updates and, with at least ``min_clients`` accepted, aggregate them."""
     cfg = run.cfg
+    # under DP, clipping bounds every update: screening by norm would only leak who was large
     record.accepted, record.rejected = screen_updates(
-        record.updates, run.global_state, cfg.outlier_factor, cfg.max_update_norm
+        record.updates, run.global_state, *((float("inf"), None) if cfg.privacy else (cfg.outlier_factor,
+                                                                                      cfg.max_update_norm))
     )
     record.aggregated = len(record.accepted) >= cfg.min_clients
     if record.aggregated:
-        run.global_state = run.algorithm.aggregate(run.global_state, record.accepted)
+        aggregate_updates(run, record, record.accepted, len(record.sampled) / max(len(run.eligible), 1))
     else:
         logger.warning(
             "round %d: %d usable updates, below min_clients=%d; global model kept",
@@ -440,6 +449,20 @@ def aggregate_round(run: RunState, record: RoundRecord) -> None:
             len(record.accepted),
             cfg.min_clients,
         )
+
+
+def aggregate_updates(run: RunState, record: RoundRecord, updates: list[ClientUpdate], sampling_rate: float) -> None:
+    """The algorithm's aggregate, or with ``privacy`` the DP aggregate (clipped, equal weights,
+    Gaussian noise), whose release the accountant counts."""
+    if not run.cfg.privacy:
+        run.global_state = run.algorithm.aggregate(run.global_state, updates)
+        return
+    privacy = PrivacyConfig.from_dict(run.cfg.privacy)
+    noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round, len(run.privacy_releases)))
+    run.global_state, report = private_aggregate(run.global_state, updates, run.algorithm.owner, privacy, noise)
+    run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
+    epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
+    record.privacy = {**report, "epsilon": epsilon if np.isfinite(epsilon) else None}  # None: no guarantee
 
 
 def accumulate_tail(run: RunState, rnd: int) -> None:
@@ -500,7 +523,7 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
     collect_updates(grid, run, sub)
     finite, rejected = screen_updates(sub.updates, run.global_state, float("inf"))
     if finite:
-        run.global_state = run.algorithm.aggregate(run.global_state, finite)
+        aggregate_updates(run, record, finite, 1.0)
     sub.statistics_from = [u.client_id for u in finite]
     for entry in sub.traffic:
         if entry["direction"] == "up" and entry["payload"] == "weights":
@@ -581,6 +604,7 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
                 "traffic": run.traffic,
                 "tail": run.tail,
                 "tail_rounds": run.tail_rounds,
+                "privacy_releases": run.privacy_releases,
                 "config_digest": cfg.digest(),
             },
         )
@@ -660,6 +684,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
+    if cfg.privacy:
+        PrivacyConfig.from_dict(cfg.privacy)  # a bad privacy block fails before the first round
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
@@ -678,6 +704,7 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     )
     if checkpoint is not None:
         run.tail, run.tail_rounds = checkpoint.get("tail"), int(checkpoint.get("tail_rounds", 0))
+        run.privacy_releases = list(checkpoint.get("privacy_releases", []))
     return run, start_round
 
 

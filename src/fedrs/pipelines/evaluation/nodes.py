@@ -49,7 +49,7 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         for key, value in scores.items():
             metrics[f"{variant}.{key}"] = {"value": float(value), "step": 0}
     rounds = history.get("rounds") or []
-    for key in ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up"):
+    for key in ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up", "dp_epsilon"):
         points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]
         if points:
             metrics[f"round.{key}"] = points
@@ -63,6 +63,7 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         "clients_dropped",
         "updates_rejected",
         "loss_growing_rounds",
+        "dp_epsilon",
     ):
         if key in run:
             metrics[key] = {"value": float(run[key]), "step": 0}

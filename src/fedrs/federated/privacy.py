@@ -1,0 +1,128 @@
+"""Client-level differential privacy for every weight-averaging algorithm: each client's update
+(its local weights minus the global weights it started from) is clipped to L2 norm ``C``, the
+clipped updates are averaged with equal weights, and Gaussian noise of standard deviation σ·C/n is
+added to each average — DP-FedAvg (McMahan et al., ICLR 2018), with fixed clipping as in Flower's
+``DifferentialPrivacy{Server,Client}SideFixedClipping``, whose clipping and noise-scale functions
+this module calls (``flwr.supercore.differential_privacy``).
+
+Modality-aware averaging composes: a tensor owned by one modality is averaged over the n_g clients
+that hold it, so its noise is σ·C/n_g. One client changes the vector of per-group sums by at most C
+in L2 norm (its whole clipped update), so noise σ·C on every sum — σ·C/n_g on every mean — is the
+Gaussian mechanism with multiplier σ over the whole model. Every released aggregate counts, the
+statistics pass (BatchNorm statistics) included.
+
+Where the clipping happens (``clipping``): ``server`` (the server clips what it receives) or
+``client`` (each client clips before it uploads, so the server never holds an unclipped update);
+the noise is always added by the server, once, to the aggregate. Sample counts are not used as
+weights: they would let one client's influence exceed C.
+
+The budget: the RDP accountant of Opacus (``opacus.accountants.RDPAccountant``), one step per
+released aggregate with sampling rate = clients per round ÷ eligible clients (sampling here is
+uniform without replacement; the Poisson-subsampling analysis is the usual approximation and is
+exact at rate 1, every client every round — this project's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv, get_norm
+
+from fedrs.config import from_mapping
+from fedrs.federated.aggregation import ClientUpdate, Owner, State
+
+CLIPPING_SITES = ("server", "client")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    noise_multiplier: float         # σ: noise std in units of the clipping norm (0: clipping only, no guarantee)
+    clipping_norm: float            # C: the largest L2 norm of one client's update
+    clipping: str = "server"        # server | client
+    delta: float = 1e-5             # δ of the (ε, δ) reported
+
+    def __post_init__(self) -> None:
+        if self.clipping not in CLIPPING_SITES:
+            raise ValueError(f"privacy.clipping is {self.clipping!r}; expected one of {list(CLIPPING_SITES)}")
+        if not self.clipping_norm > 0:
+            raise ValueError(f"privacy.clipping_norm must be > 0, got {self.clipping_norm}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"privacy.noise_multiplier must be ≥ 0, got {self.noise_multiplier}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"privacy.delta must lie in (0, 1), got {self.delta}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PrivacyConfig:
+        return from_mapping(cls, d, label="privacy")
+
+
+def _floating(state: State, reference: State) -> list[str]:
+    return [k for k, v in state.items() if torch.is_floating_point(v) and k in reference]
+
+
+def clip_update(state: State, reference: State, clipping_norm: float) -> tuple[State, float]:
+    """``state`` moved so that ``state − reference`` (over its floating-point tensors) has L2 norm at
+    most ``clipping_norm``; returns the clipped state and the update's norm before clipping."""
+    names = _floating(state, reference)
+    local = [state[k].detach().cpu().double().numpy() for k in names]
+    base = [reference[k].detach().cpu().double().numpy() for k in names]
+    norm = get_norm([a - b for a, b in zip(local, base, strict=True)])
+    if norm == 0.0:  # nothing moved (Flower's clip would divide by this norm)
+        return dict(state), 0.0
+    compute_clip_model_update(local, base, clipping_norm)  # local ← base + clip(local − base)
+    clipped = dict(state)
+    for k, value in zip(names, local, strict=True):
+        clipped[k] = torch.from_numpy(np.asarray(value)).to(state[k].dtype)
+    return clipped, norm
+
+
+def private_aggregate(global_state: State, updates: list[ClientUpdate], owner: Owner, cfg: PrivacyConfig,
+                      generator: torch.Generator) -> tuple[State, dict[str, Any]]:
+    """The DP aggregate of ``updates``: clip each (a no-op for client-clipped ones), average the
+    clipped updates with equal weights per tensor over the clients holding its modality, add
+    N(0, (σ·C/n_g)²). Returns the new state and what was done (norms, clipped, noise stds)."""
+    clipped, norms = [], []
+    for u in updates:
+        state, norm = clip_update(u.state, global_state, cfg.clipping_norm)
+        clipped.append(ClientUpdate(u.client_id, state, u.num_samples, u.modalities, u.metrics))
+        norms.append(norm)
+    new_state: State = {}
+    stds: set[float] = set()
+    for name, current in global_state.items():
+        modality = owner(name)
+        eligible = [u for u in clipped if name in u.state and (modality is None or modality in u.modalities)]
+        if not eligible:
+            new_state[name] = current.clone()
+            continue
+        if not torch.is_floating_point(current):
+            new_state[name] = torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
+            continue
+        mean = torch.stack([u.state[name].double() - current.double() for u in eligible]).mean(dim=0)
+        std = compute_stdv(cfg.noise_multiplier, cfg.clipping_norm, len(eligible))
+        stds.add(std)
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float64) * std
+        value = current.double() + mean + noise
+        if name.endswith("running_var"):
+            value = value.clamp_min(0.0)  # noise may push a variance below zero
+        new_state[name] = value.to(current.dtype)
+    report = {"update_norms": norms, "clipped": sum(n > cfg.clipping_norm for n in norms),
+              "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0)}
+    return new_state, report
+
+
+def epsilon_spent(releases: list[tuple[float, float]], delta: float) -> float:
+    """ε after the released aggregates ``[(noise multiplier, sampling rate), …]`` at ``delta``
+    (Opacus' RDP accountant); infinite when any release carried no noise."""
+    if not releases:
+        return 0.0
+    if any(sigma <= 0 for sigma, _ in releases):
+        return float("inf")
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for sigma, rate in releases:
+        accountant.step(noise_multiplier=sigma, sample_rate=rate)
+    return float(accountant.get_epsilon(delta=delta))

@@ -1,0 +1,102 @@
+"""Client-level differential privacy: clipping, the noise scale, equal weights, the accountant, and
+the DP round loop against the real ClientApp (fake grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedrs.federated.aggregation import ClientUpdate
+from fedrs.federated.privacy import PrivacyConfig, clip_update, epsilon_spent, private_aggregate
+from fedrs.federated.server import run_rounds
+from tests.federated.fake_grid import FakeGrid
+from tests.federated.test_server import config
+
+
+def test_clipping_bounds_the_update_norm_hand_values():
+    reference = {"w": torch.tensor([1.0, 1.0]), "b": torch.tensor([0.0]), "n": torch.tensor(3)}
+    state = {"w": torch.tensor([4.0, 1.0]), "b": torch.tensor([4.0]), "n": torch.tensor(5)}  # update (3, 0, 4)
+    clipped, norm = clip_update(state, reference, 1.0)
+    assert norm == pytest.approx(5.0)
+    torch.testing.assert_close(clipped["w"], torch.tensor([1.6, 1.0]))  # 1 + 3/5
+    torch.testing.assert_close(clipped["b"], torch.tensor([0.8]))       # 0 + 4/5
+    assert int(clipped["n"]) == 5  # counters are not model values
+    same, _ = clip_update(state, reference, 10.0)
+    torch.testing.assert_close(same["w"], state["w"]) and torch.testing.assert_close(same["b"], state["b"])
+
+
+def test_noise_follows_sigma_c_over_n_per_modality_group():
+    size = 200_000
+    global_state = {"shared": torch.zeros(size), "hsi_encoder.w": torch.zeros(size)}
+    updates = [ClientUpdate(c, {k: torch.zeros(size) for k in global_state}, 10, mods)
+               for c, mods in enumerate([("hsi",), ("hsi",), ("lidar",), ("lidar",)])]
+    owner = {"shared": None, "hsi_encoder.w": "hsi"}.get
+    cfg = PrivacyConfig(noise_multiplier=2.0, clipping_norm=0.5)
+    new, report = private_aggregate(global_state, updates, owner, cfg, torch.Generator().manual_seed(0))
+    assert float(new["shared"].std()) == pytest.approx(2.0 * 0.5 / 4, rel=0.01)       # all four clients
+    assert float(new["hsi_encoder.w"].std()) == pytest.approx(2.0 * 0.5 / 2, rel=0.01)  # its two holders
+    assert report["noise_std_max"] == pytest.approx(0.5) and report["clipped"] == 0
+
+
+def test_updates_are_clipped_and_averaged_with_equal_weights():
+    global_state = {"w": torch.zeros(2)}
+    updates = [ClientUpdate(0, {"w": torch.tensor([10.0, 0.0])}, 1000, ("hsi",)),  # norm 10 → clipped to 1
+               ClientUpdate(1, {"w": torch.tensor([0.0, 0.5])}, 1, ("hsi",))]
+    new, report = private_aggregate(global_state, updates, lambda name: None,
+                                    PrivacyConfig(noise_multiplier=0.0, clipping_norm=1.0),
+                                    torch.Generator().manual_seed(0))
+    # sample counts would give client 0 weight 1000/1001; under DP both count once
+    torch.testing.assert_close(new["w"], torch.tensor([0.5, 0.25]))
+    assert report["clipped"] == 1 and report["update_norms"] == pytest.approx([10.0, 0.5])
+
+
+def test_the_accountant_reproduces_the_librarys_published_example():
+    # Opacus' own test: σ = 1.5, sampling rate 0.04, 90 epochs (2250 steps), δ = 1e-5 → ε = 7.3291…
+    assert epsilon_spent([(1.5, 0.04)] * int(90 / 0.04), 1e-5) == pytest.approx(7.32911117143, rel=1e-9)
+    assert epsilon_spent([(0.0, 1.0)], 1e-5) == float("inf") and epsilon_spent([], 1e-5) == 0.0
+    # more rounds, or less noise, spend more
+    assert epsilon_spent([(1.0, 1.0)] * 10, 1e-5) < epsilon_spent([(1.0, 1.0)] * 20, 1e-5)
+    assert epsilon_spent([(2.0, 1.0)] * 10, 1e-5) < epsilon_spent([(1.0, 1.0)] * 10, 1e-5)
+
+
+def test_a_bad_privacy_block_is_refused_by_name():
+    with pytest.raises(ValueError, match="privacy.clipping is 'both'"):
+        PrivacyConfig(noise_multiplier=1.0, clipping_norm=1.0, clipping="both")
+    with pytest.raises(ValueError, match="clipping_norm must be > 0"):
+        PrivacyConfig(noise_multiplier=1.0, clipping_norm=0.0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        PrivacyConfig.from_dict({"noise_multiplier": 1.0, "clipping_norm": 1.0, "epsilon": 3})
+
+
+@pytest.mark.parametrize("clipping", ["client", "server"])
+def test_a_private_run_clips_noises_and_accounts_every_release(tiny_federation, clipping):
+    fed = tiny_federation
+    privacy = {"noise_multiplier": 0.5, "clipping_norm": 0.05, "clipping": clipping, "delta": 1e-5}
+    grid = FakeGrid(fed["num_clients"])
+    result = run_rounds(grid, config(fed, privacy=privacy, num_rounds=2, statistics_pass=True), fed["test"],
+                        fed["num_clients"])
+    rounds = result["history"]
+    # two rounds and the statistics pass: three releases at sampling rate 1, counted by the accountant
+    assert rounds[0]["dp_epsilon"] == pytest.approx(epsilon_spent([(0.5, 1.0)], 1e-5))
+    assert rounds[1]["dp_epsilon"] == pytest.approx(epsilon_spent([(0.5, 1.0)] * 3, 1e-5))
+    assert rounds[0]["dp_noise_std"] == pytest.approx(0.5 * 0.05 / 3)
+    uploads = [m for m in grid.received if "arrays" in m.content and m.metadata.message_type == "train"]
+    norms = []
+    for reply in uploads[:3]:  # round 1's updates, as they reached the server
+        state = reply.content.array_records["arrays"].to_torch_state_dict()
+        norms.append(float(np.sqrt(sum(float((v.double() - result_state_ref(fed)[k].double()).pow(2).sum())
+                                       for k, v in state.items() if v.is_floating_point()))))
+    if clipping == "client":  # the server never received an update above C
+        assert max(norms) <= 0.05 * (1 + 1e-6)
+    else:  # it received them whole, and clipped them itself
+        assert max(norms) > 0.05 and rounds[0]["dp_clipped"] == 3
+
+
+def result_state_ref(fed):
+    """The initial global weights (round 1's reference): same seed, same initialisation."""
+    from fedrs.federated.algorithms import get_algorithm
+    from fedrs.federated.local import derive_seed
+
+    torch.manual_seed(derive_seed(5, 0))  # config()'s seed
+    return get_algorithm("fedavg").build_model(fed["spec"]).state_dict()
