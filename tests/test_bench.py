@@ -29,6 +29,17 @@ def test_bench_script_writes_results(tmp_path, script, args, name):
     assert f"## {name}" in summary and "|" in summary
 
 
+def test_the_feddiff_map_bench_reports_throughput_and_the_flop_ceiling(tmp_path):
+    env = {**os.environ, "FEDRS_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_feddiff_map.py"), "--size", "10", "--bands", "6",
+                           "--repeats", "1", "--batch", "64"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "feddiff_map.json").read_text())
+    assert result["pixels"] == 100 and result["pixels_per_s"] > 0 and result["gflop_per_pixel"] > 0
+    assert result["ceiling_pixels_per_s"] == result["gemm_gflops"] / result["gflop_per_pixel"]
+    assert set(result["split_seconds"]) == {"features", "classifier"}
+
+
 def test_round_summary_splits_time_and_leaves_out_the_first_round():
     sys.path.insert(0, str(REPO / "bench"))
     try:

@@ -55,7 +55,7 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
               "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
-              "dp_epsilon", "dp_noise_std", "dp_clipped")
+              "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -100,3 +100,43 @@ def result_state_ref(fed):
 
     torch.manual_seed(derive_seed(5, 0))  # config()'s seed
     return get_algorithm("fedavg").build_model(fed["spec"]).state_dict()
+
+
+def test_exchange_protection_clips_each_pixel_and_adds_noise_of_the_stated_scale():
+    from fedrs.federated.privacy import ExchangeProtection, protect_exchange
+
+    gen = torch.Generator().manual_seed(0)
+    outputs = {"cnn": torch.randn(400, 8, 2, 2, generator=gen) * 5, "diff": torch.randn(400, 8, 2, 2, generator=gen)}
+    clipped, report = protect_exchange(outputs, ExchangeProtection(clipping_norm=1.0), gen)
+    per_pixel = torch.cat([clipped[k].reshape(400, -1) for k in ("cnn", "diff")], dim=1).norm(dim=1)
+    assert float(per_pixel.max()) <= 1.0 + 1e-5 and report["exchange_clipped_fraction"] == 1.0
+    # the direction of each pixel's outputs is kept
+    ratio = clipped["cnn"][0] / outputs["cnn"][0]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.flatten()[0])))
+    noised, report = protect_exchange(outputs, ExchangeProtection(clipping_norm=1.0, noise_multiplier=0.5), gen)
+    assert float((noised["cnn"] - clipped["cnn"]).std()) == pytest.approx(0.5, rel=0.05)
+    assert report["exchange_noise_std"] == 0.5
+
+
+def test_the_exchange_option_changes_what_is_sent_and_is_reported(tiny_split_federation):
+    from fedrs.federated.server import configure_round, exchange_features
+    from fedrs.federated.wire import unpack_tensors
+    from tests.federated.test_server import started
+
+    fed = tiny_split_federation
+    relayed = {}
+    for label, option in (("plain", None), ("protected", {"clipping_norm": 0.5, "noise_multiplier": 0.1})):
+        grid, run, _ = started(fed, algorithm="feddiff", min_clients=2, client_data_dirs=[fed["features_dir"]],
+                               exchange_privacy=option)
+        record = configure_round(run, 1)
+        exchange_features(grid, run, record)
+        relayed[label] = {c: unpack_tensors(*pair) for c, pair in record.relayed.items()}
+        row = record.row()
+    assert row["exchange_noise_std"] == pytest.approx(0.05) and 0.0 <= row["exchange_clipped_fraction"] <= 1.0
+    for cid, plain in relayed["plain"].items():
+        protected = relayed["protected"][cid]
+        assert not torch.allclose(plain["cnn"], protected["cnn"])
+        # what the partner receives: each pixel's outputs within C, plus noise of std σ·C
+        norms = torch.cat([protected[k].reshape(len(protected[k]), -1) for k in ("cnn", "diff")], dim=1).norm(dim=1)
+        width = sum(protected[k][0].numel() for k in ("cnn", "diff"))
+        assert float(norms.max()) <= 0.5 + 4 * 0.05 * width ** 0.5

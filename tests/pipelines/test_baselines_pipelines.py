@@ -2,6 +2,9 @@
 model), evaluation outputs, and what kedro-mlflow put in the SQLite store."""
 
 import json
+import os
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -10,7 +13,7 @@ import pytest
 from fedrs.datasets import TorchArtifactDataset
 from fedrs.registry import load_registered_artifact
 from fedrs.registry import main as registry_main
-from tests.conftest import TINY_FEDCMI
+from tests.conftest import REPO, TINY_FEDCMI
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +114,15 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
     assert set(artifact["unets"]) == {"hsi", "lidar"} and artifact["spec"]["timesteps"] == [5, 20]
+    # the reconstruction attack on the relayed outputs runs on this model (bench/exchange_attack.py)
+    env = {**os.environ, "FEDRS_BENCH_RESULTS": str(p("bench"))}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "exchange_attack.py"), "--project", str(p()),
+                           "--epochs", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    attack = json.loads(p("bench/exchange_attack_hsi.json").read_text())
+    conditions = [r["condition"] for r in attack["rows"]]
+    assert conditions[:2] == ["floor: the attacker's mean patch", "raw branch outputs"] and len(conditions) == 8
+    assert all(-1.0 <= r["correlation"] <= 1.0 for r in attack["rows"])
 
 
 def test_centralized_feddiff_pipeline(tiny_baselines):

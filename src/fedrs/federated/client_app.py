@@ -28,7 +28,7 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed, norm_statistic_names
-from fedrs.federated.privacy import PrivacyConfig, clip_update
+from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
@@ -209,6 +209,12 @@ def exchange(msg: Message, context: Context) -> Message:
     model = algorithm.build_model(settings["model"])
     model.load_state_dict(received_weights(msg, context, int(settings["round"])), strict=False)
     outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
+    reported: dict[str, float] = {}
+    if settings.get("exchange_privacy"):  # clipped and noised here, before anything leaves the client
+        noise = torch.Generator().manual_seed(derive_seed(settings["seed"], 7_007, int(settings["round"]),
+                                                          int(data["client_id"])))
+        outputs, reported = protect_exchange(outputs, ExchangeProtection.from_dict(settings["exchange_privacy"]),
+                                             noise)
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
     return Message(
@@ -217,7 +223,8 @@ def exchange(msg: Message, context: Context) -> Message:
                 "arrays": arrays,
                 "codec": consts,
                 "metrics": MetricRecord(
-                    {"bytes_dense": dense, "bytes_sent": sent, "compute_seconds": time.perf_counter() - started}
+                    {"bytes_dense": dense, "bytes_sent": sent, "compute_seconds": time.perf_counter() - started,
+                     **reported}
                 ),
             }
         ),

@@ -126,3 +126,43 @@ def epsilon_spent(releases: list[tuple[float, float]], delta: float) -> float:
     for sigma, rate in releases:
         accountant.step(noise_multiplier=sigma, sample_rate=rate)
     return float(accountant.get_epsilon(delta=delta))
+
+
+@dataclass(frozen=True)
+class ExchangeProtection:
+    """Clipping and Gaussian noise on FedDiff's relayed branch outputs, per pixel: all outputs of
+    one pixel (its CNN and diffusion-path maps) are clipped jointly to L2 norm ``clipping_norm`` and
+    each value gets N(0, (noise_multiplier · clipping_norm)²) before the codec. A defence against
+    inverting the outputs back to the pixel's patch (measured by ``bench/exchange_attack.py``); it
+    is not an (ε, δ) guarantee — a pixel's outputs are released every round."""
+
+    clipping_norm: float
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.clipping_norm > 0:
+            raise ValueError(f"exchange_privacy.clipping_norm must be > 0, got {self.clipping_norm}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"exchange_privacy.noise_multiplier must be ≥ 0, got {self.noise_multiplier}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExchangeProtection:
+        return from_mapping(cls, d, label="exchange_privacy")
+
+
+def protect_exchange(outputs: dict[str, torch.Tensor], cfg: ExchangeProtection, generator: torch.Generator
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Per-pixel clipped, noised copies of ``outputs`` (tensors [N, …] over the same N pixels)."""
+    names = sorted(outputs)
+    flat = torch.cat([outputs[k].double().reshape(len(outputs[k]), -1) for k in names], dim=1)
+    norms = flat.norm(dim=1)
+    scale = torch.clamp(cfg.clipping_norm / norms.clamp_min(1e-12), max=1.0)
+    std = cfg.noise_multiplier * cfg.clipping_norm
+    protected = {}
+    for k in names:
+        value = outputs[k].double() * scale.view(-1, *([1] * (outputs[k].ndim - 1)))
+        if std > 0:
+            value = value + torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
+        protected[k] = value.to(outputs[k].dtype)
+    return protected, {"exchange_clipped_fraction": float((norms > cfg.clipping_norm).double().mean()) if len(norms)
+                       else 0.0, "exchange_noise_std": std}

@@ -93,6 +93,7 @@ class FederatedConfig:
     statistics_pass: bool = True  # after the last round, BatchNorm statistics of the final model from every client
     average_last_rounds: int = 0  # the final model: the mean of the last N rounds' global models (SWA); 0: the last
     privacy: dict[str, Any] | None = None  # client-level DP: clipping and Gaussian noise (fedrs.federated.privacy)
+    exchange_privacy: dict[str, Any] | None = None  # FedDiff: per-pixel clipping and noise on the relayed outputs
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
@@ -107,7 +108,8 @@ class FederatedConfig:
         return {"algorithm": self.algorithm, "model": self.model, "train": self.train, "seed": self.seed,
                 "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
                 "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs,
-                "client_features": self.client_features, "privacy": self.privacy}
+                "client_features": self.client_features, "privacy": self.privacy,
+                "exchange_privacy": self.exchange_privacy}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -245,6 +247,7 @@ class RoundRecord:
     client_seconds: dict[int, float] = field(default_factory=dict)
     statistics_from: list[int] = field(default_factory=list)  # clients whose BatchNorm statistics were pooled
     privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
+    exchange_protection: dict[int, tuple[float, float]] = field(default_factory=dict)  # (clipped fraction, noise std)
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -323,6 +326,9 @@ class RoundRecord:
             **({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
                 "dp_clipped": self.privacy["clipped"],
                 "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))} if self.privacy else {}),
+            **({"exchange_noise_std": max(v[1] for v in self.exchange_protection.values()),
+                "exchange_clipped_fraction": float(np.mean([v[0] for v in self.exchange_protection.values()]))}
+               if self.exchange_protection else {}),
         }
 
 
@@ -391,6 +397,10 @@ def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
             assert reply is not None
             delivered[cid] = reply
             record.log_traffic(cid, "up", "features", *payload_counts(reply))
+            metrics = reply.content.metric_records["metrics"]
+            if "exchange_noise_std" in metrics:  # what the protection did, reported with the round
+                record.exchange_protection[cid] = (float(str(metrics["exchange_clipped_fraction"])),
+                                                   float(str(metrics["exchange_noise_std"])))
     for cid in list(delivered):
         partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
         if not partners:

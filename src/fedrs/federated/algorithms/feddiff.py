@@ -157,7 +157,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
             return data
         out = dict(data)
         for modality in self.modalities:
-            if f"{modality}_features" in data:
+            if f"{modality}_features" in data or modality not in data:  # e.g. one holder's own patches
                 continue
             entry = (artifact.get("unets") or {}).get(modality)
             if entry is None:
