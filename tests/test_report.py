@@ -108,6 +108,10 @@ def test_a_private_runs_budget_reaches_the_table_and_mlflow():
     table = comparison_table({"dp": _metrics(0.5, run=private), "plain": _metrics(0.7, run=run_summary({}))}, [])
     cells = markdown_table(table, {"algorithm": "algorithm", "dp_epsilon": "DP ε"})
     assert "| dp | 5.25 |" in cells and "| plain | – |" in cells
+    from fedrs.report import table_columns
+
+    assert "dp_epsilon" in table_columns(table)  # shown when some run was private, else left out
+    assert "dp_epsilon" not in table_columns(table[table["algorithm"] == "plain"])
     report = {**_metrics(0.5), "run": private}
     logged = mlflow_metrics(report, {"rounds": rounds})
     assert logged["dp_epsilon"] == {"value": 5.25, "step": 0}

@@ -22,6 +22,13 @@ TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA
                  "dp_epsilon": "DP ε"}
 
 
+def table_columns(table: pd.DataFrame) -> dict[str, str]:
+    """The comparison's columns; DP ε only when some run was private."""
+    if "dp_epsilon" in table and table["dp_epsilon"].notna().any():
+        return TABLE_COLUMNS
+    return {k: v for k, v in TABLE_COLUMNS.items() if k != "dp_epsilon"}
+
+
 def ordered(names: list[str], preferred: list[str]) -> list[str]:
     """``preferred`` first (those present), then the rest alphabetically."""
     return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
@@ -150,7 +157,7 @@ def render_markdown(title: str, context: dict[str, str], table: pd.DataFrame, ab
     warnings = warnings_of(table)
     parts = [f"# {title}", "", *(f"- **{k}**: {v}" for k, v in context.items()), "",
              "## Comparison", "", *(f"> ⚠ {w}" for w in warnings), *([""] if warnings else []),
-             markdown_table(table, TABLE_COLUMNS), "",
+             markdown_table(table, table_columns(table)), "",
              "## Per-class accuracy", "", markdown_table(_per_class(table)), ""]
     if ablation:
         parts += ["## Single-modality ablations (test OA)", "", markdown_table(_ablation(ablation)), ""]
@@ -186,7 +193,7 @@ def render_html(title: str, context: dict[str, str], table: pd.DataFrame, ablati
     parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in context.items()]
     parts += ["</ul><h2>Comparison</h2>",
               *(f"<p class='warn'>⚠ {html.escape(w).replace('**', '')}</p>" for w in warnings_of(table)),
-              _html_table(table, TABLE_COLUMNS),
+              _html_table(table, table_columns(table)),
               "<h2>Per-class accuracy</h2>", _html_table(_per_class(table))]
     if ablation:
         parts += ["<h2>Single-modality ablations (test OA)</h2>", _html_table(_ablation(ablation))]

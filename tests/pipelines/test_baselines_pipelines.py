@@ -111,6 +111,8 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert sorted(unets["client_id"]) == [0, 1, 2, 3] and (unets["direction"] == "down").all()
     metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
     assert 0.0 <= metrics["oa"] <= 1.0 and metrics["algorithm"] == "feddiff"
+    # the whole run's traffic counts stage 2's U-Net downloads and stage 1's rounds
+    assert metrics["run"]["bytes_sent"] > int(unets["bytes_sent"].sum()) + int(feats["bytes_sent"].sum())
     assert p("data/08_reporting/synthetic/feddiff/classification_map.png").stat().st_size > 5_000
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
     assert set(artifact["unets"]) == {"hsi", "lidar"} and artifact["spec"]["timesteps"] == [5, 20]

@@ -134,9 +134,18 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
         clients=result["clients"],
         features={k: v for k, v in features_manifest.items() if k != "traffic"},
         layout=manifest["layout"],
-        earlier_stages=[diffusion_history],
+        earlier_stages=[diffusion_history, features_stage(features_manifest)],
     )
     return model_artifact, history, traffic_table(features_manifest["traffic"] + result["traffic"]), test_inputs
+
+
+def features_stage(features_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2 as a history stage: one exchange, the global U-Nets down to every client (counted in
+    the whole run's traffic; nothing comes back but shapes)."""
+    down = [t for t in features_manifest["traffic"] if t["direction"] == "down"]
+    row = {"round": 0, "bytes_down": sum(t["bytes_sent"] for t in down),
+           "bytes_down_dense": sum(t["bytes_dense"] for t in down), "bytes_up": 0, "bytes_up_dense": 0}
+    return {"algorithm": "feddiff_features", "rounds": [row], "wall_seconds": float(features_manifest["seconds"])}
 
 
 def train_diffusion_pooled(
