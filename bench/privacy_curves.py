@@ -3,7 +3,9 @@
 Runs the algorithm's pipeline (KedroSession, the project's parameters) once without DP, once with
 the DP aggregation but neither clipping nor noise (equal weights: the aggregation's own cost, and
 the update norms that set the clipping norm C = their median), then once per noise multiplier σ.
-ε is Opacus' RDP ε at the configured δ for the run's releases (rounds and statistics pass).
+ε is Opacus' RDP ε at the configured δ for the run's releases (rounds and statistics pass); a
+round whose every update was rejected (non-finite after a noisy aggregate) releases nothing and
+keeps the model, so the table says how many rounds aggregated.
 
 Usage: .venv/bin/python bench/privacy_curves.py --project DIR [--env ENV] [--algorithm fedavg]
        [--sigmas 0.5 1 2 4]
@@ -48,7 +50,9 @@ def run(project: Path, env: str | None, algorithm: str, privacy: dict[str, Any] 
     metrics = json.loads((project / "data/08_reporting" / str(scene) / algorithm / "metrics.json").read_text())
     history = json.loads((project / "data/07_model_output" / str(scene) / algorithm / "history.json").read_text())
     norms = [r["dp_update_norm_median"] for r in history["rounds"] if r.get("dp_update_norm_median")]
+    aggregated = sum(1 for r in history["rounds"] if r.get("aggregated"))
     return {"scene": scene, "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
+            "rounds_aggregated": f"{aggregated}/{len(history['rounds'])}",
             "epsilon": metrics["run"].get("dp_epsilon"), "update_norm_median": sorted(norms)[len(norms) // 2]
             if norms else None}
 
@@ -81,10 +85,10 @@ def main() -> None:
         f"{args.algorithm} on the {scene} scene, client-level DP (clipping norm C = the median update norm of the "
         f"unclipped run, {clip:.3g}; δ = {args.delta:g}; Opacus RDP ε over every released aggregate).",
         "",
-        "| setting | ε | OA | AA | κ |",
-        "|---|---|---|---|---|",
+        "| setting | ε | OA | AA | κ | rounds aggregated |",
+        "|---|---|---|---|---|---|",
         *[f"| {r['setting']} | {'∞' if r['epsilon'] is None else format(r['epsilon'], '.2f')} | {r['oa']:.4f} | "
-          f"{r['aa']:.4f} | {r['kappa']:.4f} |" for r in rows],
+          f"{r['aa']:.4f} | {r['kappa']:.4f} | {r['rounds_aggregated']} |" for r in rows],
     ]
     save(f"privacy_{args.algorithm}_{scene}", {"rows": rows, "clipping_norm": clip, "delta": args.delta}, markdown)
 

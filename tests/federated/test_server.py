@@ -229,3 +229,27 @@ def test_the_final_model_can_be_the_mean_of_the_last_rounds(tiny_federation, tmp
         if torch.is_floating_point(value):
             assert torch.allclose(value, (second[name] + third[name]) / 2, atol=1e-6), name
     assert any(not torch.equal(averaged["state"][k], third[k]) for k in third)
+
+
+@pytest.mark.parametrize("weighting", ["samples", "equal"])
+def test_equal_weighting_counts_every_client_once(tiny_federation, weighting):
+    from fedrs.federated.server import aggregate_round
+
+    grid, run, _ = started(tiny_federation, weighting=weighting, statistics_pass=False)
+    record = configure_round(run, 1)
+    collect_updates(grid, run, record)
+    # the IID partition is balanced: give the clients unequal pixel counts
+    from dataclasses import replace
+
+    record.updates = updates = [replace(u, num_samples=n) for u, n in zip(record.updates, (5, 20, 40), strict=True)]
+    aggregate_round(run, record)
+    name = next(k for k, v in run.global_state.items() if v.is_floating_point() and "running" not in k)
+    weights = torch.tensor([1.0 if weighting == "equal" else float(u.num_samples) for u in updates],
+                           dtype=torch.float64)
+    expected = sum(w * u.state[name].double() for w, u in zip(weights / weights.sum(), updates, strict=True))
+    torch.testing.assert_close(run.global_state[name].double(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_an_unknown_weighting_is_refused(tiny_federation):
+    with pytest.raises(ValueError, match="weighting is 'pixels'"):
+        started(tiny_federation, weighting="pixels")

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,7 @@ class FederatedConfig:
     average_last_rounds: int = 0  # the final model: the mean of the last N rounds' global models (SWA); 0: the last
     privacy: dict[str, Any] | None = None  # client-level DP: clipping and Gaussian noise (fedrs.federated.privacy)
     exchange_privacy: dict[str, Any] | None = None  # FedDiff: per-pixel clipping and noise on the relayed outputs
+    weighting: str = "samples"  # aggregation weights: samples (FedAvg) | equal (every client counts once)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
@@ -465,6 +466,8 @@ def aggregate_updates(run: RunState, record: RoundRecord, updates: list[ClientUp
     """The algorithm's aggregate, or with ``privacy`` the DP aggregate (clipped, equal weights,
     Gaussian noise), whose release the accountant counts."""
     if not run.cfg.privacy:
+        if run.cfg.weighting == "equal":  # each client once, whatever its pixel count (balances class-disjoint sites)
+            updates = [replace(u, num_samples=1) for u in updates]
         run.global_state = run.algorithm.aggregate(run.global_state, updates)
         return
     privacy = PrivacyConfig.from_dict(run.cfg.privacy)
@@ -696,6 +699,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
     if cfg.privacy:
         PrivacyConfig.from_dict(cfg.privacy)  # a bad privacy block fails before the first round
+    if cfg.weighting not in ("samples", "equal"):
+        raise ValueError(f"federated.weighting is {cfg.weighting!r}; expected samples or equal")
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
