@@ -35,15 +35,11 @@ def aggregate_modality_aware(
     new_state: State = {}
     contributors: dict[str, int] = {}
     for name, current in global_state.items():
-        modality = owner(name)
-        eligible = [u for u in updates if name in u.state and (modality is None or modality in u.modalities)]
+        eligible = holders_of(name, updates, owner)
         contributors[name] = len(eligible)
-        if not eligible:
-            new_state[name] = current.clone()
-            continue
-        if not torch.is_floating_point(current):
-            # counters such as BatchNorm's num_batches_tracked: averaging has no meaning
-            new_state[name] = torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
+        kept = unaveraged(name, current, eligible)
+        if kept is not None:
+            new_state[name] = kept
             continue
         total = float(sum(u.num_samples for u in eligible))
         weights = [u.num_samples / total for u in eligible]
@@ -57,6 +53,22 @@ def aggregate_modality_aware(
             acc += w * u.state[name].to(torch.float64)
         new_state[name] = acc.to(current.dtype)
     return new_state, contributors
+
+
+def holders_of(name: str, updates: list[ClientUpdate], owner: Owner) -> list[ClientUpdate]:
+    """The updates that carry tensor ``name`` and hold the modality owning it."""
+    modality = owner(name)
+    return [u for u in updates if name in u.state and (modality is None or modality in u.modalities)]
+
+
+def unaveraged(name: str, current: torch.Tensor, eligible: list[ClientUpdate]) -> torch.Tensor | None:
+    """The new value of a tensor that is not averaged: nobody contributed (it keeps its global
+    value), or a counter such as BatchNorm's num_batches_tracked (the largest); None otherwise."""
+    if not eligible:
+        return current.clone()
+    if not torch.is_floating_point(current):
+        return torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
+    return None
 
 
 def pooled_variance(means: list[torch.Tensor], variances: list[torch.Tensor], weights: list[float]) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv, get_norm
 
 from fedrs.config import from_mapping
-from fedrs.federated.aggregation import ClientUpdate, Owner, State
+from fedrs.federated.aggregation import ClientUpdate, Owner, State, holders_of, unaveraged
 
 CLIPPING_SITES = ("server", "client")
 
@@ -92,13 +92,10 @@ def private_aggregate(global_state: State, updates: list[ClientUpdate], owner: O
     new_state: State = {}
     stds: set[float] = set()
     for name, current in global_state.items():
-        modality = owner(name)
-        eligible = [u for u in clipped if name in u.state and (modality is None or modality in u.modalities)]
-        if not eligible:
-            new_state[name] = current.clone()
-            continue
-        if not torch.is_floating_point(current):
-            new_state[name] = torch.stack([u.state[name] for u in eligible]).max(dim=0).values.to(current.dtype)
+        eligible = holders_of(name, clipped, owner)
+        kept = unaveraged(name, current, eligible)
+        if kept is not None:
+            new_state[name] = kept
             continue
         mean = torch.stack([u.state[name].double() - current.double() for u in eligible]).mean(dim=0)
         std = compute_stdv(cfg.noise_multiplier, cfg.clipping_norm, len(eligible))
