@@ -116,3 +116,19 @@ def test_a_private_runs_budget_reaches_the_table_and_mlflow():
     logged = mlflow_metrics(report, {"rounds": rounds})
     assert logged["dp_epsilon"] == {"value": 5.25, "step": 0}
     assert [p["value"] for p in logged["round.dp_epsilon"]] == [3.5, 5.25]
+
+
+def test_secure_aggregations_cost_per_round_reaches_the_table_and_mlflow():
+    from fedrs.pipelines.evaluation.nodes import mlflow_metrics
+    from fedrs.report import table_columns
+
+    rounds = [{"round": 1, "test_oa": 0.4, "secagg_sums": 3, "secagg_seconds": 1.5},
+              {"round": 2, "test_oa": 0.5, "secagg_sums": 4, "secagg_seconds": 2.5}]
+    secure = run_summary({"rounds": rounds})
+    assert secure["secagg_seconds_per_round"] == 2.0 and [r["secagg_sums"] for r in secure["rounds"]] == [3, 4]
+    table = comparison_table({"secure": _metrics(0.5, run=secure), "plain": _metrics(0.7, run=run_summary({}))}, [])
+    assert "| secure | 2.00 |" in markdown_table(table, {"algorithm": "algorithm", "secagg_seconds": "SecAgg s/round"})
+    assert "secagg_seconds" in table_columns(table) and "dp_epsilon" not in table_columns(table)
+    assert "secagg_seconds" not in table_columns(table[table["algorithm"] == "plain"])
+    logged = mlflow_metrics({**_metrics(0.5), "run": secure}, {"rounds": rounds})
+    assert logged["secagg_seconds_per_round"] == {"value": 2.0, "step": 0}

@@ -19,14 +19,15 @@ TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
                  "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
-                 "dp_epsilon": "DP ε"}
+                 "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round"}
+# columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run)
+OPTIONAL_COLUMNS = ("dp_epsilon", "secagg_seconds")
 
 
 def table_columns(table: pd.DataFrame) -> dict[str, str]:
-    """The comparison's columns; DP ε only when some run was private."""
-    if "dp_epsilon" in table and table["dp_epsilon"].notna().any():
-        return TABLE_COLUMNS
-    return {k: v for k, v in TABLE_COLUMNS.items() if k != "dp_epsilon"}
+    """The comparison's columns; the optional ones only when some run has a value."""
+    return {k: v for k, v in TABLE_COLUMNS.items()
+            if k not in OPTIONAL_COLUMNS or (k in table and table[k].notna().any())}
 
 
 def ordered(names: list[str], preferred: list[str]) -> list[str]:
@@ -58,7 +59,8 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "wall_seconds": run.get("wall_seconds", np.nan), "peak_rss_mb": run.get("peak_rss_mb", np.nan),
                "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
                "loss_growing_rounds": run.get("loss_growing_rounds", 0),
-               "dp_epsilon": run.get("dp_epsilon", np.nan)}
+               "dp_epsilon": run.get("dp_epsilon", np.nan),
+               "secagg_seconds": run.get("secagg_seconds_per_round", np.nan)}
         row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -117,7 +119,8 @@ def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -
 
 # how the comparison's columns read; anything else: 4 decimals below 1.5, else one
 FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",
-           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}"}
+           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}",
+           "secagg_seconds": "{:.2f}"}
 
 
 def _format(value: Any, spec: str | None = None) -> str:

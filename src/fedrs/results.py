@@ -8,6 +8,7 @@ import resource
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedrs.compute import compute_policy
@@ -55,7 +56,8 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
               "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
-              "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction")
+              "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
+              "secagg_sums", "secagg_seconds")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,4 +97,7 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
     epsilons = [r["dp_epsilon"] for r in rounds if r.get("dp_epsilon") is not None]
     if epsilons:  # client-level DP: the budget spent by the whole run
         summary["dp_epsilon"] = float(epsilons[-1])
+    secure = [r["secagg_seconds"] for r in rounds if r.get("secagg_seconds") is not None]
+    if secure:  # secure aggregation: what its protocol cost per round
+        summary["secagg_seconds_per_round"] = float(np.mean(secure))
     return summary

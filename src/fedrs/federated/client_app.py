@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
@@ -29,6 +30,7 @@ from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
+from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 
 app = ClientApp()
@@ -235,6 +237,14 @@ def exchange(msg: Message, context: Context) -> Message:
 @app.train()
 @reports_traceback
 def train(msg: Message, context: Context) -> Message:
+    """A round's local update, or a stage of a secure sum of held updates (Flower's SecAgg+, whose
+    workflow sends its stages as train messages)."""
+    if PROTOCOL_RECORD in msg.content.config_records:
+        return secaggplus_mod(msg, context, held_contribution)
+    return local_update(msg, context)
+
+
+def local_update(msg: Message, context: Context) -> Message:
     started = time.perf_counter()  # this client's own work: data, update, codec (framework time excluded)
     settings, data = client_data(msg, context)
     client_id, rnd = int(data["client_id"]), int(settings["round"])
@@ -257,10 +267,16 @@ def train(msg: Message, context: Context) -> Message:
     privacy = settings.get("privacy")
     if privacy and PrivacyConfig.from_dict(privacy).clipping == "client":
         # client-side clipping: the server never receives this client's unclipped update
-        state, _ = clip_update(state, received, PrivacyConfig.from_dict(privacy).clipping_norm)
+        state, metrics["update_norm"] = clip_update(state, received, PrivacyConfig.from_dict(privacy).clipping_norm)
     if poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))
+    if settings.get("secure_aggregation") is not None:  # nothing goes up now: the secure sums will ask for it
+        hold_update(context, contribution(state, received, pooled_variances=not privacy), rnd,
+                    derive_seed(settings["seed"], 5_005, rnd, client_id))
+        return Message(RecordDict({"metrics": MetricRecord({
+            **{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": payload_bytes(state),
+            "bytes_sent": 0, "compute_seconds": time.perf_counter() - started})}), reply_to=msg)
     if settings.get("compression"):
         # the residual of error feedback stays on this node between rounds (Flower's node state)
         stored = context.state.array_records.get("codec_residual")

@@ -13,9 +13,10 @@ changed one can never be read by mistake. Where it is: the SuperNode's node conf
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,10 @@ class FeatureJob:
     store: str = ""                       # simulation: the clients' feature store
     node_wait_timeout: float = 120.0
     timeout: float | None = 3600.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """What every message carries (the U-Nets travel as arrays)."""
-        job = {k: v for k, v in asdict(self).items() if k not in ("unets", "extra")}
+        job = {k: v for k, v in asdict(self).items() if k != "unets"}
         return {"partition_dir": self.partition_dir, "features_job": job,
                 "unet_specs": {m: e["spec"] for m, e in self.unets.items()}}
 
@@ -192,8 +192,6 @@ def run_feature_job(grid: Grid, job: FeatureJob, expected_nodes: int) -> dict[st
 
 
 def _decode_report(reply: Message) -> dict[str, Any]:
-    import json
-
     return json.loads(str(reply.content.config_records["features"]["report"]))
 
 

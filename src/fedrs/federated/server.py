@@ -33,15 +33,18 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import compute_stdv
 from tqdm.auto import tqdm
 
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, State, screen_updates
 from fedrs.federated.algorithms import Algorithm, get_algorithm
+from fedrs.federated.algorithms.base import ModalityAwareAlgorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed, lr_at_round, norm_statistic_names
 from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
+from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,8 @@ _RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "
 
 
 # what clients report besides their training metrics (averaged per round into train_<key>)
-NOT_TRAINING_METRICS = {"train_loss", "num_samples", "client_id", "bytes_dense", "bytes_sent", "compute_seconds"}
+NOT_TRAINING_METRICS = {"train_loss", "num_samples", "client_id", "bytes_dense", "bytes_sent", "compute_seconds",
+                        "update_norm"}
 
 
 class RunInterrupted(RuntimeError):
@@ -95,6 +99,12 @@ class FederatedConfig:
     privacy: dict[str, Any] | None = None  # client-level DP: clipping and Gaussian noise (fedrs.federated.privacy)
     exchange_privacy: dict[str, Any] | None = None  # FedDiff: per-pixel clipping and noise on the relayed outputs
     weighting: str = "samples"  # aggregation weights: samples (FedAvg) | equal (every client counts once)
+    secure_aggregation: dict[str, Any] | None = None  # Flower's SecAgg+, one secure sum per modality group ({}: its
+                                                      # defaults); None: off
+
+    @property
+    def secure(self) -> bool:
+        return self.secure_aggregation is not None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederatedConfig:
@@ -110,7 +120,7 @@ class FederatedConfig:
                 "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
                 "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs,
                 "client_features": self.client_features, "privacy": self.privacy,
-                "exchange_privacy": self.exchange_privacy}
+                "exchange_privacy": self.exchange_privacy, "secure_aggregation": self.secure_aggregation}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
@@ -250,6 +260,10 @@ class RoundRecord:
     privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
     exchange_protection: dict[int, tuple[float, float]] = field(default_factory=dict)  # (clipped fraction, noise std)
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
+    secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
+    secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
+    secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
+    secure: dict[str, Any] = field(default_factory=dict)  # secure sums run, failed, their seconds
 
     @property
     def participants(self) -> list[int]:
@@ -327,6 +341,7 @@ class RoundRecord:
             **({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
                 "dp_clipped": self.privacy["clipped"],
                 "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))} if self.privacy else {}),
+            **({f"secagg_{k}": v for k, v in self.secure.items()}),
             **({"exchange_noise_std": max(v[1] for v in self.exchange_protection.values()),
                 "exchange_clipped_fraction": float(np.mean([v[0] for v in self.exchange_protection.values()]))}
                if self.exchange_protection else {}),
@@ -431,6 +446,11 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
             continue
         assert reply is not None
         metrics = dict(reply.content.metric_records["metrics"])
+        if cfg.secure:  # the update stays on the client until the secure sums
+            record.log_traffic(cid, "up", "weights", *payload_counts(reply))
+            record.updates.append(ClientUpdate(cid, {}, clients[cid]["num_samples"], clients[cid]["modalities"],
+                                               metrics))
+            continue
         arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
         state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if cfg.compression
                  else dict(arrays.to_torch_state_dict()))
@@ -438,14 +458,97 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
         record.updates.append(
             ClientUpdate(cid, state, clients[cid]["num_samples"], clients[cid]["modalities"], metrics)
         )
+    if cfg.secure:
+        secure_sums(grid, run, record)
     for entry in record.failed + record.dropped:  # it may not hold what we sent: dense next time
         run.downlink.forget(entry["client_id"])
+
+
+def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """One SecAgg+ run per group of tensors held by the same clients (``fedrs.federated.secure``):
+    the mean contributions and who is in them. A group with fewer than two members cannot be summed
+    securely and keeps its global values; a client that fails inside the protocol is dropped from
+    its sums by SecAgg+ itself (its masks are reconstructed from the others' shares)."""
+    cfg, secure = run.cfg, SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {})
+    statistics = norm_statistic_names(run.model) if record.settings["train"].get("statistics_only") else None
+    holdings = {}
+    for u in record.updates:
+        keys = run.algorithm.client_keys(run.model, u.modalities)
+        holdings[u.client_id] = [
+            k for k in keys if torch.is_floating_point(run.global_state[k])
+            and (statistics is None or k in statistics)
+            and (run.algorithm.owner(k) is None or run.algorithm.owner(k) in u.modalities)
+        ]
+    equal = cfg.weighting == "equal" or bool(cfg.privacy)  # DP averages clipped updates with equal weights
+    node_of = {u.client_id: run.clients[u.client_id]["node"] for u in record.updates}
+    client_of = {node: cid for cid, node in node_of.items()}
+    metered = MeteredGrid(grid)
+    groups = secure_groups(holdings)
+    failed = skipped = 0
+    for index, (names, members) in enumerate(groups):
+        if len(members) < 2:
+            skipped += 1
+            logger.warning("round %d: %d tensors are held by one client only (%s); a secure sum needs two, so "
+                           "they keep their global values", record.round, len(names), members)
+            continue
+        weights = {node_of[c]: 1 if equal else int(run.clients[c]["num_samples"]) for c in members}
+        means, nodes = secure_mean(metered, weights, names, record.round, index, secure,  # type: ignore[arg-type]
+                                   cfg.round_timeout)
+        if means is None:
+            failed += 1
+            logger.warning("round %d: the secure sum of %d tensors over clients %s did not finish; they keep their "
+                           "global values", record.round, len(names), list(members))
+            continue
+        for name, value in means.items():
+            record.secure_means[name] = torch.from_numpy(np.asarray(value, dtype=np.float64))
+            record.secure_members[name] = len(nodes)
+        for node in nodes:
+            record.secure_from[client_of[node]] = record.secure_from.get(client_of[node], 0) + 1
+        record.secure.setdefault("group_sizes", []).append(len(nodes))
+    record.wait += metered.seconds
+    record.secure.update({"sums": len(groups) - skipped - failed, "sums_failed": failed, "sums_skipped": skipped,
+                          "seconds": record.secure.get("seconds", 0.0) + metered.seconds})
+    for node in metered.down.keys() | metered.up.keys():
+        record.log_traffic(client_of[node], "down", "secagg", 0, metered.down.get(node, 0))
+        record.log_traffic(client_of[node], "up", "secagg", 0, metered.up.get(node, 0))
+
+
+def apply_secure_means(run: RunState, source: RoundRecord, record: RoundRecord, sampling_rate: float) -> None:
+    """The global state moved by the secure means of ``source`` — with DP, each group's mean noised
+    with σ·C/n_g on the server (the clients clipped their own updates)."""
+    means = dict(source.secure_means)
+    if run.cfg.privacy:
+        privacy = PrivacyConfig.from_dict(run.cfg.privacy)
+        noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round,
+                                                          len(run.privacy_releases)))
+        stds = set()
+        for name in sorted(means):  # the sorted order fixes the noise each tensor draws
+            std = compute_stdv(privacy.noise_multiplier, privacy.clipping_norm, source.secure_members[name])
+            stds.add(std)
+            means[name] = means[name] + torch.randn(means[name].shape, generator=noise, dtype=torch.float64) * std
+        run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
+        epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
+        norms = [float(u.metrics["update_norm"]) for u in source.updates if "update_norm" in u.metrics]
+        record.privacy = {"update_norms": norms or [float("nan")],
+                          "clipped": sum(n > privacy.clipping_norm for n in norms),
+                          "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0),
+                          "epsilon": epsilon if np.isfinite(epsilon) else None}
+    run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy)
 
 
 def aggregate_round(run: RunState, record: RoundRecord) -> None:
     """Screen the updates and, with at least ``min_clients`` accepted, aggregate them."""
     cfg = run.cfg
     # under DP, clipping bounds every update: screening by norm would only leak who was large
+    if cfg.secure:  # the server sees no single update: nothing to screen
+        record.accepted = [u for u in record.updates if u.client_id in record.secure_from]
+        record.aggregated = len(record.accepted) >= cfg.min_clients and bool(record.secure_means)
+        if record.aggregated:
+            apply_secure_means(run, record, record, len(record.sampled) / max(len(run.eligible), 1))
+        else:
+            logger.warning("round %d: %d clients in the secure sums, below min_clients=%d; global model kept",
+                           record.round, len(record.accepted), cfg.min_clients)
+        return
     record.accepted, record.rejected = screen_updates(
         record.updates, run.global_state, *((float("inf"), None) if cfg.privacy else (cfg.outlier_factor,
                                                                                       cfg.max_update_norm))
@@ -534,9 +637,16 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
     if run.algorithm.exchanges_features:
         exchange_features(grid, run, sub)
     collect_updates(grid, run, sub)
-    finite, rejected = screen_updates(sub.updates, run.global_state, float("inf"))
-    if finite:
-        aggregate_updates(run, record, finite, 1.0)
+    if run.cfg.secure:
+        finite = [u for u in sub.updates if u.client_id in sub.secure_from]
+        rejected: list[tuple[int, str]] = []
+        if sub.secure_means:
+            apply_secure_means(run, sub, record, 1.0)
+        record.secure = {k: record.secure.get(k, 0) + v for k, v in sub.secure.items() if k != "group_sizes"}
+    else:
+        finite, rejected = screen_updates(sub.updates, run.global_state, float("inf"))
+        if finite:
+            aggregate_updates(run, record, finite, 1.0)
     sub.statistics_from = [u.client_id for u in finite]
     for entry in sub.traffic:
         if entry["direction"] == "up" and entry["payload"] == "weights":
@@ -699,6 +809,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
     if cfg.privacy:
         PrivacyConfig.from_dict(cfg.privacy)  # a bad privacy block fails before the first round
+    if cfg.secure:
+        check_secure(cfg, algorithm)
     if cfg.weighting not in ("samples", "equal"):
         raise ValueError(f"federated.weighting is {cfg.weighting!r}; expected samples or equal")
     if len(eligible) < cfg.min_clients:
@@ -721,6 +833,20 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
         run.tail, run.tail_rounds = checkpoint.get("tail"), int(checkpoint.get("tail_rounds", 0))
         run.privacy_releases = list(checkpoint.get("privacy_releases", []))
     return run, start_round
+
+
+def check_secure(cfg: FederatedConfig, algorithm: Algorithm) -> None:
+    """Secure aggregation's requirements, before the first round."""
+    SecureAggregationConfig.from_dict(cfg.secure_aggregation or {})
+    if type(algorithm).aggregate is not ModalityAwareAlgorithm.aggregate:
+        raise ValueError(f"secure_aggregation: {cfg.algorithm} does not aggregate by (modality-aware) weighted means, "
+                         "the only aggregate a secure sum gives")
+    if cfg.compression:
+        raise ValueError("secure_aggregation with compression: uploads are summed as masked integers and cannot be "
+                         "low-rank coded; set compression: null (downlink_compression may stay)")
+    if cfg.privacy and PrivacyConfig.from_dict(cfg.privacy).clipping != "client":
+        raise ValueError("secure_aggregation with privacy.clipping: server — the server never holds a single update "
+                         "to clip; set privacy.clipping: client")
 
 
 def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:

@@ -64,6 +64,7 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         "updates_rejected",
         "loss_growing_rounds",
         "dp_epsilon",
+        "secagg_seconds_per_round",
     ):
         if key in run:
             metrics[key] = {"value": float(run[key]), "step": 0}

@@ -1,0 +1,153 @@
+"""Secure aggregation (Flower's SecAgg+, one secure sum per modality group): the arithmetic on hand
+values, and rounds against the real ClientApp on the fake grid — same aggregate as the plain
+round, and nothing the server receives is a client's update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+from fedrs.federated.aggregation import ClientUpdate, aggregate_modality_aware
+from fedrs.federated.secure import (
+    HELD_UPDATE,
+    PROTOCOL_RECORD,
+    SecureAggregationConfig,
+    apply_means,
+    contribution,
+    secure_groups,
+)
+from fedrs.federated.server import (
+    aggregate_round,
+    collect_updates,
+    configure_round,
+    exchange_features,
+    run_rounds,
+    start_run,
+)
+from tests.federated.fake_grid import FakeGrid
+from tests.federated.test_server import config
+
+
+def test_tensors_held_by_the_same_clients_share_one_secure_sum():
+    holdings = {0: ["head.w", "hsi.w"], 1: ["head.w", "hsi.w", "lidar.w"], 2: ["head.w", "lidar.w"], 3: ["head.w"]}
+    assert secure_groups(holdings) == [  # ordered by their members
+        (("hsi.w",), (0, 1)),
+        (("head.w",), (0, 1, 2, 3)),
+        (("lidar.w",), (1, 2)),
+    ]
+
+
+def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_variances():
+    """What the secure sums compute (weighted means of the contributions), applied to the global
+    state, equals aggregate_modality_aware on the same updates — BatchNorm variances pooled."""
+    g = torch.Generator().manual_seed(0)
+    global_state = {"bn.running_mean": torch.randn(3, generator=g), "bn.running_var": torch.rand(3, generator=g) + 0.5,
+                    "bn.num_batches_tracked": torch.tensor(4), "hsi.w": torch.randn(2, 2, generator=g)}
+    updates = []
+    for cid, (mods, n) in enumerate([(("hsi", "lidar"), 10), (("hsi",), 30), (("lidar",), 20)]):
+        state = {k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v + 1
+                 for k, v in global_state.items() if not (k == "hsi.w" and "hsi" not in mods)}
+        state["bn.running_var"] = state["bn.running_var"].abs()
+        updates.append(ClientUpdate(cid, state, n, mods))
+    owner = {"hsi.w": "hsi"}.get
+    expected, _ = aggregate_modality_aware(global_state, updates, owner)
+    means = {}
+    for names, members in secure_groups({u.client_id: [k for k in u.state if u.state[k].is_floating_point()]
+                                         for u in updates}):
+        group = [updates[c] for c in members]
+        total = sum(u.num_samples for u in group)
+        for name in names:
+            means[name] = sum(u.num_samples / total * contribution(u.state, global_state)[name] for u in group)
+    got = apply_means(global_state, means)
+    for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
+    assert int(got["bn.num_batches_tracked"]) == 4  # a counter is not summed: it keeps the global value
+
+
+def test_a_bad_secure_block_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown keys"):
+        SecureAggregationConfig.from_dict({"clip_range": 1.0})
+    with pytest.raises(ValueError, match="clipping_range must be > 0"):
+        SecureAggregationConfig(clipping_range=0.0)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"compression": {"rank": 2}}, "set compression: null"),
+    ({"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0, "clipping": "server"}}, "privacy.clipping: client"),
+])
+def test_settings_that_need_single_updates_are_refused_before_the_first_round(tiny_federation, overrides, message):
+    fed = tiny_federation
+    with pytest.raises(ValueError, match=message):
+        start_run(FakeGrid(3), config(fed, secure_aggregation={}, **overrides), fed["test"], 3)
+
+
+def _feddiff_round(fed, secure):
+    grid = FakeGrid(fed["num_clients"])
+    run, _ = start_run(grid, config(fed, algorithm="feddiff", min_clients=2, client_data_dirs=[fed["features_dir"]],
+                                    secure_aggregation=secure), fed["test"], fed["num_clients"])
+    record = configure_round(run, 1)
+    exchange_features(grid, run, record)
+    collect_updates(grid, run, record)
+    aggregate_round(run, record)
+    return grid, run, record
+
+
+def test_a_secure_round_gives_the_plain_aggregate_and_the_server_never_holds_an_update(tiny_split_federation):
+    fed = tiny_split_federation
+    _, plain_run, plain = _feddiff_round(fed, None)
+    grid, run, record = _feddiff_round(fed, {})
+    # FedDiff's groups: the HSI branch over the two HSI holders, the LiDAR branch over the two LiDAR
+    # holders, the fusion blocks and heads over all four — three secure sums, every client in two
+    assert record.secure["sums"] == 3 and sorted(record.secure["group_sizes"]) == [2, 2, 4]
+    assert record.secure_from == {0: 2, 1: 2, 2: 2, 3: 2} and record.aggregated
+    assert [u.client_id for u in record.accepted] == [u.client_id for u in plain.accepted]
+    differences = [float((run.global_state[k].double() - plain_run.global_state[k].double()).abs().max())
+                   for k in run.global_state if run.global_state[k].is_floating_point()]
+    # equal up to SecAgg+'s quantisation (2^22 levels over ±8, divided by a client's weight share)
+    assert max(differences) < 1e-4
+    assert max(differences) > 0  # and it did go through the quantised protocol
+    assert record.row()["train_loss"] == pytest.approx(plain.row()["train_loss"])
+    # what the server received: no train reply carries arrays; the masked vectors look nothing like
+    # the updates the clients hold
+    train_replies = [m for m in grid.received if m.metadata.message_type == "train"]
+    assert all(len(record) == 0 for m in train_replies for record in m.content.array_records.values())
+    assert all(HELD_UPDATE in ctx.state.array_records for ctx in grid.contexts.values())  # kept by the clients
+    masked = [m for m in train_replies if Key.MASKED_PARAMETERS in m.content.config_records.get(PROTOCOL_RECORD, {})]
+    assert len(masked) == 8  # four clients × two sums each
+    levels, ring = SecureAggregationConfig().quantization_range, SecureAggregationConfig().modulus_range
+    for reply in masked:
+        vector = np.concatenate([bytes_to_ndarray(b).ravel() for b in
+                                 reply.content.config_records[PROTOCOL_RECORD][Key.MASKED_PARAMETERS]])
+        # a client's quantised update alone lies in [0, levels]; masked, it is spread over the whole ring
+        assert np.mean(vector <= levels) < 0.01 and 0.25 < np.std(vector.astype(np.float64)) / ring < 0.33
+    # the protocol's traffic is counted: both ways, every client
+    secagg = [t for t in record.traffic if t["payload"] == "secagg"]
+    assert {t["client_id"] for t in secagg} == {0, 1, 2, 3} and all(t["bytes_sent"] > 0 for t in secagg)
+
+
+def test_secure_runs_are_reproducible_and_survive_a_failed_client(tiny_federation):
+    fed = tiny_federation
+    cfg = dict(num_rounds=2, secure_aggregation={}, statistics_pass=True, faults={"nan": [[2, 0]]})
+    first = run_rounds(FakeGrid(3), config(fed, **cfg), fed["test"], 3)
+    second = run_rounds(FakeGrid(3), config(fed, **cfg), fed["test"], 3)
+    for name, value in first["state"].items():
+        assert torch.equal(value, second["state"][name]), name
+    one, two = first["history"]
+    assert one["accepted"] == [0, 1, 2] and one["secagg_sums"] == 1  # all clients hold both modalities
+    # round 2: client 0's update is non-finite; it refuses to enter it and the other two are summed
+    assert two["accepted"] == [1, 2] and "non-finite" in two["failed"][0]["reason"]
+    assert two["aggregated"] and two["statistics_from"] == [1, 2]  # the statistics pass, securely too
+    assert all(torch.isfinite(v).all() for v in first["state"].values() if v.is_floating_point())
+
+
+def test_secure_aggregation_with_client_clipped_dp_noises_each_groups_mean(tiny_federation):
+    fed = tiny_federation
+    privacy = {"noise_multiplier": 0.5, "clipping_norm": 0.05, "clipping": "client", "delta": 1e-5}
+    result = run_rounds(FakeGrid(3), config(fed, num_rounds=1, secure_aggregation={}, privacy=privacy,
+                                            statistics_pass=False), fed["test"], 3)
+    (row,) = result["history"]
+    assert row["dp_noise_std"] == pytest.approx(0.5 * 0.05 / 3) and row["dp_epsilon"] > 0
+    assert row["dp_update_norm_median"] > 0.05 and row["dp_clipped"] == 3  # the clients said they clipped
