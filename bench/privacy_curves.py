@@ -9,7 +9,9 @@ keeps the model, so the table says how many rounds aggregated.
 
 Usage: .venv/bin/python bench/privacy_curves.py --project DIR [--env ENV] [--algorithm fedavg]
        [--sigmas 0.5 1 2 4]
-Runs write into DIR's data/ (use a copy of the project: the runs overwrite the algorithm's outputs).
+Runs write into DIR's data/ (use a copy of the project: the runs overwrite the algorithm's outputs);
+the sweep goes to bench/results and to this project's data/08_reporting/<scene>/privacy/<algorithm>.json,
+which the report pipeline shows (a section and the OA-against-ε figure).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--from-nodes", nargs="*", default=None,
                         help="after the first (full) run, rerun from these nodes only (FedDiff: "
                              "feddiff.train_classifier keeps stages 1 and 2, which the privacy block does not touch)")
+    parser.add_argument("--into", default=str(ROOT),
+                        help="the project whose report shows the sweep (data/08_reporting/<scene>/privacy/)")
     args = parser.parse_args()
     project = Path(args.project).resolve()
     rows = [{"setting": "no DP (sample-weighted FedAvg)", "sigma": None, **run(project, args.env, args.algorithm,
@@ -90,7 +94,15 @@ def main() -> None:
         *[f"| {r['setting']} | {'∞' if r['epsilon'] is None else format(r['epsilon'], '.2f')} | {r['oa']:.4f} | "
           f"{r['aa']:.4f} | {r['kappa']:.4f} | {r['rounds_aggregated']} |" for r in rows],
     ]
-    save(f"privacy_{args.algorithm}_{scene}", {"rows": rows, "clipping_norm": clip, "delta": args.delta}, markdown)
+    sweep = {"algorithm": args.algorithm, "scene": scene, "rows": rows, "clipping_norm": clip, "delta": args.delta}
+    save(f"privacy_{args.algorithm}_{scene}", sweep, markdown)
+    # the report's input (report.privacy_curves): its section and OA-against-ε figure for this scene
+    target = Path(args.into).resolve() / "data/08_reporting" / str(scene) / "privacy" / f"{args.algorithm}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(sweep, indent=2) + "\n")
+    partial.replace(target)
+    print(f"wrote {target}", flush=True)
 
 
 if __name__ == "__main__":

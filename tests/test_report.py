@@ -132,3 +132,26 @@ def test_secure_aggregations_cost_per_round_reaches_the_table_and_mlflow():
     assert "secagg_seconds" not in table_columns(table[table["algorithm"] == "plain"])
     logged = mlflow_metrics({**_metrics(0.5), "run": secure}, {"rounds": rounds})
     assert logged["secagg_seconds_per_round"] == {"value": 2.0, "step": 0}
+
+
+def test_dp_sweeps_give_the_report_a_section_and_the_oa_against_epsilon_figure():
+    from fedrs.plots import privacy_curve_figure
+    from fedrs.report import PRIVACY_COLUMNS, privacy_frame
+
+    sweep = {"rows": [{"setting": "no DP", "sigma": None, "epsilon": None, "oa": 0.8, "aa": 0.7, "kappa": 0.75,
+                       "rounds_aggregated": "3/3"},
+                      {"setting": "σ = 1", "sigma": 1.0, "epsilon": 31.1, "oa": 0.3, "aa": 0.2, "kappa": 0.25,
+                       "rounds_aggregated": "3/3"},
+                      {"setting": "σ = 4", "sigma": 4.0, "epsilon": 5.5, "oa": 0.05, "aa": 0.1, "kappa": 0.0,
+                       "rounds_aggregated": "1/3"}]}
+    frame = privacy_frame({"fedavg": sweep})
+    assert list(frame["epsilon"])[0] == np.inf and list(frame["oa"]) == [0.8, 0.3, 0.05]
+    table = markdown_table(frame, PRIVACY_COLUMNS)
+    assert "| fedavg | no DP | ∞ | 0.8000 |" in table and "| fedavg | σ = 4 | 5.50 | 0.0500 |" in table
+    md = render_markdown("t", {}, comparison_table({"a": _metrics(0.5)}, []), [], {}, frame)
+    assert "## Differential privacy: accuracy against ε" in md and "1/3" in md
+    assert "Differential privacy" not in render_markdown("t", {}, comparison_table({"a": _metrics(0.5)}, []), [], {})
+    ax = privacy_curve_figure({"fedavg": sweep}).axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    assert list(line.get_xdata()) == [5.5, 31.1] and list(line.get_ydata()) == [0.05, 0.3]  # ε ascending
+    assert any(ln.get_linestyle() == "--" and list(ln.get_ydata()) == [0.8, 0.8] for ln in ax.get_lines())

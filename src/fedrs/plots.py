@@ -242,3 +242,22 @@ def modality_ablation_figure(rows: list[dict[str, Any]]) -> Figure:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def privacy_curve_figure(sweeps: dict[str, dict[str, Any]]) -> Figure:
+    """Test OA against the privacy budget ε, one line per algorithm's DP sweep, its run without DP
+    as a dashed level of the same colour (``report.privacy_frame`` rows)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for i, (name, sweep) in enumerate(sorted(sweeps.items())):
+        colour = f"C{i}"
+        points = sorted((r["epsilon"], r["oa"]) for r in sweep["rows"] if r.get("epsilon") is not None)
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", color=colour, label=f"{name}, DP")
+        plain = next((r["oa"] for r in sweep["rows"] if r.get("sigma") is None), None)
+        if plain is not None:
+            ax.axhline(plain, color=colour, linestyle="--", linewidth=1, label=f"{name}, no DP")
+    ax.set(xscale="log", xlabel="ε (δ as in each sweep; smaller is more private)", ylabel="test OA", ylim=(0, 1),
+           title="client-level differential privacy: accuracy against ε")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig

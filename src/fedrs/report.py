@@ -117,16 +117,22 @@ def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -
     return rows
 
 
+PRIVACY_NOTE = ("Sweeps of bench/privacy_curves.py on this scene (data/08_reporting/<scene>/privacy/): each "
+                "algorithm without DP, with the DP aggregation but neither clipping nor noise, then one run per "
+                "noise multiplier σ with C = the median unclipped update norm; ε by Opacus' RDP accountant.")
+
 # how the comparison's columns read; anything else: 4 decimals below 1.5, else one
 FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",
            "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}",
-           "secagg_seconds": "{:.2f}"}
+           "secagg_seconds": "{:.2f}", "epsilon": "{:.2f}"}
 
 
 def _format(value: Any, spec: str | None = None) -> str:
     if isinstance(value, float | np.floating | int | np.integer) and not isinstance(value, bool):
         if np.isnan(value):
             return "–"
+        if np.isinf(value):
+            return "∞"
         if spec:
             return spec.format(value)
         return f"{value:.4f}" if abs(value) < 1.5 else f"{value:,.1f}"
@@ -135,6 +141,20 @@ def _format(value: Any, spec: str | None = None) -> str:
 
 def _cells(row: pd.Series, columns: dict[str, str]) -> list[str]:
     return [_format(row[c], FORMATS.get(c)) for c in columns]
+
+
+def privacy_frame(sweeps: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per run of every DP sweep (``bench/privacy_curves.py``): setting, ε, scores, and how
+    many rounds aggregated (a run wrecked by noise stops aggregating)."""
+    rows = [{"algorithm": name, "setting": r["setting"],
+             "epsilon": np.inf if r.get("epsilon") is None else r["epsilon"], "oa": r["oa"], "aa": r["aa"],
+             "kappa": r["kappa"], "rounds_aggregated": r.get("rounds_aggregated", "–")}
+            for name, sweep in sorted(sweeps.items()) for r in sweep["rows"]]
+    return pd.DataFrame(rows, columns=list(PRIVACY_COLUMNS))
+
+
+PRIVACY_COLUMNS = {"algorithm": "algorithm", "setting": "setting", "epsilon": "ε", "oa": "OA", "aa": "AA",
+                   "kappa": "κ", "rounds_aggregated": "rounds aggregated"}
 
 
 def markdown_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
@@ -155,7 +175,7 @@ def _ablation(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def render_markdown(title: str, context: dict[str, str], table: pd.DataFrame, ablation: list[dict[str, Any]],
-                    figures: dict[str, str]) -> str:
+                    figures: dict[str, str], privacy: pd.DataFrame | None = None) -> str:
     """The report as Markdown; ``figures`` maps a caption to the figure's path relative to the report."""
     warnings = warnings_of(table)
     parts = [f"# {title}", "", *(f"- **{k}**: {v}" for k, v in context.items()), "",
@@ -164,6 +184,9 @@ def render_markdown(title: str, context: dict[str, str], table: pd.DataFrame, ab
              "## Per-class accuracy", "", markdown_table(_per_class(table)), ""]
     if ablation:
         parts += ["## Single-modality ablations (test OA)", "", markdown_table(_ablation(ablation)), ""]
+    if privacy is not None and len(privacy):
+        parts += ["## Differential privacy: accuracy against ε", "", PRIVACY_NOTE, "",
+                  markdown_table(privacy, PRIVACY_COLUMNS), ""]
     parts += ["## Figures", ""]
     for caption, path in figures.items():
         parts += [f"### {caption}", "", f"![{caption}]({path})", ""]
@@ -185,7 +208,7 @@ def _html_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> s
 
 
 def render_html(title: str, context: dict[str, str], table: pd.DataFrame, ablation: list[dict[str, Any]],
-                figures: dict[str, bytes]) -> str:
+                figures: dict[str, bytes], privacy: pd.DataFrame | None = None) -> str:
     """One HTML file with nothing external: the PNG figures are embedded as data URIs."""
     style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
@@ -200,6 +223,9 @@ def render_html(title: str, context: dict[str, str], table: pd.DataFrame, ablati
               "<h2>Per-class accuracy</h2>", _html_table(_per_class(table))]
     if ablation:
         parts += ["<h2>Single-modality ablations (test OA)</h2>", _html_table(_ablation(ablation))]
+    if privacy is not None and len(privacy):
+        parts += ["<h2>Differential privacy: accuracy against ε</h2>", f"<p>{html.escape(PRIVACY_NOTE)}</p>",
+                  _html_table(privacy, PRIVACY_COLUMNS)]
     parts.append("<h2>Figures</h2>")
     for caption, png in figures.items():
         data = base64.b64encode(png).decode()

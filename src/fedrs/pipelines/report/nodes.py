@@ -10,11 +10,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fedrs.errors import InputError
-from fedrs.plots import comparison_curves_figure, confusion_grid_figure, maps_grid_figure, modality_ablation_figure
+from fedrs.plots import (
+    comparison_curves_figure,
+    confusion_grid_figure,
+    maps_grid_figure,
+    modality_ablation_figure,
+    privacy_curve_figure,
+)
 from fedrs.report import (
     comparison_table,
     figure_png,
     ordered,
+    privacy_frame,
     render_html,
     render_markdown,
     round_tables,
@@ -25,7 +32,8 @@ from fedrs.report import (
 FIGURES = {"curves": "Test OA per round and against cumulative bytes sent",
            "maps": "Classification maps beside the ground truth",
            "confusion": "Confusion matrices (row-normalised)",
-           "modalities": "Single-modality ablations"}
+           "modalities": "Single-modality ablations",
+           "privacy": "Test OA against the privacy budget ε (client-level DP sweeps)"}
 
 
 def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
@@ -33,14 +41,15 @@ def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 
 def build_report(metrics_parts: dict[str, Callable], prediction_parts: dict[str, Callable],
-                 scene: dict[str, Any], params: dict[str, Any]
+                 privacy_parts: dict[str, Callable], scene: dict[str, Any], params: dict[str, Any]
                  ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Figure], str, str]:
     """Everything in ``data/08_reporting/<scene>/*/metrics.json`` compared: the table (CSV),
     per-round curves (CSV), the figures, the Markdown page and the self-contained HTML.
 
     The metrics files (kept in git) carry each run's summary, so a run of one algorithm rebuilds
     the report with every other algorithm's rows intact; only the maps figure needs the (DVC-kept)
-    predictions, and shows those present."""
+    predictions, and shows those present. DP sweeps (``data/08_reporting/<scene>/privacy/<algo>.json``,
+    written by ``bench/privacy_curves.py``) add a section and the OA-against-ε figure when present."""
     metrics = _loaded(metrics_parts)
     if not metrics:
         raise InputError("No evaluated algorithm found (no data/08_reporting/<scene>/<algorithm>/metrics.json); "
@@ -58,13 +67,18 @@ def build_report(metrics_parts: dict[str, Callable], prediction_parts: dict[str,
         "confusion": confusion_grid_figure({n: metrics[n] for n in names}, list(scene["class_names"])),
         "modalities": modality_ablation_figure(ablation),
     }
+    sweeps = _loaded(privacy_parts)
+    if sweeps:
+        figures["privacy"] = privacy_curve_figure(sweeps)
+    privacy = privacy_frame(sweeps) if sweeps else None
     title = params.get("title", "fedrs comparison")
     context = {"scene": str(params.get("scene_name", "")), "seed": str(params.get("seed", "")),
                "algorithms": ", ".join(names),
                "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"}
     markdown = render_markdown(title, context, table, ablation,
-                               {FIGURES[k]: f"figures/{k}.png" for k in figures})
+                               {FIGURES[k]: f"figures/{k}.png" for k in figures}, privacy)
     page = render_html(title, context, table, ablation,
-                       {FIGURES[k]: figure_png(fig, int(params.get("dpi", 100))) for k, fig in figures.items()})
+                       {FIGURES[k]: figure_png(fig, int(params.get("dpi", 100))) for k, fig in figures.items()},
+                       privacy)
     rounds = round_tables({n: histories[n] for n in names})
     return table, rounds, figures, markdown, page

@@ -7,7 +7,7 @@ from fedrs.pipelines.report.nodes import build_report
 
 def create_pipeline(**kwargs) -> Pipeline:
     template = Pipeline([
-        node(build_report, ["metrics", "predictions", "scene", "params:report"],
+        node(build_report, ["metrics", "predictions", "privacy_curves", "scene", "params:report"],
              ["comparison", "rounds", "figures", "markdown", "html"], name="build_report"),
     ])
     return pipeline(template, namespace="report", inputs={"scene"}, parameters={"params:report": "params:report"})
