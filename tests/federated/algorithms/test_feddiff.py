@@ -176,3 +176,26 @@ def test_present_classes_only_leaves_the_other_sites_classes_alone(rng):
         moved[flag] = (model.head1.net[-2].weight.detach() - before).abs().flatten(1).sum(1)
     assert (moved[False][2:] > 0).all()
     assert torch.equal(moved[True][2:], torch.zeros(2)) and (moved[True][:2] > 0).all()
+
+
+def test_logit_adjustment_moves_the_clients_prior_into_its_logits(rng):
+    from fedrs.federated.algorithms.feddiff import prior_adjustment
+
+    labels = torch.tensor([0] * 15 + [1] * 5)  # of 4 classes: 2 and 3 never seen, floor 0.5 / 20
+    torch.testing.assert_close(prior_adjustment(labels, 4, 1.0), torch.tensor([0.75, 0.25, 0.025, 0.025]).log())
+    torch.testing.assert_close(prior_adjustment(labels, 4, 0.5), 0.5 * torch.tensor([0.75, 0.25, 0.025, 0.025]).log())
+    # in a client update: the prior already explains much of the labels, so the adjusted cross-entropy
+    # the client reports is lower, and the update differs
+    alg = get_algorithm("feddiff_centralized")
+    data = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    data["labels"] = labels.numpy()
+    states, losses = {}, {}
+    for tau in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        states[tau], metrics = alg.client_update(model, data, ("hsi", "lidar"),
+                                                 {"epochs": 1, "batch_size": 20, "weight_term": 0.0,
+                                                  "logit_adjustment": tau}, seed=0)
+        losses[tau] = metrics["ce"]
+    assert losses[1.0] < losses[0.0] - 0.3
+    assert not torch.equal(states[1.0]["head1.net.7.weight"], states[0.0]["head1.net.7.weight"])

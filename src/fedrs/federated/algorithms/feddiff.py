@@ -37,6 +37,7 @@ class FedDiffTraining:
     weight_term_mode: str = "decoupled"    # decoupled: w ← w − lr·2λ·w beside Adam | loss: inside the loss
     exchange_bn: str = "eval"              # BatchNorm of the outputs sent to the partner: eval | train
     present_classes_only: bool = False     # cross-entropy over the classes the client holds
+    logit_adjustment: float = 0.0          # τ: train on logits + τ·log(client's class prior) (logit calibration)
 
     def __post_init__(self) -> None:
         if self.weight_term_mode not in ("loss", "decoupled"):
@@ -60,6 +61,15 @@ def branch_inputs(data: dict[str, Any], modality: str, spec: FedDiffSpec) -> tup
                          "use_diffusion: true trains and predicts only with its diffusion features")
     features = torch.as_tensor(np.asarray(data[key]), dtype=torch.float32) if spec.use_diffusion else None
     return unet_input(data[modality], spec.unet_size), features
+
+
+def prior_adjustment(labels: torch.Tensor, num_classes: int, tau: float) -> torch.Tensor:
+    """τ·log(the class prior of ``labels``), a class without pixels at half a pixel's share: added to
+    a client's logits while it trains (logit adjustment, Menon et al. 2021; FedLC, Zhang et al. 2022),
+    its local optimum no longer encodes its own class skew — on class-disjoint sites, the classes it
+    never sees are not pushed down — and the averaged model predicts without any prior."""
+    prior = torch.bincount(labels, minlength=num_classes).double() / len(labels)
+    return (tau * prior.clamp_min(0.5 / len(labels)).log()).float()
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,8 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
         if own.present_classes_only:
             absent = torch.ones(model.spec.num_classes, dtype=torch.bool)
             absent[labels.unique()] = False
+        adjustment = (prior_adjustment(labels, model.spec.num_classes, own.logit_adjustment)
+                      if own.logit_adjustment else None)
 
         def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
             live = {m: (batch.take(p), None if f is None else batch.take(f)) for m, (p, f) in inputs.items()}
@@ -140,6 +152,8 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
                 outs = model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
             if absent is not None:  # a class this client never sees is not pushed down in its softmax
                 outs = (outs[0].masked_fill(absent.to(outs[0].device), float("-inf")), *outs[1:])
+            if adjustment is not None:
+                outs = tuple(o + adjustment.to(o.device) for o in outs)
             ce, consistency = feddiff_loss_terms(outs, batch.take(labels, torch.long))
             penalty = conv_weight_penalty(weights=conv_weights) if conv_weights else ce.new_zeros(())
             value = ce + consistency + weight_term * penalty
