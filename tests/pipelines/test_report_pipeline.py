@@ -64,3 +64,17 @@ def test_report_compares_every_algorithm_with_results(kedro_project):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     logged = {a.path for r in runs for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/comparison.csv"} <= logged
+    # a DP sweep of bench/privacy_curves.py beside the results: its section and the OA-against-ε figure
+    sweep = {"algorithm": "fedavg", "rows": [
+        {"setting": "no DP", "sigma": None, "epsilon": None, "oa": 0.8, "aa": 0.7, "kappa": 0.7},
+        {"setting": "σ = 1, C = 0.8", "sigma": 1.0, "epsilon": 31.1, "oa": 0.3, "aa": 0.2, "kappa": 0.2},
+        {"setting": "σ = 4, C = 0.8", "sigma": 4.0, "epsilon": 5.5, "oa": 0.1, "aa": 0.1, "kappa": 0.0}]}
+    privacy = kedro_project.path("data/08_reporting/synthetic/privacy")
+    privacy.mkdir(parents=True)
+    (privacy / "fedavg.json").write_text(json.dumps(sweep))
+    kedro_project.run(["report"])
+    markdown = (out / "report.md").read_text()
+    assert "## Differential privacy: accuracy against ε" in markdown
+    assert "| fedavg | σ = 4, C = 0.8 | 5.50 |" in markdown
+    assert "(figures/privacy.png)" in markdown and (out / "figures" / "privacy.png").stat().st_size > 5_000
+    assert len(re.findall(r"data:image/png;base64,", (out / "report.html").read_text())) == 5
