@@ -113,7 +113,10 @@ def apply_means(global_state: State, means: State, pooled_variances: bool = True
     a pooled variance is E[var + mean²] − (pooled mean)², as ``aggregation.pooled_variance``."""
     new = {k: v.clone() for k, v in global_state.items()}
     for name, delta in means.items():
-        new[name] = (global_state[name].double() + delta).to(global_state[name].dtype)
+        value = global_state[name].double() + delta
+        if name.endswith("running_var"):  # DP noise may push a variance below zero
+            value = value.clamp_min(0.0)
+        new[name] = value.to(global_state[name].dtype)
     for name, delta in means.items():
         mean = _second_moment_pair(name, global_state) if pooled_variances else None
         if mean is None or mean not in means:
