@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedrs.federated.engine import SimulationResources, run_simulation_engine
-from fedrs.federated.server import FederatedConfig, RunInterrupted
+from fedrs.federated.server import FederatedConfig, RunInterrupted, run_rounds
+from tests.federated.fake_grid import FakeGrid
 
 pytestmark = pytest.mark.integration
 RESOURCES = SimulationResources(num_cpus_per_client=1, total_cpus=2)
@@ -102,7 +103,8 @@ def test_compressed_uploads_and_downloads_send_fewer_bytes_and_still_learn(tiny_
 def test_secure_aggregation_on_the_simulation_engine_matches_the_plain_run(tiny_federation):
     """SecAgg+ through Flower's own engine (Ray actors, node state kept between messages): the same
     model as the plain run up to the protocol's quantisation, and the protocol's traffic logged."""
-    plain = run_simulation_engine(config(tiny_federation, num_rounds=2), tiny_federation["test"], 3, RESOURCES)
+    # the plain reference on the in-process grid (the same ClientApp handlers, no Ray start-up)
+    plain = run_rounds(FakeGrid(3), config(tiny_federation, num_rounds=2), tiny_federation["test"], 3)
     secure = run_simulation_engine(config(tiny_federation, num_rounds=2, secure_aggregation={}),
                                    tiny_federation["test"], 3, RESOURCES)
     assert [r["accepted"] for r in secure["history"]] == [[0, 1, 2], [0, 1, 2]]
