@@ -33,3 +33,21 @@ def test_quantised_factors_travel_with_their_constants():
     back = unpack_update(arrays, consts, reference)
     error = (back["conv.weight"] - local["conv.weight"]).abs().max()
     assert 0 < error < 0.2  # 8-bit factors: close, not exact
+
+
+def test_a_non_finite_update_travels_raw_so_the_server_can_reject_it():
+    """A client whose model went non-finite (e.g. after a DP-noised aggregate) still answers: the
+    codec cannot factor NaN (its SVD fails), so the tensor goes raw and the server screens it out."""
+    from fedrs.federated.aggregation import ClientUpdate, screen_updates
+
+    reference, local = states()
+    local["conv.weight"] = local["conv.weight"].clone()
+    local["conv.weight"][0, 0, 0, 0] = float("nan")
+    feedback = ErrorFeedback()
+    arrays, consts, _, _ = pack_update(local, reference, CodecConfig(rank=2, quantize_bits=8), feedback)
+    assert "conv.weight|raw" in arrays and "bias|dense" in arrays
+    assert "conv.weight" not in feedback.state()  # no NaN kept for the next round
+    back = unpack_update(arrays, consts, reference)
+    assert torch.isnan(back["conv.weight"][0, 0, 0, 0]) and torch.equal(back["conv.weight"][1], local["conv.weight"][1])
+    accepted, rejected = screen_updates([ClientUpdate(0, back, 10, ("hsi",))], reference, 10.0)
+    assert accepted == [] and rejected == [(0, "non-finite values in conv.weight")]

@@ -2,7 +2,7 @@
 
 Weight updates travel as ``local − global`` for floating-point tensors (so error feedback and low
 rank apply to the update, not the weights); exchanged features travel as they are; integer
-tensors (counters) always travel raw. Per tensor the ArrayRecord holds ``name|raw``,
+tensors (counters) and tensors with non-finite values always travel raw. Per tensor the ArrayRecord holds ``name|raw``,
 ``name|dense`` or ``name|left`` + ``name|right`` (uint8 when quantised); a ConfigRecord holds the
 shape and the quantisation constants.
 """
@@ -33,7 +33,9 @@ def pack_tensors(tensors: State, cfg: CodecConfig | None, reference: State | Non
     dense_bytes = sent_bytes = 0
     for name, tensor in tensors.items():
         dense_bytes += tensor.numel() * tensor.element_size()
-        if not torch.is_floating_point(tensor) or cfg is None:
+        # non-finite values travel raw, as they are: the codec cannot factor them (its SVD fails), and the
+        # server's screening then rejects the update by name, as it does an uncompressed one
+        if not torch.is_floating_point(tensor) or cfg is None or not torch.isfinite(tensor).all():
             arrays[f"{name}|raw"] = Array(np.ascontiguousarray(tensor.detach().cpu().numpy()))
             sent_bytes += tensor.numel() * tensor.element_size()
             continue
