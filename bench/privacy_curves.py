@@ -73,7 +73,7 @@ def main() -> None:
                         help="the project whose report shows the sweep (data/08_reporting/<scene>/privacy/)")
     args = parser.parse_args()
     project = Path(args.project).resolve()
-    rows = [{"setting": "no DP (sample-weighted FedAvg)", "sigma": None, **run(project, args.env, args.algorithm,
+    rows = [{"setting": "no DP (sample weights)", "sigma": None, **run(project, args.env, args.algorithm,
                                                                                None)}]
     probe = run(project, args.env, args.algorithm,
                 {"noise_multiplier": 0.0, "clipping_norm": 1e9, "delta": args.delta}, args.from_nodes)
