@@ -642,7 +642,9 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
         rejected: list[tuple[int, str]] = []
         if sub.secure_means:
             apply_secure_means(run, sub, record, 1.0)
-        record.secure = {k: record.secure.get(k, 0) + v for k, v in sub.secure.items() if k != "group_sizes"}
+        for key, value in sub.secure.items():  # the pass's sums count with the round's (its group sizes do not)
+            if key != "group_sizes":
+                record.secure[key] = record.secure.get(key, 0) + value
     else:
         finite, rejected = screen_updates(sub.updates, run.global_state, float("inf"))
         if finite:
