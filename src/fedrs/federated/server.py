@@ -517,22 +517,19 @@ def apply_secure_means(run: RunState, source: RoundRecord, record: RoundRecord, 
     """The global state moved by the secure means of ``source`` — with DP, each group's mean noised
     with σ·C/n_g on the server (the clients clipped their own updates)."""
     means = dict(source.secure_means)
-    if run.cfg.privacy:
-        privacy = PrivacyConfig.from_dict(run.cfg.privacy)
-        noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round,
-                                                          len(run.privacy_releases)))
+
+    def noise_means(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
         stds = set()
         for name in sorted(means):  # the sorted order fixes the noise each tensor draws
             std = compute_stdv(privacy.noise_multiplier, privacy.clipping_norm, source.secure_members[name])
             stds.add(std)
             means[name] = means[name] + torch.randn(means[name].shape, generator=noise, dtype=torch.float64) * std
-        run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
-        epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
         norms = [float(u.metrics["update_norm"]) for u in source.updates if "update_norm" in u.metrics]
-        record.privacy = {"update_norms": norms or [float("nan")],
-                          "clipped": sum(n > privacy.clipping_norm for n in norms),
-                          "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0),
-                          "epsilon": epsilon if np.isfinite(epsilon) else None}
+        return {"update_norms": norms or [float("nan")], "clipped": sum(n > privacy.clipping_norm for n in norms),
+                "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0)}
+
+    if run.cfg.privacy:
+        private_release(run, record, sampling_rate, noise_means)
     run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy)
 
 
@@ -573,9 +570,22 @@ def aggregate_updates(run: RunState, record: RoundRecord, updates: list[ClientUp
             updates = [replace(u, num_samples=1) for u in updates]
         run.global_state = run.algorithm.aggregate(run.global_state, updates)
         return
+
+    def aggregate(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
+        run.global_state, report = private_aggregate(run.global_state, updates, run.algorithm.owner, privacy, noise)
+        return report
+
+    private_release(run, record, sampling_rate, aggregate)
+
+
+def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
+                    release: Callable[[PrivacyConfig, torch.Generator], dict[str, Any]]) -> None:
+    """One DP release: ``release`` draws its noise from the round's seeded generator and reports
+    what it clipped and added; the accountant counts it and the round's record carries ε so far."""
+    assert run.cfg.privacy is not None
     privacy = PrivacyConfig.from_dict(run.cfg.privacy)
     noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round, len(run.privacy_releases)))
-    run.global_state, report = private_aggregate(run.global_state, updates, run.algorithm.owner, privacy, noise)
+    report = release(privacy, noise)
     run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
     epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
     record.privacy = {**report, "epsilon": epsilon if np.isfinite(epsilon) else None}  # None: no guarantee
