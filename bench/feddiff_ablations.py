@@ -50,6 +50,8 @@ VARIANTS = {
     "logit_adjust": ("logits + log(client's class prior) while training (logit calibration, τ = 1)",
                      {f"{TRAIN}.logit_adjustment": "1.0"}),
     "fedprox": ("FedProx μ = 0.01 on the clients", {f"{TRAIN}.proximal_mu": "0.01"}),
+    "calibration": ("last layer retrained on virtual features from the clients' class statistics (CCVR)",
+                    {f"{FED}.calibration": "{}"}),
     "rounds_30x1": ("30 rounds × 1 epoch", {f"{FED}.num_rounds": "30", f"{TRAIN}.epochs": "1"}),
     "rounds_25": ("25 rounds of the default local epochs", {f"{FED}.num_rounds": "25"}),
     "rounds_10x5": ("10 rounds × 5 epochs", {f"{FED}.num_rounds": "10", f"{TRAIN}.epochs": "5"}),

@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
 from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.calibration import class_feature_statistics
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed, norm_statistic_names
@@ -257,6 +258,16 @@ def local_update(msg: Message, context: Context) -> Message:
     if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server
         extra["partner"] = unpack_tensors(msg.content.array_records["partner"],
                                           msg.content.config_records["partner_codec"])
+    if settings["train"].get("calibration_only"):  # classifier calibration: class statistics, dense, no codec
+        labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
+        features = algorithm.client_features(model, data, tuple(data["modalities"]), settings["train"], **extra)
+        last = model.get_submodule(algorithm.require_calibration_layer())
+        sums = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
+        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
+                                   "metrics": MetricRecord({
+            "client_id": client_id, "num_samples": len(labels), "bytes_dense": payload_bytes(sums),
+            "bytes_sent": payload_bytes(sums), "compute_seconds": time.perf_counter() - started})}),
+            reply_to=msg)
     carry = load_carry(context)
     state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
                                              derive_seed(settings["seed"], rnd, client_id), rnd, carry=carry, **extra)

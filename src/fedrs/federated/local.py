@@ -41,6 +41,7 @@ class TrainConfig:
     keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
     decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
     statistics_only: bool = False  # no training: recompute BatchNorm's running statistics (statistics_pass)
+    calibration_only: bool = False  # no training: the class statistics of the last layer's inputs (calibration)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:

@@ -40,6 +40,7 @@ from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, State, screen_updates
 from fedrs.federated.algorithms import Algorithm, get_algorithm
 from fedrs.federated.algorithms.base import ModalityAwareAlgorithm
+from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, pool_statistics
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed, lr_at_round, norm_statistic_names
@@ -101,6 +102,8 @@ class FederatedConfig:
     weighting: str = "samples"  # aggregation weights: samples (FedAvg) | equal (every client counts once)
     secure_aggregation: dict[str, Any] | None = None  # Flower's SecAgg+, one secure sum per modality group ({}: its
                                                       # defaults); None: off
+    calibration: dict[str, Any] | None = None  # after the last round, the last layer retrained on virtual features
+                                               # from the clients' class statistics (fedrs.federated.calibration)
 
     @property
     def secure(self) -> bool:
@@ -260,6 +263,8 @@ class RoundRecord:
     privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
     exchange_protection: dict[int, tuple[float, float]] = field(default_factory=dict)  # (clipped fraction, noise std)
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
+    scores_before_calibration: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)  # the calibration pass: clients, classes, losses
     secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
     secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
     secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
@@ -338,6 +343,8 @@ class RoundRecord:
             "client_seconds_max": max(self.client_seconds.values(), default=0.0),
             "statistics_from": self.statistics_from,
             **{f"test_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
+            **{f"test_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
+            **{f"calibration_{k}": v for k, v in self.calibration.items()},
             **({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
                 "dp_clipped": self.privacy["clipped"],
                 "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))} if self.privacy else {}),
@@ -384,12 +391,16 @@ def configure_round(run: RunState, rnd: int) -> RoundRecord:
     return record
 
 
-def encode_downloads(run: RunState, record: RoundRecord) -> None:
-    """Each sampled client's download of the global weights it holds a part in."""
+def encode_downloads(run: RunState, record: RoundRecord, exact: bool = False) -> None:
+    """Each sampled client's download of the global weights it holds a part in; ``exact``: a
+    compressed download that would not decode to the exact weights goes dense instead."""
     for cid in record.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
-        content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys},
-                                                            record.round)
+        state = {k: run.global_state[k] for k in keys}
+        content, dense, sent, decoded = run.downlink.encode(cid, state, record.round)
+        if exact and not all(torch.equal(decoded[k], state[k]) for k in keys):
+            run.downlink.forget(cid)
+            content, dense, sent, decoded = run.downlink.encode(cid, state, record.round)
         record.downloads[cid] = Download(content, dense, sent, decoded)
         record.log_traffic(cid, "down", "weights", dense, sent)
 
@@ -452,7 +463,8 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
                                                metrics))
             continue
         arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
-        state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if cfg.compression
+        coded = cfg.compression and not record.settings["train"].get("calibration_only")  # statistics go dense
+        state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if coded
                  else dict(arrays.to_torch_state_dict()))
         record.log_traffic(cid, "up", "weights", *payload_counts(reply))
         record.updates.append(
@@ -675,6 +687,56 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
                 run.cfg.algorithm, len(finite), len(sub.sampled))
 
 
+def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """After the last round (and the statistics pass): every client whose features are those of
+    the test pixels runs the final model over its pixels — FedDiff clients with their partner's
+    relayed outputs of that model — and sends the per-class count, sum and outer-product sum of the
+    last layer's inputs; the server pools them and retrains that layer on virtual features
+    (``fedrs.federated.calibration``). Its traffic and failures count with the last round."""
+    if run.cfg.calibration is None or not record.aggregated:
+        return
+    cfg = CalibrationConfig.from_dict(run.cfg.calibration)
+    layer = run.algorithm.require_calibration_layer()
+    evaluate_round(run, record)
+    record.scores_before_calibration = dict(record.scores)
+    settings = {**record.settings, "train": {**record.settings["train"], "calibration_only": True}}
+    contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
+    sub = RoundRecord(record.round, record.lr, settings, contributors)
+    encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
+    if run.algorithm.exchanges_features:
+        exchange_features(grid, run, sub)
+    collect_updates(grid, run, sub)
+    parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
+    for entry in sub.traffic:
+        if entry["direction"] == "up" and entry["payload"] == "weights":
+            entry["payload"] = "calibration"
+    record.traffic.extend(sub.traffic)
+    record.failed.extend({**f, "stage": f"calibration {f['stage']}"} for f in sub.failed)
+    record.dropped.extend({**d, "stage": f"calibration {d['stage']}"} for d in sub.dropped)
+    record.wait += sub.wait
+    for cid, seconds in sub.client_seconds.items():
+        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
+    if not parts:
+        logger.warning("%s: no client sent class statistics; the last layer is not calibrated", run.cfg.algorithm)
+        return
+    weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
+    run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
+        weight, bias, pool_statistics(parts), cfg, derive_seed(run.cfg.seed, 7_007, record.round))
+    record.calibration = {"clients": float(len(parts)), **report}
+    logger.info("%s: the last layer (%s) calibrated on %d virtual features of %d classes from %d clients' "
+                "statistics (loss %.3f → %.3f)", run.cfg.algorithm, layer, int(report["virtual_features"]),
+                int(report["classes"]), len(parts), report["loss_before"], report["loss_after"])
+
+
+def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
+    """Classifier calibration's requirements, before the first round."""
+    CalibrationConfig.from_dict(cfg.calibration)
+    algorithm.require_calibration_layer()
+    if cfg.privacy or cfg.secure:
+        raise ValueError("calibration with privacy or secure_aggregation: the clients' class statistics would reach "
+                         "the server unprotected; set calibration: null")
+
+
 def evaluate_round(run: RunState, record: RoundRecord) -> None:
     run.model.load_state_dict(run.global_state)
     report = run.algorithm.evaluate(run.model, run.test, record.settings["train"])
@@ -823,6 +885,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
         PrivacyConfig.from_dict(cfg.privacy)  # a bad privacy block fails before the first round
     if cfg.secure:
         check_secure(cfg, algorithm)
+    if cfg.calibration is not None:
+        check_calibration(cfg, algorithm)
     if cfg.weighting not in ("samples", "equal"):
         raise ValueError(f"federated.weighting is {cfg.weighting!r}; expected samples or equal")
     if len(eligible) < cfg.min_clients:
@@ -871,6 +935,7 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
     if rnd == run.cfg.num_rounds:
         average_tail(run)
         statistics_round(grid, run, record)
+        calibration_round(grid, run, record)
     evaluate_round(run, record)
     return record
 

@@ -9,6 +9,7 @@ how a model is scored. The Flower apps and the plain trainers call these and not
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from fedrs.federated.aggregation import ClientUpdate, State, aggregate_modality_aware
-from fedrs.federated.local import TrainConfig, predict
+from fedrs.federated.local import TrainConfig, batch_inputs, inference_batches, predict
 from fedrs.metrics import classification_report
 
 VARIANT_KEYS = ("oa", "aa", "kappa", "per_class_spread")
@@ -90,6 +91,27 @@ class Algorithm(ABC):
                             modalities: Modalities) -> dict[str, dict[str, float]]:
         """Scores with one modality only (zero-filled, or the algorithm's own stand-in)."""
 
+    def calibration_layer(self) -> str | None:
+        """The module (a Linear or 1×1 convolution) that maps the classifier's features to the
+        logits the model predicts with — what classifier calibration retrains; None: not supported."""
+        return None
+
+    def require_calibration_layer(self) -> str:
+        layer = self.calibration_layer()
+        if layer is None:
+            raise NotImplementedError(f"{self.name} does not support classifier calibration")
+        return layer
+
+    def calibration_contributes(self, client_modalities: Modalities) -> bool:
+        """Whether a client's features are those the model sees at test time (all its modalities)."""
+        return False
+
+    def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The input of ``calibration_layer`` for every pixel of a client, in order, with the model
+        in eval mode (``partner``: FedDiff's relayed outputs of the site partner)."""
+        raise NotImplementedError(f"{self.name} does not support classifier calibration")
+
 
 @dataclass(frozen=True)
 class ModalityAwareAlgorithm(Algorithm):
@@ -128,6 +150,17 @@ class ModalityAwareAlgorithm(Algorithm):
                 config: dict[str, Any] | None = None) -> dict[str, Any]:
         return data
 
+    def calibration_contributes(self, client_modalities: Modalities) -> bool:
+        return self.calibration_layer() is not None and self.usable_modalities(client_modalities) == self.modalities
+
+    def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        use = self.usable_modalities(client_modalities)
+        cfg = TrainConfig.from_dict(inference_config(config))
+        return layer_inputs(model, self.require_calibration_layer(), len(data["labels"]), cfg,
+                            lambda sl, device: model(**batch_inputs(data, sl, use, device)))
+
+
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
                 modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
         use = self.modalities if modalities is None else modalities
@@ -156,6 +189,25 @@ class ModalityAwareAlgorithm(Algorithm):
 
 
 INFERENCE_KEYS = ("device", "precision", "eval_batch_size")
+
+
+def layer_inputs(model: nn.Module, layer: str, n: int, cfg: TrainConfig,
+                 forward: Callable[[slice, torch.device], Any]) -> torch.Tensor:
+    """What module ``layer`` of ``model`` receives (flattened per sample) while ``forward(slice,
+    device)`` runs over ``n`` samples in order, in eval mode under the precision policy."""
+    policy = cfg.policy()
+    model.to(policy.device).eval()
+    captured: list[torch.Tensor] = []
+    hook = model.get_submodule(layer).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+    try:
+        with torch.inference_mode():
+            for sl in inference_batches(n, cfg.eval_batch_size):
+                with policy.autocast():
+                    forward(sl, policy.device)
+    finally:
+        hook.remove()
+    return torch.cat(captured) if captured else torch.empty(0)
 
 
 def inference_config(config: dict[str, Any] | None) -> dict[str, Any]:

@@ -160,6 +160,9 @@ class FedCMIAlgorithm(ModalityAwareAlgorithm):
     def owner(self, parameter: str) -> str | None:
         return cmi_parameter_modality(parameter)
 
+    def calibration_layer(self) -> str:
+        return "fusion"  # Linear over [s_hsi, s_lidar]: the logits FedCMI predicts with
+
     def build_model(self, spec: dict[str, Any]) -> CrossModalInfiltrationNet:
         return CrossModalInfiltrationNet(CmiSpec.from_dict(spec))
 

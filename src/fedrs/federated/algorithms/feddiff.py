@@ -19,7 +19,7 @@ from torch import nn
 
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import State
-from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config
+from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config, layer_inputs
 from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
 from fedrs.federated.local import Batch, TrainConfig, inference_batches, local_training, predict_batches, split_config
 from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
@@ -89,6 +89,36 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
     @property
     def exchanges_features(self) -> bool:
         return self.exchange and len(self.modalities) == 2
+
+    def calibration_layer(self) -> str:
+        # the last 1×1 convolution of the head whose logits the model predicts with
+        heads: dict[Modalities, str] = {("hsi",): "head2", ("lidar",): "head3"}
+        head = heads.get(tuple(self.modalities), "head1")
+        return f"{head}.net.7"
+
+    def calibration_contributes(self, client_modalities: Modalities) -> bool:
+        # with the exchange every client assembles the whole fused representation of its pixels
+        return self.exchanges_features or super().calibration_contributes(client_modalities)
+
+    def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                        config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        assert isinstance(model, FedDiffClassifier)
+        usable = self.usable_modalities(client_modalities)
+        if partner is None and self.exchanges_features:
+            raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
+        cfg = TrainConfig.from_dict(inference_config(config))
+        inputs = {m: branch_inputs(data, m, model.spec) for m in usable}
+
+        def forward(sl: slice, device: torch.device) -> Any:
+            live = {m: (p[sl].to(device), None if f is None else f[sl].to(device)) for m, (p, f) in inputs.items()}
+            if partner is None:
+                return model(**{m: v[0] for m, v in live.items()}, **{f"{m}_features": v[1] for m, v in live.items()})
+            (modality,) = usable
+            cnn, diff = getattr(model, f"{modality}_branch")(*live[modality])
+            other = partner["cnn"][sl].to(device), partner["diff"][sl].to(device)
+            return model.fuse(cnn, diff, *other) if modality == "hsi" else model.fuse(*other, cnn, diff)
+
+        return layer_inputs(model, self.calibration_layer(), len(data["labels"]), cfg, forward)
 
     def build_model(self, spec: dict[str, Any]) -> FedDiffClassifier:
         return FedDiffClassifier(FedDiffSpec.from_dict({**spec, "modalities": list(self.modalities)}))

@@ -22,6 +22,9 @@ class FusionAlgorithm(ModalityAwareAlgorithm):
     def owner(self, parameter: str) -> str | None:
         return parameter_modality(parameter)
 
+    def calibration_layer(self) -> str:
+        return "classifier.3"  # Linear(dim, num_classes) after the fused hidden layer
+
     def build_model(self, spec: dict[str, Any]) -> FusionCNN:
         return FusionCNN(FusionSpec.from_dict({**spec, "modalities": list(self.modalities)}))
 

@@ -1,0 +1,121 @@
+"""Classifier calibration after federated training (CCVR: Luo et al., "No Fear of Heterogeneity:
+Classifier Calibration for Federated Learning with Non-IID Data", NeurIPS 2021).
+
+Why: on class-disjoint sites each client's last layer learns its own site's classes and the
+average of those layers is biased against every class one site lacks (Houston: Highway, seen by
+one site only, is predicted as Road or Parking lot). The features before that layer stay
+separable — retraining only the last layer on every training pixel's features recovers the
+centralised boundary. The server has no pixels, so each client sends the per-class count, sum and
+sum of outer products of its features (never a feature of one pixel); the server pools them into
+one Gaussian per class, draws the same number of virtual features from each, and retrains the
+last layer on them.
+
+Plain functions over tensors: the client's statistics, their pooling, and the retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedrs.config import from_mapping
+
+STATISTICS = ("count", "sum", "outer")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    virtual_per_class: int = 200  # features drawn from each class's Gaussian
+    steps: int = 300              # full-batch Adam steps on the last layer
+    lr: float = 0.01
+    ridge: float = 1.0e-4         # added to every covariance's diagonal, relative to its mean variance
+    min_pixels: int = 2           # a class with fewer pooled pixels keeps no virtual features
+
+    def __post_init__(self) -> None:
+        for name in ("virtual_per_class", "steps", "min_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"calibration: {name} {getattr(self, name)!r}; expected a positive integer")
+        if not self.lr > 0 or self.ridge < 0:
+            raise ValueError(f"calibration: lr {self.lr!r} and ridge {self.ridge!r}; expected lr > 0 and ridge ≥ 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> CalibrationConfig:
+        return from_mapping(cls, d or {}, label="calibration")
+
+
+def class_feature_statistics(features: torch.Tensor, labels: torch.Tensor, num_classes: int
+                             ) -> dict[str, torch.Tensor]:
+    """Per class: pixel count, feature sum and sum of outer products (float64) — what a client sends."""
+    z = features.detach().double().flatten(1)
+    y = labels.long()
+    onehot = F.one_hot(y, num_classes).double()  # [N, C]
+    return {"count": onehot.sum(0), "sum": onehot.T @ z,
+            "outer": torch.einsum("nc,ni,nj->cij", onehot, z, z)}
+
+
+def pool_statistics(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The sums over clients (statistics are additive)."""
+    if not parts:
+        raise ValueError("calibration: no client sent feature statistics")
+    return {k: torch.stack([p[k].double() for p in parts]).sum(0) for k in STATISTICS}
+
+
+def class_gaussians(pooled: dict[str, torch.Tensor], cfg: CalibrationConfig
+                    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and (ridge-regularised) covariance of every class with at least ``min_pixels`` pixels."""
+    out = {}
+    for c, n in enumerate(pooled["count"].tolist()):
+        if n < max(cfg.min_pixels, 2):
+            continue
+        mean = pooled["sum"][c] / n
+        cov = (pooled["outer"][c] - n * torch.outer(mean, mean)) / (n - 1)
+        cov = (cov + cov.T) / 2
+        scale = float(cov.diagonal().mean().clamp_min(1e-12))
+        out[c] = mean, cov + cfg.ridge * scale * torch.eye(len(mean), dtype=cov.dtype)
+    return out
+
+
+def virtual_features(gaussians: dict[int, tuple[torch.Tensor, torch.Tensor]], per_class: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` draws from each class's Gaussian (a balanced set), with their labels."""
+    feats, labels = [], []
+    for c in sorted(gaussians):
+        mean, cov = gaussians[c]
+        root = torch.linalg.cholesky(cov)
+        eps = torch.randn(per_class, len(mean), generator=generator, dtype=torch.float64)
+        feats.append(mean + eps @ root.T)
+        labels.append(torch.full((per_class,), c, dtype=torch.long))
+    return torch.cat(feats).float(), torch.cat(labels)
+
+
+def calibrate_layer(weight: torch.Tensor, bias: torch.Tensor, pooled: dict[str, torch.Tensor],
+                    cfg: CalibrationConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The last layer (a Linear's or 1×1 convolution's weight and bias) retrained from its current
+    values by cross-entropy on virtual features; its new weight and bias and what was done."""
+    gaussians = class_gaussians(pooled, cfg)
+    if not gaussians:
+        raise ValueError("calibration: no class has enough pooled pixels to draw virtual features from")
+    dim = int(pooled["sum"].shape[1])
+    if weight[0].numel() != dim:
+        raise ValueError(f"calibration: the last layer takes {weight[0].numel()} inputs per class but the clients "
+                         f"sent {dim}-dimensional features")
+    generator = torch.Generator().manual_seed(seed)
+    z, y = virtual_features(gaussians, cfg.virtual_per_class, generator)
+    w = weight.detach().float().reshape(len(weight), dim).clone().requires_grad_(True)
+    b = bias.detach().float().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([w, b], lr=cfg.lr)
+    with torch.no_grad():
+        before = float(F.cross_entropy(z @ w.T + b, y))
+    for _ in range(cfg.steps):
+        optimiser.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, y)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = float(F.cross_entropy(z @ w.T + b, y))
+    report = {"classes": float(len(gaussians)), "virtual_features": float(len(y)), "loss_before": before,
+              "loss_after": after}
+    return w.detach().reshape(weight.shape).to(weight.dtype), b.detach().to(bias.dtype), report

@@ -1,0 +1,186 @@
+"""Classifier calibration: the clients' class statistics, their pooling, the retrained last layer,
+the features each algorithm captures, and the pass at the end of a federated run."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.calibration import (
+    CalibrationConfig,
+    calibrate_layer,
+    class_feature_statistics,
+    class_gaussians,
+    pool_statistics,
+)
+from fedrs.federated.local import TrainConfig
+from fedrs.federated.server import FederatedConfig, run_rounds, start_run
+from fedrs.models.fusion import FedDiffClassifier
+from tests.federated.fake_grid import FakeGrid
+
+
+def test_class_statistics_by_hand_and_additive():
+    z = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    y = torch.tensor([0, 0, 2])
+    s = class_feature_statistics(z, y, 3)
+    assert s["count"].tolist() == [2.0, 0.0, 1.0]
+    assert s["sum"].tolist() == [[4.0, 6.0], [0.0, 0.0], [5.0, 6.0]]
+    assert s["outer"][0].tolist() == [[1 + 9, 2 + 12], [2 + 12, 4 + 16]]
+    assert s["outer"][2].tolist() == [[25.0, 30.0], [30.0, 36.0]]
+    # pooling two clients' statistics == the statistics of their pixels together
+    rng = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(7, 4, generator=rng), torch.randn(5, 4, generator=rng)
+    ya, yb = torch.tensor([0, 1, 1, 2, 0, 1, 2]), torch.tensor([2, 2, 0, 1, 1])
+    pooled = pool_statistics([class_feature_statistics(za, ya, 3), class_feature_statistics(zb, yb, 3)])
+    whole = class_feature_statistics(torch.cat([za, zb]), torch.cat([ya, yb]), 3)
+    assert all(torch.allclose(pooled[k], whole[k]) for k in whole)
+    with pytest.raises(ValueError, match="no client sent"):
+        pool_statistics([])
+
+
+def test_class_gaussians_are_the_pooled_means_and_covariances():
+    rng = torch.Generator().manual_seed(1)
+    z = torch.randn(40, 3, generator=rng, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    y = torch.tensor([0] * 25 + [1] * 14 + [2])  # class 2 has one pixel: no covariance, no virtual features
+    gaussians = class_gaussians(class_feature_statistics(z, y, 3), CalibrationConfig(ridge=0.0))
+    assert sorted(gaussians) == [0, 1]
+    for c in (0, 1):
+        mean, cov = gaussians[c]
+        assert torch.allclose(mean, z[y == c].mean(0))
+        assert torch.allclose(cov, torch.cov(z[y == c].T))
+
+
+def _biased_problem(seed=0):
+    """Three well-separated classes in 8 dimensions and a last layer that never predicts class 2
+    (as a site-averaged layer behaves towards a class one site lacks)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 8, generator=g) * 4
+    y = torch.arange(3).repeat_interleave(100)
+    z = centres[y] + torch.randn(300, 8, generator=g)
+    weight = centres.clone()
+    bias = torch.tensor([0.0, 0.0, -1e3])
+    return z, y, weight, bias
+
+
+def test_calibration_repairs_a_last_layer_biased_against_a_class():
+    z, y, weight, bias = _biased_problem()
+    before = ((z @ weight.T + bias).argmax(1) == y).float().mean()
+    assert before < 0.7  # class 2 is never predicted
+    pooled = pool_statistics([class_feature_statistics(z[:150], y[:150], 3),
+                              class_feature_statistics(z[150:], y[150:], 3)])
+    cfg = CalibrationConfig(virtual_per_class=100, steps=200, lr=0.5)
+    new_w, new_b, report = calibrate_layer(weight, bias, pooled, cfg, seed=3)
+    after = ((z @ new_w.T + new_b).argmax(1) == y).float().mean()
+    assert after > 0.97 and report["loss_after"] < report["loss_before"]
+    assert report["classes"] == 3 and report["virtual_features"] == 300
+    again = calibrate_layer(weight, bias, pooled, cfg, seed=3)  # seeded: the same layer
+    assert torch.equal(again[0], new_w) and torch.equal(again[1], new_b)
+    # a 1×1 convolution's weight keeps its shape
+    conv_w, _, _ = calibrate_layer(weight.reshape(3, 8, 1, 1), bias, pooled, cfg, seed=3)
+    assert conv_w.shape == (3, 8, 1, 1) and torch.equal(conv_w.flatten(1), new_w)
+    with pytest.raises(ValueError, match="takes 4 inputs per class but the clients sent 8"):
+        calibrate_layer(torch.zeros(3, 4), bias, pooled, cfg, seed=3)
+
+
+def test_bad_calibration_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="virtual_per_class 0"):
+        CalibrationConfig(virtual_per_class=0)
+    with pytest.raises(ValueError, match="lr -1"):
+        CalibrationConfig(lr=-1)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedcmi"])
+def test_captured_features_times_the_last_layer_are_the_logits(name, tiny_federation):
+    algorithm = get_algorithm(name)
+    model = algorithm.build_model(tiny_federation["spec"])
+    spec, rng = tiny_federation["spec"], np.random.default_rng(0)
+    data = {"hsi": rng.standard_normal((10, spec["bands"], 5, 5)).astype(np.float32),
+            "lidar": rng.standard_normal((10, spec["lidar_channels"], 5, 5)).astype(np.float32),
+            "labels": rng.integers(0, spec["num_classes"], 10)}
+    model.eval()
+    z = algorithm.client_features(model, data, ("hsi", "lidar"), {})
+    last = model.get_submodule(algorithm.require_calibration_layer())
+    with torch.no_grad():
+        logits = model(hsi=torch.as_tensor(data["hsi"]), lidar=torch.as_tensor(data["lidar"]))
+    assert torch.allclose(F.linear(z, last.weight, last.bias), logits, atol=1e-5)
+    assert algorithm.calibration_contributes(("hsi", "lidar"))
+    assert not algorithm.calibration_contributes(("hsi",))  # its features are not the test pixels' features
+
+
+def test_feddiff_captures_the_input_of_head1s_last_convolution(tiny_split_federation):
+    spec = tiny_split_federation["spec"]
+    algorithm = get_algorithm("feddiff")
+    model = algorithm.build_model(spec)
+    assert isinstance(model, FedDiffClassifier)
+    rng = np.random.default_rng(0)
+    n = 6
+    data = {"hsi": rng.standard_normal((n, spec["hsi_channels"], 5, 5)).astype(np.float32),
+            "hsi_features": rng.standard_normal((n, 16, 4, 4)).astype(np.float32),
+            "labels": np.arange(n) % spec["num_classes"]}
+    model.eval()
+    with torch.no_grad():
+        cnn, diff = model.lidar_branch(torch.randn(n, spec["lidar_channels"], 8, 8), torch.randn(n, 16, 4, 4))
+    partner = {"cnn": cnn, "diff": diff}
+    z = algorithm.client_features(model, data, ("hsi",), {}, partner=partner)
+    from fedrs.federated.algorithms.feddiff import branch_inputs
+
+    with torch.no_grad():
+        o1 = model.fuse(*model.hsi_branch(*branch_inputs(data, "hsi", model.spec)), cnn, diff)[0]
+    last = model.get_submodule(algorithm.require_calibration_layer())
+    assert algorithm.require_calibration_layer() == "head1.net.7"
+    assert torch.allclose(F.linear(z, last.weight.flatten(1), last.bias), o1, atol=1e-5)
+    assert algorithm.calibration_contributes(("hsi",))  # with the exchange it sees the fused features
+    with pytest.raises(ValueError, match="partner"):
+        algorithm.client_features(model, data, ("hsi",), {})
+
+
+def _feddiff_config(fed, **overrides):
+    base = dict(algorithm="feddiff", model=fed["spec"], train={"epochs": 1, "batch_size": 8}, num_rounds=2,
+                min_clients=2, seed=5, partition_dir=fed["dir"], eval_samples=200,
+                client_data_dirs=[fed["features_dir"]], compression={"rank": 4, "quantize_bits": 8},
+                downlink_compression={"rank": 4, "quantize_bits": 8}, exchange_compression={"rank": 4})
+    return FederatedConfig.from_dict({**base, **overrides})
+
+
+def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_federation):
+    fed = tiny_split_federation
+    cal = {"virtual_per_class": 20, "steps": 50}
+    plain = run_rounds(FakeGrid(4), _feddiff_config(fed), fed["test"], 4)
+    calibrated = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration=cal), fed["test"], 4)
+    layer = "head1.net.7"
+    changed = {k for k in plain["state"] if not torch.equal(plain["state"][k], calibrated["state"][k])}
+    assert changed == {f"{layer}.weight", f"{layer}.bias"}  # the run itself is the same, the layer retrained
+    last = calibrated["history"][-1]
+    assert last["calibration_clients"] == 4 and last["calibration_loss_after"] < last["calibration_loss_before"]
+    assert last["test_oa_before_calibration"] == plain["history"][-1]["test_oa"]
+    assert "calibration_clients" not in calibrated["history"][0]
+    # what went up: per-class count, sum and outer-product sum of the 64 features, dense float64
+    classes = fed["spec"]["num_classes"]
+    ups = [t for t in calibrated["traffic"] if t["payload"] == "calibration"]
+    assert len(ups) == 4 and all(t["bytes_sent"] == t["bytes_dense"] == classes * (1 + 64 + 64 * 64) * 8
+                                 for t in ups)
+    # the downloads of the pass decode to the exact final weights: no codec error in the features
+    again = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration=cal), fed["test"], 4)
+    assert all(torch.equal(again["state"][k], calibrated["state"][k]) for k in calibrated["state"])
+
+
+def test_a_horizontal_run_calibrates_from_its_multimodal_clients(tiny_federation):
+    fed = tiny_federation
+    cfg = FederatedConfig.from_dict(dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8},
+                                         num_rounds=1, min_clients=1, seed=5, partition_dir=fed["dir"],
+                                         eval_samples=200, calibration={"steps": 20}))
+    out = run_rounds(FakeGrid(3), cfg, fed["test"], 3)
+    assert out["history"][-1]["calibration_clients"] == 3
+
+
+@pytest.mark.parametrize("extra", [{"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}},
+                                   {"secure_aggregation": {}, "compression": None}])
+def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_federation, extra):
+    fed = tiny_split_federation
+    with pytest.raises(ValueError, match="class statistics would reach the server unprotected"):
+        start_run(FakeGrid(4), _feddiff_config(fed, calibration={}, **extra), fed["test"], 4)
+
+
+def test_train_config_accepts_the_calibration_flag():
+    assert TrainConfig.from_dict({"calibration_only": True}).calibration_only
