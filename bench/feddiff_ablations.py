@@ -84,7 +84,8 @@ def run_variant(env: str, name: str, overrides: dict[str, str], seed: int | None
             "train_loss": [r.get("train_loss") for r in run["rounds"]],
             "test_oa": [r.get("test_oa") for r in run["rounds"]],
             "mb_sent": run["bytes_sent"] / 1e6, "mb_dense": run["bytes_dense"] / 1e6,
-            "loss_growing_rounds": run["loss_growing_rounds"]}
+            "loss_growing_rounds": run["loss_growing_rounds"],
+            **({"oa_before_calibration": run["oa_before_calibration"]} if "oa_before_calibration" in run else {})}
 
 
 def trend(values: list[float]) -> str:
@@ -113,7 +114,8 @@ def main() -> None:
             if "error" in row:
                 print(f"{name} (seed {seed}): FAILED\n{row['error']}", flush=True)
                 continue
-            print(f"{name} (seed {seed}): OA {row['oa']:.4f}, loss {trend(row['train_loss'])}, "
+            before = f" (before calibration {row['oa_before_calibration']:.4f})" if "oa_before_calibration" in row else ""
+            print(f"{name} (seed {seed}): OA {row['oa']:.4f}{before}, loss {trend(row['train_loss'])}, "
                   f"OA per round {trend(row['test_oa'])}, {row['seconds']:.0f} s", flush=True)
     markdown = [f"FedDiff's classifier stage on `{args.env}`, one setting changed per row (same DDPMs and "
                 "features); train loss and test OA per round as first → lowest → last.", "",

@@ -134,6 +134,21 @@ def test_secure_aggregations_cost_per_round_reaches_the_table_and_mlflow():
     assert logged["secagg_seconds_per_round"] == {"value": 2.0, "step": 0}
 
 
+def test_a_calibrated_runs_oa_before_calibration_reaches_the_table_and_mlflow():
+    from fedrs.pipelines.evaluation.nodes import mlflow_metrics
+    from fedrs.report import table_columns
+
+    rounds = [{"round": 1, "test_oa": 0.4}, {"round": 2, "test_oa": 0.55, "test_oa_before_calibration": 0.5,
+                                             "calibration_clients": 4}]
+    calibrated = run_summary({"rounds": rounds})
+    assert calibrated["oa_before_calibration"] == 0.5 and calibrated["rounds"][-1]["calibration_clients"] == 4
+    table = comparison_table({"cal": _metrics(0.55, run=calibrated), "plain": _metrics(0.7, run=run_summary({}))}, [])
+    assert "oa_before_calibration" in table_columns(table)
+    assert "oa_before_calibration" not in table_columns(table[table["algorithm"] == "plain"])
+    logged = mlflow_metrics({**_metrics(0.55), "run": calibrated}, {"rounds": rounds})
+    assert logged["oa_before_calibration"] == {"value": 0.5, "step": 0}
+
+
 def test_dp_sweeps_give_the_report_a_section_and_the_oa_against_epsilon_figure():
     from fedrs.plots import privacy_curve_figure
     from fedrs.report import PRIVACY_COLUMNS, privacy_frame

@@ -19,9 +19,11 @@ TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
                  "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
-                 "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round"}
-# columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run)
-OPTIONAL_COLUMNS = ("dp_epsilon", "secagg_seconds")
+                 "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round",
+                 "oa_before_calibration": "OA before calibration"}
+# columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run), the
+# last round's test OA before classifier calibration (a calibrated run)
+OPTIONAL_COLUMNS = ("dp_epsilon", "secagg_seconds", "oa_before_calibration")
 
 
 def table_columns(table: pd.DataFrame) -> dict[str, str]:
@@ -60,7 +62,8 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
                "loss_growing_rounds": run.get("loss_growing_rounds", 0),
                "dp_epsilon": run.get("dp_epsilon", np.nan),
-               "secagg_seconds": run.get("secagg_seconds_per_round", np.nan)}
+               "secagg_seconds": run.get("secagg_seconds_per_round", np.nan),
+               "oa_before_calibration": run.get("oa_before_calibration", np.nan)}
         row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)

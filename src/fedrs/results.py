@@ -57,7 +57,7 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
-              "secagg_sums", "secagg_seconds")
+              "secagg_sums", "secagg_seconds", "test_oa_before_calibration", "calibration_clients")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +97,8 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
     epsilons = [r["dp_epsilon"] for r in rounds if r.get("dp_epsilon") is not None]
     if epsilons:  # client-level DP: the budget spent by the whole run
         summary["dp_epsilon"] = float(epsilons[-1])
+    if rounds and rounds[-1].get("test_oa_before_calibration") is not None:  # what the calibration changed
+        summary["oa_before_calibration"] = float(rounds[-1]["test_oa_before_calibration"])
     secure = [r["secagg_seconds"] for r in rounds if r.get("secagg_seconds") is not None]
     if secure:  # secure aggregation: what its protocol cost per round
         summary["secagg_seconds_per_round"] = float(np.mean(secure))

@@ -65,6 +65,7 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         "loss_growing_rounds",
         "dp_epsilon",
         "secagg_seconds_per_round",
+        "oa_before_calibration",
     ):
         if key in run:
             metrics[key] = {"value": float(run[key]), "step": 0}
