@@ -46,7 +46,8 @@ def run(project: Path, env: str | None, algorithm: str, privacy: dict[str, Any] 
     params = nested((*BLOCKS[algorithm], "privacy"), privacy)
     with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         scene = session.load_context().params["report"]["scene_name"]
-        session.run(pipeline_names=[algorithm], from_nodes=from_nodes)
+        # up to the evaluation: the full-scene map is no part of the sweep (half an hour on Houston, 2 cores)
+        session.run(pipeline_names=[algorithm], from_nodes=from_nodes, to_nodes=[f"{algorithm}.evaluate"])
     while mlflow.active_run() is not None:
         mlflow.end_run()
     metrics = json.loads((project / "data/08_reporting" / str(scene) / algorithm / "metrics.json").read_text())
