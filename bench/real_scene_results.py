@@ -46,6 +46,7 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
             "test_oa": [r.get("test_oa") for r in run_.get("rounds", [])],
             "test_oa_before_statistics": next((r["test_oa_before_statistics"] for r in run_.get("rounds", [])
                                                if "test_oa_before_statistics" in r), None),
+            "oa_before_calibration": run_.get("oa_before_calibration"),
             "loss_growing_rounds": run_.get("loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
             "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started}
 
