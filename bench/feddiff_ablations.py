@@ -114,7 +114,8 @@ def main() -> None:
             if "error" in row:
                 print(f"{name} (seed {seed}): FAILED\n{row['error']}", flush=True)
                 continue
-            before = f" (before calibration {row['oa_before_calibration']:.4f})" if "oa_before_calibration" in row else ""
+            before = (f" (before calibration {row['oa_before_calibration']:.4f})"
+                      if "oa_before_calibration" in row else "")
             print(f"{name} (seed {seed}): OA {row['oa']:.4f}{before}, loss {trend(row['train_loss'])}, "
                   f"OA per round {trend(row['test_oa'])}, {row['seconds']:.0f} s", flush=True)
     markdown = [f"FedDiff's classifier stage on `{args.env}`, one setting changed per row (same DDPMs and "

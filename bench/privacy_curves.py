@@ -3,9 +3,10 @@
 Runs the algorithm's pipeline (KedroSession, the project's parameters) once without DP, once with
 the DP aggregation but neither clipping nor noise (equal weights: the aggregation's own cost, and
 the update norms that set the clipping norm C = their median), then once per noise multiplier σ.
-ε is Opacus' RDP ε at the configured δ for the run's releases (rounds and statistics pass); a
-round whose every update was rejected (non-finite after a noisy aggregate) releases nothing and
-keeps the model, so the table says how many rounds aggregated.
+Classifier calibration is off in every run (it is refused beside DP). ε is Opacus' RDP ε at the
+configured δ for the run's releases (rounds and statistics pass); a round whose every update
+was rejected (non-finite after a noisy aggregate) releases nothing and keeps the model,
+so the table says how many rounds aggregated.
 
 Usage: .venv/bin/python bench/privacy_curves.py --project DIR [--env ENV] [--algorithm fedavg]
        [--sigmas 0.5 1 2 4]
@@ -43,7 +44,9 @@ def run(project: Path, env: str | None, algorithm: str, privacy: dict[str, Any] 
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
-    params = nested((*BLOCKS[algorithm], "privacy"), privacy)
+    # classifier calibration sends class statistics unprotected and is refused beside DP: off in every
+    # run of the sweep, the one without DP included, so the curve compares like with like
+    params = nested(BLOCKS[algorithm], {"privacy": privacy, "calibration": None})
     with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
         scene = session.load_context().params["report"]["scene_name"]
         # up to the evaluation: the full-scene map is no part of the sweep (half an hour on Houston, 2 cores)
