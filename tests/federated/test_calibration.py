@@ -160,7 +160,15 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     ups = [t for t in calibrated["traffic"] if t["payload"] == "calibration"]
     assert len(ups) == 4 and all(t["bytes_sent"] == t["bytes_dense"] == classes * (1 + 64 + 64 * 64) * 8
                                  for t in ups)
-    # the downloads of the pass decode to the exact final weights: no codec error in the features
+    # the pass relays the partner outputs uncoded (dense_exchange), the rounds coded
+    features = [t for t in calibrated["traffic"] if t["payload"] == "features" and t["round"] == 2]
+    coded = [t for t in plain["traffic"] if t["payload"] == "features" and t["round"] == 2]
+    assert len(features) == len(coded) + 8 and all(t["bytes_sent"] < t["bytes_dense"] for t in coded)
+    assert sum(t["bytes_sent"] == t["bytes_dense"] for t in features) == 8
+    coded_pass = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration={**cal, "dense_exchange": False}),
+                            fed["test"], 4)
+    assert all(t["bytes_sent"] < t["bytes_dense"] for t in coded_pass["traffic"] if t["payload"] == "features")
+        # the downloads of the pass decode to the exact final weights: no codec error in the features
     again = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration=cal), fed["test"], 4)
     assert all(torch.equal(again["state"][k], calibrated["state"][k]) for k in calibrated["state"])
 

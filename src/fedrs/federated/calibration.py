@@ -28,11 +28,12 @@ STATISTICS = ("count", "sum", "outer")
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    virtual_per_class: int = 200  # features drawn from each class's Gaussian
+    virtual_per_class: int = 1000  # features drawn from each class's Gaussian (fewer: the draw shows in the OA)
     steps: int = 300              # full-batch Adam steps on the last layer
     lr: float = 0.01
     ridge: float = 1.0e-4         # added to every covariance's diagonal, relative to its mean variance
     min_pixels: int = 2           # a class with fewer pooled pixels keeps no virtual features
+    dense_exchange: bool = True   # FedDiff: the pass relays partner outputs uncoded, as the test pixels see them
 
     def __post_init__(self) -> None:
         for name in ("virtual_per_class", "steps", "min_pixels"):

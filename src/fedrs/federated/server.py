@@ -700,6 +700,8 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     evaluate_round(run, record)
     record.scores_before_calibration = dict(record.scores)
     settings = {**record.settings, "train": {**record.settings["train"], "calibration_only": True}}
+    if cfg.dense_exchange:  # the statistics of features as a test pixel's are computed: without the codec's error
+        settings["exchange_compression"] = None
     contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
     sub = RoundRecord(record.round, record.lr, settings, contributors)
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
