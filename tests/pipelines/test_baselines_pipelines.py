@@ -103,9 +103,14 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert all(r["client_seconds"] > 0 and r["wait_seconds"] > 0 for r in history["rounds"])  # exchange + train
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     feats = traffic[traffic["payload"] == "features"]
-    # 4 clients × up/down × 2 rounds, and again in each of the two statistics passes after round 2
-    assert len(feats) == 32 and (feats["bytes_sent"] < feats["bytes_dense"]).all()
+    # 4 clients × up/down × 2 rounds, and again in each of the two statistics passes after round 2 — coded;
+    # then once more in the calibration pass, uncoded (dense_exchange)
+    coded = feats[feats["bytes_sent"] < feats["bytes_dense"]]
+    assert len(coded) == 32 and len(feats) == 40
     assert (traffic["payload"] == "statistics").sum() == 8 and history["rounds"][-1]["statistics_from"] == [0, 1, 2, 3]
+    # classifier calibration (FedDiff's default) ended the run: every client's class statistics, head1 retrained
+    assert (traffic["payload"] == "calibration").sum() == 4 and history["rounds"][-1]["calibration_clients"] == 4
+    assert "test_oa_before_calibration" in history["rounds"][-1]
     # stage 2 ran on the clients: each was sent its modality's U-Net and sent nothing back but shapes
     unets = traffic[traffic["payload"] == "unet"]
     assert sorted(unets["client_id"]) == [0, 1, 2, 3] and (unets["direction"] == "down").all()

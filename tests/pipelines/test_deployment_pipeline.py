@@ -77,7 +77,9 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     assert sorted(traffic[traffic["payload"] == "unet"]["client_id"]) == [0, 1, 2, 3]
     feats = traffic[traffic["payload"] == "features"]
-    assert len(feats) == 8 and (feats["bytes_sent"] < feats["bytes_dense"]).all()
+    # the round's exchange coded, the calibration pass's uncoded; calibration ran through the SuperLink too
+    assert len(feats) == 16 and (feats["bytes_sent"] < feats["bytes_dense"]).sum() == 8
+    assert (traffic["payload"] == "calibration").sum() == 4
     # four jobs went through the SuperLink: two DDPMs, the features, the classifier
     jobs = sorted(d.name.rsplit("-", 3)[0] for d in p("data/06_models/synthetic/feddiff/deployment").iterdir())
     assert jobs == ["ddpm_hsi", "ddpm_lidar", "feddiff", "feddiff_features"]
