@@ -168,7 +168,10 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     coded_pass = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration={**cal, "dense_exchange": False}),
                             fed["test"], 4)
     assert all(t["bytes_sent"] < t["bytes_dense"] for t in coded_pass["traffic"] if t["payload"] == "features")
-        # the downloads of the pass decode to the exact final weights: no codec error in the features
+        # the pass's downloads: only the tensors changed since the statistics pass (BatchNorm buffers), raw
+    downs = [t for t in calibrated["traffic"] if t["payload"] == "weights" and t["direction"] == "down"][-4:]
+    assert all(0 < t["bytes_sent"] < t["bytes_dense"] / 20 for t in downs)
+    # the downloads of the pass decode to the exact final weights: no codec error in the features
     again = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration=cal), fed["test"], 4)
     assert all(torch.equal(again["state"][k], calibrated["state"][k]) for k in calibrated["state"])
 

@@ -51,3 +51,17 @@ def test_a_non_finite_update_travels_raw_so_the_server_can_reject_it():
     assert torch.isnan(back["conv.weight"][0, 0, 0, 0]) and torch.equal(back["conv.weight"][1], local["conv.weight"][1])
     accepted, rejected = screen_updates([ClientUpdate(0, back, 10, ("hsi",))], reference, 10.0)
     assert accepted == [] and rejected == [(0, "non-finite values in conv.weight")]
+
+
+def test_an_exact_download_sends_only_what_changed_and_decodes_bit_exact():
+    from fedrs.federated.wire import pack_exact, unpack_tensors
+
+    reference, _ = states()
+    target = {**reference, "bias": reference["bias"] + 1e-7}  # below what a float delta keeps exactly
+    arrays, consts, dense, sent = pack_exact(target, reference)
+    assert "conv.weight|same" in arrays and "bn.num_batches_tracked|same" in arrays and "bias|raw" in arrays
+    assert dense == payload_bytes(target) and sent == 32 * 4  # only the changed bias travels
+    back = unpack_tensors(arrays, consts, reference)
+    assert all(torch.equal(back[k], target[k]) and back[k].dtype == target[k].dtype for k in target)
+    back["conv.weight"] += 1  # a copy, not the receiver's reference itself
+    assert not torch.equal(back["conv.weight"], reference["conv.weight"])

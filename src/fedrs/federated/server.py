@@ -46,7 +46,7 @@ from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed, lr_at_round, norm_statistic_names
 from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
 from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
-from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors, unpack_update
+from fedrs.federated.wire import pack_exact, pack_tensors, payload_bytes, unpack_tensors, unpack_update
 
 logger = logging.getLogger(__name__)
 
@@ -185,15 +185,20 @@ class Downlink:
     references: dict[int, tuple[int, State]] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
 
-    def encode(self, cid: int, state: State, rnd: int) -> tuple[dict[str, Any], int, int, State]:
-        """Records to send, dense bytes, bytes as sent, and the weights the client will decode."""
+    def encode(self, cid: int, state: State, rnd: int, exact: bool = False) -> tuple[dict[str, Any], int, int, State]:
+        """Records to send, dense bytes, bytes as sent, and the weights the client will decode.
+        ``exact``: the client must hold exactly ``state`` — only the tensors that changed since its
+        last download travel, raw (nothing goes through the codec)."""
         if self.codec is None or cid not in self.references:
             self.references[cid] = (rnd, state)
             size = payload_bytes(state)
             return {"arrays": ArrayRecord.from_torch_state_dict(state)}, size, size, state
         ref_round, reference = self.references[cid]
-        arrays, consts, dense, sent = pack_tensors(state, self.codec, reference,
-                                                   self.feedback.setdefault(cid, ErrorFeedback()))
+        if exact:
+            arrays, consts, dense, sent = pack_exact(state, reference)
+        else:
+            arrays, consts, dense, sent = pack_tensors(state, self.codec, reference,
+                                                       self.feedback.setdefault(cid, ErrorFeedback()))
         decoded = unpack_tensors(arrays, consts, reference)  # bit-identical to what the client decodes
         self.references[cid] = (rnd, decoded)
         content = {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}
@@ -392,15 +397,12 @@ def configure_round(run: RunState, rnd: int) -> RoundRecord:
 
 
 def encode_downloads(run: RunState, record: RoundRecord, exact: bool = False) -> None:
-    """Each sampled client's download of the global weights it holds a part in; ``exact``: a
-    compressed download that would not decode to the exact weights goes dense instead."""
+    """Each sampled client's download of the global weights it holds a part in; ``exact``: the
+    client decodes exactly the global weights (only what changed since its last download travels)."""
     for cid in record.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
         state = {k: run.global_state[k] for k in keys}
-        content, dense, sent, decoded = run.downlink.encode(cid, state, record.round)
-        if exact and not all(torch.equal(decoded[k], state[k]) for k in keys):
-            run.downlink.forget(cid)
-            content, dense, sent, decoded = run.downlink.encode(cid, state, record.round)
+        content, dense, sent, decoded = run.downlink.encode(cid, state, record.round, exact)
         record.downloads[cid] = Download(content, dense, sent, decoded)
         record.log_traffic(cid, "down", "weights", dense, sent)
 

@@ -57,6 +57,22 @@ def pack_tensors(tensors: State, cfg: CodecConfig | None, reference: State | Non
     return arrays, consts, int(dense_bytes), int(sent_bytes)
 
 
+def pack_exact(tensors: State, reference: State) -> tuple[ArrayRecord, ConfigRecord, int, int]:
+    """Tensors that must arrive bit-exact, against ``reference`` (what the receiver holds): an
+    unchanged tensor travels as an empty ``same`` marker, a changed one raw. Records, dense bytes,
+    bytes as sent."""
+    arrays, dense_bytes, sent_bytes = ArrayRecord(), 0, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        dense_bytes += size
+        if name in reference and torch.equal(tensor, reference[name]):
+            arrays[f"{name}|same"] = Array(np.zeros(0, dtype=np.uint8))
+            continue
+        arrays[f"{name}|raw"] = Array(np.ascontiguousarray(tensor.detach().cpu().numpy()))
+        sent_bytes += size
+    return arrays, ConfigRecord(), int(dense_bytes), int(sent_bytes)
+
+
 def unpack_tensors(arrays: ArrayRecord, consts: ConfigRecord, reference: State | None = None) -> State:
     """Inverse of ``pack_tensors``: decoded values (plus ``reference`` for updates)."""
     parts: dict[str, dict[str, np.ndarray]] = {}
@@ -65,6 +81,10 @@ def unpack_tensors(arrays: ArrayRecord, consts: ConfigRecord, reference: State |
         parts.setdefault(name, {})[kind] = array.numpy()
     state: State = {}
     for name, part in parts.items():
+        if "same" in part:  # pack_exact: the receiver's own copy
+            assert reference is not None, f"{name}: an unchanged tensor needs the reference it is the same as"
+            state[name] = reference[name].clone()
+            continue
         if "raw" in part:
             state[name] = torch.from_numpy(np.array(part["raw"]))
             continue
