@@ -674,19 +674,25 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
         if finite:
             aggregate_updates(run, record, finite, 1.0)
     sub.statistics_from = [u.client_id for u in finite]
-    for entry in sub.traffic:
-        if entry["direction"] == "up" and entry["payload"] == "weights":
-            entry["payload"] = "statistics"
-    record.traffic.extend(sub.traffic)
-    record.failed.extend({**f, "stage": f"statistics {f['stage']}"} for f in sub.failed)
-    record.dropped.extend({**d, "stage": f"statistics {d['stage']}"} for d in sub.dropped)
+    merge_pass(record, sub, "statistics")
     record.rejected.extend(rejected)
-    record.wait += sub.wait
-    for cid, seconds in sub.client_seconds.items():
-        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
     record.statistics_from = sub.statistics_from
     logger.info("%s: BatchNorm statistics of the final model pooled from %d of %d clients",
                 run.cfg.algorithm, len(finite), len(sub.sampled))
+
+
+def merge_pass(record: RoundRecord, sub: RoundRecord, stage: str) -> None:
+    """A pass after the last round (statistics, calibration) counts with that round: its traffic
+    (uploads named after the pass), failures, drops, waiting and client time."""
+    for entry in sub.traffic:
+        if entry["direction"] == "up" and entry["payload"] == "weights":
+            entry["payload"] = stage
+    record.traffic.extend(sub.traffic)
+    record.failed.extend({**f, "stage": f"{stage} {f['stage']}"} for f in sub.failed)
+    record.dropped.extend({**d, "stage": f"{stage} {d['stage']}"} for d in sub.dropped)
+    record.wait += sub.wait
+    for cid, seconds in sub.client_seconds.items():
+        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
 
 
 def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
@@ -711,15 +717,7 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         exchange_features(grid, run, sub)
     collect_updates(grid, run, sub)
     parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
-    for entry in sub.traffic:
-        if entry["direction"] == "up" and entry["payload"] == "weights":
-            entry["payload"] = "calibration"
-    record.traffic.extend(sub.traffic)
-    record.failed.extend({**f, "stage": f"calibration {f['stage']}"} for f in sub.failed)
-    record.dropped.extend({**d, "stage": f"calibration {d['stage']}"} for d in sub.dropped)
-    record.wait += sub.wait
-    for cid, seconds in sub.client_seconds.items():
-        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
+    merge_pass(record, sub, "calibration")
     if not parts:
         logger.warning("%s: no client sent class statistics; the last layer is not calibrated", run.cfg.algorithm)
         return
