@@ -1,30 +1,89 @@
-"""FEDRS_REPRODUCIBLE pins the code paths before the first torch operation (a fresh process each)."""
+"""FEDRS_REPRODUCIBLE pins the code paths before the first torch operation (a fresh process each),
+and the strict level gives the committed bits on whatever CPU kind runs the suite."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from fedrs.reproducible import CAPS, STRICT_ENV
+
 PROBE = "import json, fedrs.reproducible as r, torch; torch.ones(1) + 1; print(json.dumps(r.describe()))"
+# The strict probe's digest (fedrs.kernel_probe.probe(steps=4, width=16)), measured on an AMD EPYC with
+# AVX-512 and equal under qemu's Intel Haswell and AMD EPYC-Rome models (AVX2 only, other vendor, other
+# cache sizes); the 20-step digests of every kind are in bench/results/reproducible_digests.json. CI
+# draws its CPU kind: this is the test that fails when strict mode stops being identical across kinds.
+STRICT_DIGEST = "faf9193d01f6da78"
 
 
-def describe(mode: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA"}}
+def run_child(code: str, mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in {*CAPS, *STRICT_ENV, "FEDRS_THREADS"}}
     env["FEDRS_REPRODUCIBLE"] = mode
-    out = subprocess.run([sys.executable, "-c", "import fedrs; " + PROBE], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(("mode", "expected", "onednn"), [("1", "strict", False), ("isa", "isa", True)])
 def test_the_modes_pin_avx2_and_say_so(mode, expected, onednn):
-    got = describe(mode)
+    got = run_child("import fedrs; " + PROBE, mode)
     assert got["reproducible"] == expected and got["mkldnn"] is onednn
     assert got["cpu_capability"] in {"AVX2", "DEFAULT"}  # never AVX512, whatever this CPU has
+    strict = expected == "strict"
+    assert got["nnpack"] is not strict and got["portable_kernels"] is strict
+    if strict:  # the thread count is pinned, not the number of cores
+        assert got["threads"] == "2"
 
 
 def test_off_by_default():
-    assert describe("")["reproducible"] == "off"
+    assert run_child("import fedrs; " + PROBE, "")["reproducible"] == "off"
+
+
+def test_strict_mode_gives_the_committed_digest_on_this_cpu():
+    out = run_child("import json, fedrs.kernel_probe as p; print(json.dumps(p.probe(steps=4, width=16)))", "1")
+    assert out["mode"]["reproducible"] == "strict" and out["mode"]["portable_kernels"]
+    assert out["digest"] == STRICT_DIGEST, (
+        f"strict mode on {out['machine']} gives {out['digest']}, not the committed {STRICT_DIGEST}: find the operation "
+        "that differs with bench/bench_reproducible.py --trace on both machines and --compare")
+
+
+def test_strict_mode_refuses_a_process_whose_numpy_runs_avx512_code():
+    """NumPy reads its dispatch caps once, when it loads: strict mode set after that cannot hold."""
+    env = {k: v for k, v in os.environ.items() if k not in {*CAPS, *STRICT_ENV}}
+    env["FEDRS_REPRODUCIBLE"] = "1"
+    code = ("import numpy\nfrom numpy._core._multiarray_umath import __cpu_features__ as f\n"
+            "avx512 = any(f.get(k) for k in ('X86_V4', 'AVX512_ICL', 'AVX512_SPR'))\n"
+            "try:\n    import fedrs\nexcept Exception as e:\n    print(type(e).__name__, avx512)\nelse:\n"
+            "    print('imported', avx512)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() in (["ReproducibleModeError", "True"], ["imported", "False"])  # no AVX-512 here: nothing to cap
+
+
+def test_the_trace_names_the_first_operation_that_differs():
+    from fedrs.kernel_probe import first_difference
+
+    a = [("aten.add", "1"), ("aten.mm", "2"), ("aten.sum", "3")]
+    assert first_difference(a, list(a)) is None
+    assert first_difference(a, [a[0], ("aten.mm", "9"), a[2]]) == 1
+    assert first_difference(a, a[:2]) == 2
+
+
+# tests/strict_runs.py's digests (tiny FedAvg with codec and calibration, FedCMI, FedDiff with exchange,
+# codec and calibration, a DDPM round and its features), measured as STRICT_DIGEST was
+STRICT_RUNS = {"fedavg": "dead2210dafa78c9", "fedcmi": "1d8923147a6b41a5", "feddiff": "46ae7294dcf3d878",
+               "ddpm_hsi": "44cf5d21f63a4051", "ddpm_features": "49bfba186a94e65a"}
+
+
+@pytest.mark.integration
+def test_strict_federated_runs_give_the_committed_digests_on_this_cpu():
+    env = {k: v for k, v in os.environ.items() if k not in {*CAPS, *STRICT_ENV, "FEDRS_THREADS"}}
+    env["FEDRS_REPRODUCIBLE"] = "1"
+    done = subprocess.run([sys.executable, "-m", "tests.strict_runs"], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    differing = {k: (got.get(k), v) for k, v in STRICT_RUNS.items() if got.get(k) != v}
+    assert not differing, f"strict runs that gave other bits on this CPU (got, committed): {differing}"

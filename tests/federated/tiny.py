@@ -1,0 +1,79 @@
+"""Tiny federations on disk (partition files + test patches), built with the library functions:
+the session fixtures of tests/federated and the strict-mode runs of tests/strict_runs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedrs.datasets import NpzDataset
+from fedrs.partition import client_bundle, make_partition
+from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation
+from fedrs.scene.assemble import assemble_scene
+from fedrs.scene.synthetic import generate_synthetic_scene
+from tests.conftest import TINY_SCENE
+
+TINY_MODEL = {"width": 8, "dim": 16}
+
+
+def horizontal_federation(root: Path) -> dict:
+    """Three IID clients holding both modalities."""
+    root.mkdir(parents=True, exist_ok=True)
+    raw = generate_synthetic_scene(TINY_SCENE)
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    norm = fit_normalisation(scene, {})
+    train, test = build_patch_sets(scene, norm, {"patch_size": 5})
+    clients = make_partition(
+        train,
+        tuple(train["grid_shape"]),
+        {"layout": "horizontal", "num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0, "seed": 0},
+    )
+    for c in clients:
+        NpzDataset(str(root / f"client_{c.client_id:03d}.npz")).save(client_bundle(train, c))
+    spec = {
+        "bands": int(train["hsi"].shape[1]),
+        "lidar_channels": int(train["lidar"].shape[1]),
+        "num_classes": int(train["num_classes"]),
+        **TINY_MODEL,
+    }
+    return {"dir": str(root), "test": test, "spec": spec, "num_clients": 3}
+
+
+def split_federation(root: Path) -> dict:
+    """FedDiff's layout: 2 sites × {HSI holder, LiDAR holder}, with (random) diffusion features."""
+    features = root / "features"
+    features.mkdir(parents=True)
+    raw = generate_synthetic_scene(TINY_SCENE)
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    train, test = build_patch_sets(scene, fit_normalisation(scene, {}), {"patch_size": 5})
+    clients = make_partition(
+        train,
+        tuple(train["grid_shape"]),
+        {"layout": "modality_split", "num_sites": 2, "min_samples_per_client": 2, "seed": 0},
+    )
+    rng = np.random.default_rng(0)
+    for c in clients:
+        name = f"client_{c.client_id:03d}.npz"
+        NpzDataset(str(root / name)).save(client_bundle(train, c))
+        (modality,) = c.modalities
+        NpzDataset(str(features / name)).save(
+            {f"{modality}_features": rng.standard_normal((len(c.indices), 16, 4, 4)).astype(np.float32)}
+        )
+    test = {
+        **test,
+        **{
+            f"{m}_features": rng.standard_normal((len(test["labels"]), 16, 4, 4)).astype(np.float32)
+            for m in ("hsi", "lidar")
+        },
+    }
+    spec = {
+        "hsi_channels": int(train["hsi"].shape[1]),
+        "lidar_channels": int(train["lidar"].shape[1]),
+        "hsi_feature_channels": 16,
+        "lidar_feature_channels": 16,
+        "num_classes": int(train["num_classes"]),
+        "timesteps": [5],
+        "feature_seed": 0,
+    }
+    return {"dir": str(root), "features_dir": str(features), "test": test, "spec": spec, "num_clients": len(clients)}

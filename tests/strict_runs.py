@@ -1,0 +1,75 @@
+"""Tiny federated runs of every kind of work the pipelines do, for the strict mode's cross-CPU check:
+FedAvg with the low-rank codec both ways and classifier calibration, FedCMI, FedDiff's classifier
+with the feature exchange, its codec and calibration, and a DDPM stage-1 round with features — on
+the in-process grid (the real ClientApp handlers, no Ray). Prints one digest per run, of the final
+weights and every number of its history but the clock's.
+
+    FEDRS_REPRODUCIBLE=1 .venv/bin/python -m tests.strict_runs     # (also under qemu-x86_64 -cpu X)
+"""
+
+from __future__ import annotations
+
+import fedrs  # noqa: F401 — first, so that strict mode caps NumPy before it loads
+
+# isort: split
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
+from fedrs.federated.server import FederatedConfig, run_rounds
+from fedrs.models.unet import DiffusionUNet, UNetSpec
+from tests.federated.fake_grid import FakeGrid
+from tests.federated.tiny import horizontal_federation, split_federation
+
+CLOCK = ("seconds", "wait_seconds", "server_seconds", "client_seconds", "client_seconds_max")
+CODEC = {"rank": 2, "quantize_bits": 8}
+
+
+def digest(result: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(result["state"]):
+        h.update(name.encode())
+        h.update(result["state"][name].detach().contiguous().numpy().tobytes())
+    rows = [{k: v for k, v in row.items() if k not in CLOCK} for row in result["history"]]
+    h.update(json.dumps(rows, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def runs(root: Path) -> dict[str, str]:
+    flat = horizontal_federation(root / "horizontal")
+    split = split_federation(root / "split")
+    base = {"train": {"epochs": 1, "batch_size": 8}, "num_rounds": 2, "min_clients": 1, "seed": 5,
+            "eval_samples": 200}
+    configs = {
+        "fedavg": (flat, {"algorithm": "fedavg", "model": flat["spec"], "compression": CODEC,
+                          "downlink_compression": CODEC, "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        "fedcmi": (flat, {"algorithm": "fedcmi", "model": {**flat["spec"], "width": 8, "dim": 16}}),
+        "feddiff": (split, {"algorithm": "feddiff", "model": split["spec"], "client_data_dirs": [split["features_dir"]],
+                            "compression": CODEC, "exchange_compression": {"rank": 4},
+                            "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        "ddpm_hsi": (split, {"algorithm": "ddpm_hsi", "num_rounds": 1, "train": {"epochs": 1, "batch_size": 16},
+                             "model": {"in_channels": int(split["test"]["hsi"].shape[1]), "base_channels": 8,
+                                       "steps": 50}}),
+    }
+    out = {}
+    for name, (fed, overrides) in configs.items():
+        cfg = FederatedConfig.from_dict({**base, "partition_dir": fed["dir"], **overrides})
+        result = run_rounds(FakeGrid(fed["num_clients"]), cfg, fed["test"], fed["num_clients"])
+        out[name] = digest(result)
+        if name == "ddpm_hsi":  # stage 2: the features of the trained U-Net
+            unet = DiffusionUNet(UNetSpec.from_dict(cfg.model))
+            unet.load_state_dict(result["state"])
+            features = diffusion_feature_bundle(unet, fed["test"]["hsi"][:64], [5, 20], seed=3)
+            out["ddpm_features"] = hashlib.sha256(features.tobytes()).hexdigest()[:16]
+    return out
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        print(json.dumps(runs(Path(folder))))
