@@ -17,11 +17,12 @@ def config(fed, **overrides):
     return FederatedConfig.from_dict({**base, **overrides})
 
 
-def test_failures_timeouts_and_nan_updates_are_survived(tiny_federation):
+def test_failures_lost_replies_and_nan_updates_are_survived(tiny_federation):
     # faults are keyed by round, and the statistics pass belongs to the last round: off, so that
-    # each fault strikes once (test_server covers the pass)
-    cfg = config(tiny_federation, num_rounds=2, round_timeout=6, statistics_pass=False,
-                 faults={"raise": [[1, 0]], "nan": [[2, 1]], "sleep": [[2, 2, 12]]})
+    # each fault strikes once (test_server covers the pass). The lost reply is dropped as a reply that
+    # missed the round timeout is, without waiting on a clock: the round waits for every other reply
+    cfg = config(tiny_federation, num_rounds=2, round_timeout=None, statistics_pass=False,
+                 faults={"raise": [[1, 0]], "nan": [[2, 1]], "lost": [[2, 2]]})
     result = run_simulation_engine(cfg, tiny_federation["test"], 3, RESOURCES)
     first, second = result["history"]
     assert first["sampled"] == [0, 1, 2] and first["accepted"] == [1, 2]
@@ -32,12 +33,11 @@ def test_failures_timeouts_and_nan_updates_are_survived(tiny_federation):
     assert "non-finite" in second["rejected"][0]["reason"]
     assert second["dropped"] == [{"client_id": 2, "stage": "train", "reason": "no reply within the round timeout"}]
     assert all(row["aggregated"] for row in result["history"])
-    for row in result["history"]:  # where the round's time went
-        assert row["seconds"] == pytest.approx(row["wait_seconds"] + row["server_seconds"])
-        assert 0 < row["client_seconds_max"] <= row["client_seconds"] < row["wait_seconds"] * 2
-    assert second["wait_seconds"] >= 6  # the round waited out the sleeping client's timeout
+    for row in result["history"]:  # where the round's time went: every client's work lies inside the wait,
+        assert row["seconds"] == pytest.approx(row["wait_seconds"] + row["server_seconds"])  # at most two at once
+        assert 0 < row["client_seconds_max"] <= row["client_seconds"] <= row["wait_seconds"] * 2
     assert all(torch.isfinite(t).all() for t in result["state"].values() if torch.is_floating_point(t))
-    # traffic: three downloads per round, uploads only from clients that answered
+    # traffic: three downloads per round, uploads only from clients whose reply arrived
     ups = [t for t in result["traffic"] if t["direction"] == "up"]
     assert len([t for t in result["traffic"] if t["direction"] == "down"]) == 6 and len(ups) == 4
 

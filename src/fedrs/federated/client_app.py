@@ -120,13 +120,11 @@ def settings_of(msg: Message) -> dict[str, Any]:
 
 
 def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | None:
-    """Test hooks for fault tolerance: fail, stall or poison this client in a given round."""
+    """Test hooks for fault tolerance: fail or poison this client in a given round (a client whose
+    reply never arrives is the server's hook, ``faults.lost``, so no test waits on a clock)."""
     faults = settings.get("faults") or {}
     if [rnd, client_id] in faults.get("raise", []):
         raise RuntimeError(f"injected failure of client {client_id} in round {rnd}")
-    for r, c, seconds in faults.get("sleep", []):
-        if (r, c) == (rnd, client_id):
-            time.sleep(seconds)
     return "nan" if [rnd, client_id] in faults.get("nan", []) else None
 
 

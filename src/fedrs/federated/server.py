@@ -289,6 +289,8 @@ class RoundRecord:
 
     def note_reply(self, cid: int, reply: Message | None, stage: str) -> bool:
         """Record a missing or failed reply; True when the reply carries content."""
+        if [self.round, cid] in (self.settings.get("faults") or {}).get("lost", []):
+            reply = None  # test hook: this client's replies of the round are lost on their way back
         if reply is None:
             self.dropped.append({"client_id": cid, "stage": stage, "reason": "no reply within the round timeout"})
             return False
