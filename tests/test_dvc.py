@@ -90,3 +90,76 @@ def test_dvc_repro_runs_skips_and_reruns_only_dependents(tmp_path):
     assert sorted(_ran(third)) == ["report", "train_eval@fedprox"]
     _dvc(root, "plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").stat().st_size > 1_000
+
+
+def _touch_param(path: Path, keys: list[str]) -> None:
+    """Change the value under each dotted key of a YAML parameter file (a marker key in a block,
+    another value for a scalar)."""
+    content = yaml.safe_load(path.read_text())
+    for dotted in keys:
+        *parents, last = dotted.split(".")
+        holder = content
+        for part in parents:
+            holder = holder[part]
+        value = holder[last]
+        if isinstance(value, dict):
+            value["touched_by_test"] = True
+        elif isinstance(value, bool):
+            holder[last] = not value
+        elif isinstance(value, int | float):
+            holder[last] = value + 1
+        else:
+            holder[last] = f"{value}-touched"
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+
+
+def _changed_deps(root: Path) -> dict[str, dict]:
+    """Stage → its changed dependencies as ``dvc status --json`` reports them."""
+    status = json.loads(_dvc(root, "status", "--json"))
+    out: dict[str, dict] = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            if isinstance(entry, dict) and "changed deps" in entry:
+                out.setdefault(stage.split(":")[-1], {}).update(entry["changed deps"])
+    return out
+
+
+def test_no_stage_goes_stale_when_its_code_params_or_globals_change(tmp_path):
+    """Each stage must depend on every package file its nodes import, the catalog, every parameter
+    block they take and every global those blocks interpolate (derived from the code by
+    tests/stage_dependencies.py): change all of them in a scratch copy and every stage reports
+    each as changed. Then the scene name moves every stage's paths."""
+    from tests.stage_dependencies import covered, stage_requirements, stages
+
+    root = tmp_path / "clone"
+    root.mkdir()
+    _clone(root)
+    required = {stage: stage_requirements(cmd) for stage, cmd in stages().items()}
+    files = sorted({f for r in required.values() for f in r["files"]})
+    for name in files:
+        with (root / name).open("a") as handle:
+            handle.write("\n# touched by the staleness test\n")
+    params: dict[str, set[str]] = {"conf/base/globals.yml": {g for r in required.values() for g in r["globals"]}}
+    for r in required.values():
+        for file, keys in r["params"].items():
+            params.setdefault(file, set()).update(keys)
+    for file, keys in params.items():
+        _touch_param(root / file, sorted(keys))
+
+    changed = _changed_deps(root)
+    missing = []
+    for stage, needs in required.items():
+        deps = changed.get(stage, {})
+        missing += [f"{stage}: {f}" for f in needs["files"] if not covered(f, list(deps))]
+        wanted = {**needs["params"], "conf/base/globals.yml": needs["globals"]}
+        for file, keys in wanted.items():
+            seen = deps.get(file, {})  # "new": the whole file is new to the stage; else {key: change}
+            listed = [key.replace(".", "/") for key in seen] if isinstance(seen, dict) else []
+            missing += [f"{stage}: {file}:{k}" for k in keys
+                        if not (seen == "new" or covered(k.replace(".", "/"), listed))]
+    assert not missing, "stages that would not rerun:\n" + "\n".join(missing)
+
+    (root / "conf/base/globals.yml").write_text(
+        (REPO / "conf/base/globals.yml").read_text().replace("scene_name: synthetic", "scene_name: elsewhere"))
+    listed = _dvc(root, "stage", "list")
+    assert "data/02_intermediate/elsewhere" in listed and "/synthetic" not in listed
