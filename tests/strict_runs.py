@@ -1,6 +1,7 @@
 """Tiny federated runs of every kind of work the pipelines do, for the strict mode's cross-CPU check:
-FedAvg with the low-rank codec both ways and classifier calibration, FedCMI, FedDiff's classifier
-with the feature exchange, its codec and calibration, and a DDPM stage-1 round with features — on
+FedAvg with the low-rank codec both ways and classifier calibration, with DP, with SecAgg+ and DP,
+FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration, and a DDPM
+stage-1 round with features — on
 the in-process grid (the real ClientApp handlers, no Ray). Prints one digest per run, of the final
 weights and every number of its history but the clock's.
 
@@ -26,7 +27,6 @@ from fedrs.models.unet import DiffusionUNet, UNetSpec
 from tests.federated.fake_grid import FakeGrid
 from tests.federated.tiny import horizontal_federation, split_federation
 
-CLOCK = ("seconds", "wait_seconds", "server_seconds", "client_seconds", "client_seconds_max")
 CODEC = {"rank": 2, "quantize_bits": 8}
 
 
@@ -35,7 +35,7 @@ def digest(result: dict[str, Any]) -> str:
     for name in sorted(result["state"]):
         h.update(name.encode())
         h.update(result["state"][name].detach().contiguous().numpy().tobytes())
-    rows = [{k: v for k, v in row.items() if k not in CLOCK} for row in result["history"]]
+    rows = [{k: v for k, v in row.items() if "seconds" not in k} for row in result["history"]]  # not the clock
     h.update(json.dumps(rows, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -48,6 +48,10 @@ def runs(root: Path) -> dict[str, str]:
     configs = {
         "fedavg": (flat, {"algorithm": "fedavg", "model": flat["spec"], "compression": CODEC,
                           "downlink_compression": CODEC, "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        "fedavg_dp": (flat, {"algorithm": "fedavg", "model": flat["spec"],
+                             "privacy": {"noise_multiplier": 0.5, "clipping_norm": 5.0}}),
+        "fedavg_secure_dp": (flat, {"algorithm": "fedavg", "model": flat["spec"], "secure_aggregation": {},
+                                    "privacy": {"noise_multiplier": 0.5, "clipping_norm": 5.0, "clipping": "client"}}),
         "fedcmi": (flat, {"algorithm": "fedcmi", "model": {**flat["spec"], "width": 8, "dim": 16}}),
         "feddiff": (split, {"algorithm": "feddiff", "model": split["spec"], "client_data_dirs": [split["features_dir"]],
                             "compression": CODEC, "exchange_compression": {"rank": 4},
