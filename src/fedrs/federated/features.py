@@ -28,6 +28,7 @@ from fedrs.cache import cached_array, content_digest
 from fedrs.config import from_mapping
 from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.federated.local import TrainConfig
+from fedrs.federated.server.messaging import discover_clients, make_message, wait_for_nodes
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,6 @@ class FeatureJob:
 def run_feature_job(grid: Grid, job: FeatureJob, expected_nodes: int) -> dict[str, Any]:
     """Send each client the U-Nets of the modalities it holds, wait for all of them (stage 3 cannot
     run with a client missing its features), and return the manifest and traffic."""
-    from fedrs.federated.server import discover_clients, make_message, wait_for_nodes
-
     started = time.perf_counter()
     settings = job.settings()
     nodes = wait_for_nodes(grid, expected_nodes, job.node_wait_timeout)

@@ -1,0 +1,229 @@
+"""How a round's replies become the new global state — one ``Aggregator``, chosen once per run:
+
+- ``PlainAggregator``: decode each update (through the codec when uploads are coded), reject
+  non-finite or outlying ones, the algorithm's own (modality-aware) weighted mean;
+- ``PrivateAggregator``: client-level DP — clip, equal weights, Gaussian noise, the accountant;
+  nothing is screened by norm (clipping bounds every update; screening would leak who was large);
+- ``SecureAggregator``: Flower's SecAgg+, one secure sum per group of tensors held by the same
+  clients; the server sees no single update, only the group means — with ``privacy`` the clients
+  clip and the server noises each mean.
+
+The round steps and the passes after the last round call the same four methods, so none of them
+asks which protection is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import compute_stdv
+
+from fedrs.federated.aggregation import ClientUpdate, screen_updates
+from fedrs.federated.algorithms import Algorithm
+from fedrs.federated.algorithms.base import ModalityAwareAlgorithm
+from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
+from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.record import RoundRecord
+from fedrs.federated.server.state import RunState
+from fedrs.federated.wire import unpack_update
+
+logger = logging.getLogger(__name__)
+WEIGHTINGS = ("samples", "equal")
+
+
+class PlainAggregator:
+    """The algorithm's weighted mean of the decoded, screened updates."""
+
+    def check(self, cfg: FederatedConfig, algorithm: Algorithm) -> None:
+        """This aggregator's requirements, before the first round."""
+        if cfg.weighting not in WEIGHTINGS:
+            raise ValueError(f"federated.weighting is {cfg.weighting!r}; expected samples or equal")
+
+    def update_from_reply(self, run: RunState, record: RoundRecord, cid: int, reply: Message) -> ClientUpdate:
+        metrics = dict(reply.content.metric_records["metrics"])
+        arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
+        coded = run.cfg.compression and not record.settings["train"].get("calibration_only")  # statistics go dense
+        state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if coded
+                 else dict(arrays.to_torch_state_dict()))
+        info = run.clients[cid]
+        return ClientUpdate(cid, state, info["num_samples"], info["modalities"], metrics)
+
+    def after_replies(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
+        """Work that needs every reply of the round (the secure sums)."""
+
+    def screen(self, run: RunState, record: RoundRecord, outliers: bool = True
+               ) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
+        """(accepted, rejected with reasons); ``outliers``: also by norm (not in the passes)."""
+        if not outliers:
+            return screen_updates(record.updates, run.global_state, float("inf"))
+        return screen_updates(record.updates, run.global_state, run.cfg.outlier_factor, run.cfg.max_update_norm)
+
+    def ready(self, record: RoundRecord) -> bool:
+        return True
+
+    def apply(self, run: RunState, source: RoundRecord, target: RoundRecord, updates: list[ClientUpdate],
+              sampling_rate: float) -> None:
+        """The new global state from ``updates`` (of ``source``); ``target`` records the release."""
+        if run.cfg.weighting == "equal":  # each client once, whatever its pixel count (balances class-disjoint sites)
+            updates = [replace(u, num_samples=1) for u in updates]
+        run.global_state = run.algorithm.aggregate(run.global_state, updates)
+
+
+class PrivateAggregator(PlainAggregator):
+    """Client-level DP (``fedrs.federated.privacy``): clipped updates, equal weights, noise."""
+
+    def check(self, cfg: FederatedConfig, algorithm: Algorithm) -> None:
+        PrivacyConfig.from_dict(cfg.privacy or {})  # a bad privacy block fails before the first round
+        super().check(cfg, algorithm)
+
+    def screen(self, run: RunState, record: RoundRecord, outliers: bool = True
+               ) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
+        return screen_updates(record.updates, run.global_state, float("inf"), None)
+
+    def apply(self, run: RunState, source: RoundRecord, target: RoundRecord, updates: list[ClientUpdate],
+              sampling_rate: float) -> None:
+        def aggregate(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
+            run.global_state, report = private_aggregate(run.global_state, updates, run.algorithm.owner, privacy,
+                                                         noise)
+            return report
+
+        private_release(run, target, sampling_rate, aggregate)
+
+
+class SecureAggregator(PlainAggregator):
+    """Flower's SecAgg+ (``fedrs.federated.secure``): updates stay on the clients until the sums."""
+
+    def check(self, cfg: FederatedConfig, algorithm: Algorithm) -> None:
+        SecureAggregationConfig.from_dict(cfg.secure_aggregation or {})
+        if type(algorithm).aggregate is not ModalityAwareAlgorithm.aggregate:
+            raise ValueError(f"secure_aggregation: {cfg.algorithm} does not aggregate by (modality-aware) weighted "
+                             "means, the only aggregate a secure sum gives")
+        if cfg.compression:
+            raise ValueError("secure_aggregation with compression: uploads are summed as masked integers and cannot "
+                             "be low-rank coded; set compression: null (downlink_compression may stay)")
+        if cfg.privacy and PrivacyConfig.from_dict(cfg.privacy).clipping != "client":
+            raise ValueError("secure_aggregation with privacy.clipping: server — the server never holds a single "
+                             "update to clip; set privacy.clipping: client")
+        super().check(cfg, algorithm)
+
+    def update_from_reply(self, run: RunState, record: RoundRecord, cid: int, reply: Message) -> ClientUpdate:
+        info = run.clients[cid]
+        return ClientUpdate(cid, {}, info["num_samples"], info["modalities"],
+                            dict(reply.content.metric_records["metrics"]))
+
+    def after_replies(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
+        secure_sums(grid, run, record)
+
+    def screen(self, run: RunState, record: RoundRecord, outliers: bool = True
+               ) -> tuple[list[ClientUpdate], list[tuple[int, str]]]:
+        # the server sees no single update: nothing to screen (a client refuses to enter a non-finite one)
+        return [u for u in record.updates if u.client_id in record.secure_from], []
+
+    def ready(self, record: RoundRecord) -> bool:
+        return bool(record.secure_means)
+
+    def apply(self, run: RunState, source: RoundRecord, target: RoundRecord, updates: list[ClientUpdate],
+              sampling_rate: float) -> None:
+        """The global state moved by the secure means of ``source`` — with DP, each group's mean
+        noised with σ·C/n_g on the server (the clients clipped their own updates)."""
+        means = dict(source.secure_means)
+
+        def noise_means(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
+            stds = set()
+            for name in sorted(means):  # the sorted order fixes the noise each tensor draws
+                std = compute_stdv(privacy.noise_multiplier, privacy.clipping_norm, source.secure_members[name])
+                stds.add(std)
+                means[name] = means[name] + torch.randn(means[name].shape, generator=noise, dtype=torch.float64) * std
+            norms = [float(u.metrics["update_norm"]) for u in source.updates if "update_norm" in u.metrics]
+            return {"update_norms": norms or [float("nan")], "clipped": sum(n > privacy.clipping_norm for n in norms),
+                    "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0)}
+
+        if run.cfg.privacy:
+            private_release(run, target, sampling_rate, noise_means)
+        run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy)
+
+
+Aggregator = PlainAggregator
+
+
+def make_aggregator(cfg: FederatedConfig) -> PlainAggregator:
+    """The run's aggregator: SecAgg+ (with DP noise when ``privacy`` is set too), DP, or plain."""
+    if cfg.secure:
+        return SecureAggregator()
+    return PrivateAggregator() if cfg.privacy else PlainAggregator()
+
+
+def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
+                    release: Callable[[PrivacyConfig, torch.Generator], dict[str, Any]]) -> None:
+    """One DP release: ``release`` draws its noise from the round's seeded generator and reports
+    what it clipped and added; the accountant counts it and the round's record carries ε so far."""
+    assert run.cfg.privacy is not None
+    privacy = PrivacyConfig.from_dict(run.cfg.privacy)
+    noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round, len(run.privacy_releases)))
+    report = release(privacy, noise)
+    run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
+    epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
+    record.privacy = {**report, "epsilon": epsilon if np.isfinite(epsilon) else None}  # None: no guarantee
+
+
+def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:
+    """Per client, the floating-point tensors it holds a part in (a statistics pass: its BatchNorm
+    statistics only) — what its secure sums carry."""
+    statistics = norm_statistic_names(run.model) if record.settings["train"].get("statistics_only") else None
+    holdings = {}
+    for u in record.updates:
+        keys = run.algorithm.client_keys(run.model, u.modalities)
+        holdings[u.client_id] = [
+            k for k in keys if torch.is_floating_point(run.global_state[k])
+            and (statistics is None or k in statistics)
+            and (run.algorithm.owner(k) is None or run.algorithm.owner(k) in u.modalities)
+        ]
+    return holdings
+
+
+def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """One SecAgg+ run per group of tensors held by the same clients: the mean contributions and who
+    is in them. A group with fewer than two members cannot be summed securely and keeps its global
+    values; a client that fails inside the protocol is dropped from its sums by SecAgg+ itself."""
+    cfg, secure = run.cfg, SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {})
+    equal = cfg.weighting == "equal" or bool(cfg.privacy)  # DP averages clipped updates with equal weights
+    node_of = {u.client_id: run.clients[u.client_id]["node"] for u in record.updates}
+    client_of = {node: cid for cid, node in node_of.items()}
+    metered = MeteredGrid(grid)
+    groups = secure_groups(secure_holdings(run, record))
+    failed = skipped = 0
+    for index, (names, members) in enumerate(groups):
+        if len(members) < 2:
+            skipped += 1
+            logger.warning("round %d: %d tensors are held by one client only (%s); a secure sum needs two, so "
+                           "they keep their global values", record.round, len(names), members)
+            continue
+        weights = {node_of[c]: 1 if equal else int(run.clients[c]["num_samples"]) for c in members}
+        means, nodes = secure_mean(metered, weights, names, record.round, index, secure,  # type: ignore[arg-type]
+                                   cfg.round_timeout)
+        if means is None:
+            failed += 1
+            logger.warning("round %d: the secure sum of %d tensors over clients %s did not finish; they keep their "
+                           "global values", record.round, len(names), list(members))
+            continue
+        for name, value in means.items():
+            record.secure_means[name] = torch.from_numpy(np.asarray(value, dtype=np.float64))
+            record.secure_members[name] = len(nodes)
+        for node in nodes:
+            record.secure_from[client_of[node]] = record.secure_from.get(client_of[node], 0) + 1
+        record.secure.setdefault("group_sizes", []).append(len(nodes))
+    record.wait += metered.seconds
+    record.secure.update({"sums": len(groups) - skipped - failed, "sums_failed": failed, "sums_skipped": skipped,
+                          "seconds": record.secure.get("seconds", 0.0) + metered.seconds})
+    for node in metered.down.keys() | metered.up.keys():
+        record.log_traffic(client_of[node], "down", "secagg", 0, metered.down.get(node, 0))
+        record.log_traffic(client_of[node], "up", "secagg", 0, metered.up.get(node, 0))

@@ -1,0 +1,119 @@
+"""The passes after the last round's aggregation, which count with that round: the BatchNorm
+statistics of the final model (``statistics_round``) and classifier calibration
+(``calibration_round``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.serverapp import Grid
+
+from fedrs.federated.algorithms import Algorithm
+from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, pool_statistics
+from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.record import RoundRecord
+from fedrs.federated.server.state import RunState
+from fedrs.federated.server.steps import collect_updates, encode_downloads, evaluate_round, exchange_features
+
+logger = logging.getLogger(__name__)
+
+
+def statistics_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """After the last round's aggregation: every eligible client runs the final global model over
+    its own pixels without training (FedDiff: with its partner's outputs of that model) and sends
+    only its BatchNorm running statistics; the server pools them.
+
+    Why: each client's statistics were gathered with its own local weights, and the average of
+    weights is none of them — on the class-disjoint Houston sites the averaged statistics cost
+    4 OA points against statistics of the final model."""
+    if not (run.cfg.statistics_pass and record.aggregated and norm_statistic_names(run.model)):
+        return
+    evaluate_round(run, record)  # the gain of the pass, in the history
+    record.scores_before_statistics = dict(record.scores)
+    # with an exchange, the partner outputs of the first pass still carry the old statistics (the
+    # partner's branch runs in eval mode): a second pass sees the pooled ones, as the test pixels will
+    for _ in range(2 if run.algorithm.exchanges_features else 1):
+        statistics_pass_round(grid, run, record)
+
+
+def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    settings = {**record.settings, "train": {**record.settings["train"], "statistics_only": True}}
+    sub = RoundRecord(record.round, record.lr, settings, list(run.eligible))
+    for cid in sub.sampled:  # the statistics must be those of the exact final weights, not of a
+        run.downlink.forget(cid)  # compressed copy: the first download of the pass goes dense
+    encode_downloads(run, sub)
+    if run.algorithm.exchanges_features:
+        exchange_features(grid, run, sub)
+    collect_updates(grid, run, sub)
+    finite, rejected = run.aggregator.screen(run, sub, outliers=False)
+    if finite and run.aggregator.ready(sub):
+        run.aggregator.apply(run, sub, record, finite, 1.0)
+    sub.statistics_from = [u.client_id for u in finite]
+    merge_pass(record, sub, "statistics")
+    record.rejected.extend(rejected)
+    record.statistics_from = sub.statistics_from
+    logger.info("%s: BatchNorm statistics of the final model pooled from %d of %d clients",
+                run.cfg.algorithm, len(finite), len(sub.sampled))
+
+
+def merge_pass(record: RoundRecord, sub: RoundRecord, stage: str) -> None:
+    """A pass after the last round counts with that round: its traffic (uploads named after the
+    pass), failures, drops, waiting, client time and secure sums (not their group sizes)."""
+    for entry in sub.traffic:
+        if entry["direction"] == "up" and entry["payload"] == "weights":
+            entry["payload"] = stage
+    record.traffic.extend(sub.traffic)
+    record.failed.extend({**f, "stage": f"{stage} {f['stage']}"} for f in sub.failed)
+    record.dropped.extend({**d, "stage": f"{stage} {d['stage']}"} for d in sub.dropped)
+    record.wait += sub.wait
+    for cid, seconds in sub.client_seconds.items():
+        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
+    for key, value in sub.secure.items():
+        if key != "group_sizes":
+            record.secure[key] = record.secure.get(key, 0) + value
+
+
+def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """After the last round (and the statistics pass): every client whose features are those of
+    the test pixels runs the final model over its pixels — FedDiff clients with their partner's
+    relayed outputs of that model — and sends the per-class count, sum and outer-product sum of the
+    last layer's inputs; the server pools them and retrains that layer on virtual features
+    (``fedrs.federated.calibration``). Its traffic and failures count with the last round."""
+    if run.cfg.calibration is None or not record.aggregated:
+        return
+    cfg = CalibrationConfig.from_dict(run.cfg.calibration)
+    layer = run.algorithm.require_calibration_layer()
+    evaluate_round(run, record)
+    record.scores_before_calibration = dict(record.scores)
+    settings = {**record.settings, "train": {**record.settings["train"], "calibration_only": True}}
+    if cfg.dense_exchange:  # the statistics of features as a test pixel's are computed: without the codec's error
+        settings["exchange_compression"] = None
+    contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
+    sub = RoundRecord(record.round, record.lr, settings, contributors)
+    encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
+    if run.algorithm.exchanges_features:
+        exchange_features(grid, run, sub)
+    collect_updates(grid, run, sub)
+    parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
+    merge_pass(record, sub, "calibration")
+    if not parts:
+        logger.warning("%s: no client sent class statistics; the last layer is not calibrated", run.cfg.algorithm)
+        return
+    weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
+    run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
+        weight, bias, pool_statistics(parts), cfg, derive_seed(run.cfg.seed, 7_007, record.round))
+    record.calibration = {"clients": float(len(parts)), **report}
+    logger.info("%s: the last layer (%s) calibrated on %d virtual features of %d classes from %d clients' "
+                "statistics (loss %.3f → %.3f)", run.cfg.algorithm, layer, int(report["virtual_features"]),
+                int(report["classes"]), len(parts), report["loss_before"], report["loss_after"])
+
+
+def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
+    """Classifier calibration's requirements, before the first round."""
+    CalibrationConfig.from_dict(cfg.calibration)
+    algorithm.require_calibration_layer()
+    if cfg.privacy or cfg.secure:
+        raise ValueError("calibration with privacy or secure_aggregation: the clients' class statistics would reach "
+                         "the server unprotected; set calibration: null")

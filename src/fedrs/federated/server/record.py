@@ -1,0 +1,151 @@
+"""One round as it happens (``RoundRecord``) and its history row: who was asked, what went each
+way, who failed or was dropped and why, what was accepted, the scores and what each pass added."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedrs.federated.aggregation import ClientUpdate, State
+from fedrs.federated.server.messaging import client_error
+
+# what clients report besides their training metrics (averaged per round into train_<key>)
+NOT_TRAINING_METRICS = {"train_loss", "num_samples", "client_id", "bytes_dense", "bytes_sent", "compute_seconds",
+                        "update_norm"}
+LOST_REPLY = "no reply within the round timeout"
+
+
+@dataclass
+class Download:
+    content: dict[str, Any]
+    bytes_dense: int
+    bytes_sent: int
+    decoded: State  # what the client will hold after decoding: the reference of its upload
+
+
+@dataclass
+class RoundRecord:
+    """One round as it happens; ``row()`` is its history entry."""
+
+    round: int
+    lr: float
+    settings: dict[str, Any]
+    sampled: list[int]
+    downloads: dict[int, Download] = field(default_factory=dict)
+    relayed: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # partner outputs, still encoded
+    failed: list[dict[str, Any]] = field(default_factory=list)  # the client raised: its error
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # no reply, or no partner outputs
+    updates: list[ClientUpdate] = field(default_factory=list)
+    accepted: list[ClientUpdate] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    aggregated: bool = False
+    scores: dict[str, float] = field(default_factory=dict)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    client_seconds: dict[int, float] = field(default_factory=dict)
+    statistics_from: list[int] = field(default_factory=list)  # clients whose BatchNorm statistics were pooled
+    privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
+    exchange_protection: dict[int, tuple[float, float]] = field(default_factory=dict)  # (clipped fraction, noise std)
+    scores_before_statistics: dict[str, float] = field(default_factory=dict)
+    scores_before_calibration: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)  # the calibration pass: clients, classes, losses
+    secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
+    secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
+    secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
+    secure: dict[str, Any] = field(default_factory=dict)  # secure sums run, failed, their seconds
+
+    @property
+    def participants(self) -> list[int]:
+        """Sampled clients not (yet) failed or dropped."""
+        out = {e["client_id"] for e in self.failed + self.dropped}
+        return [c for c in self.sampled if c not in out]
+
+    def send_and_receive(self, grid: Grid, messages: list[Message], timeout: float | None) -> dict[int, Message]:
+        t0 = time.perf_counter()
+        replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+        self.wait += time.perf_counter() - t0
+        return replies
+
+    def note_reply(self, cid: int, reply: Message | None, stage: str) -> bool:
+        """Record a missing or failed reply; True when the reply carries content."""
+        if [self.round, cid] in (self.settings.get("faults") or {}).get("lost", []):
+            reply = None  # test hook: this client's replies of the round are lost on their way back
+        if reply is None:
+            self.dropped.append({"client_id": cid, "stage": stage, "reason": LOST_REPLY})
+            return False
+        if reply.has_error():
+            self.failed.append({"client_id": cid, "stage": stage, "error": client_error(reply.error.reason or "")})
+            return False
+        seconds = reply.content.metric_records["metrics"].get("compute_seconds", 0.0)
+        self.client_seconds[cid] = self.client_seconds.get(cid, 0.0) + float(str(seconds))
+        return True
+
+    def log_traffic(self, cid: int, direction: str, payload: str, dense: int, sent: int) -> None:
+        self.traffic.append({"round": self.round, "client_id": cid, "direction": direction, "payload": payload,
+                             "bytes_dense": int(dense), "bytes_sent": int(sent)})
+
+    def row(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        return {
+            "round": self.round,
+            "sampled": self.sampled,
+            "accepted": [u.client_id for u in self.accepted],
+            "failed": [{"client_id": f["client_id"], "stage": f["stage"],
+                        "reason": (f["error"].strip().splitlines() or ["no message"])[-1][:300]} for f in self.failed],
+            "dropped": self.dropped,
+            "rejected": [{"client_id": c, "reason": r} for c, r in self.rejected],
+            "aggregated": self.aggregated,
+            **self.training_summary(),
+            "lr": self.lr,
+            **{f"test_{k}": v for k, v in self.scores.items()},
+            **self.traffic_sums(),
+            "seconds": total,
+            "wait_seconds": self.wait,
+            "server_seconds": total - self.wait,
+            "client_seconds": sum(self.client_seconds.values()),
+            "client_seconds_max": max(self.client_seconds.values(), default=0.0),
+            "statistics_from": self.statistics_from,
+            **self.pass_summary(),
+            **self.protection_summary(),
+        }
+
+    def training_summary(self) -> dict[str, Any]:
+        """The accepted updates' sample-weighted training loss and reported metrics (``train_<key>``)."""
+        weight = sum(u.num_samples for u in self.accepted)
+        if not weight:
+            return {"train_loss": None}
+        reported = sorted({k for u in self.accepted for k in u.metrics} - NOT_TRAINING_METRICS)
+        return {"train_loss": sum(float(u.metrics.get("train_loss", 0.0)) * u.num_samples for u in self.accepted)
+                / weight,
+                **{f"train_{k}": sum(float(u.metrics.get(k, 0.0)) * u.num_samples for u in self.accepted) / weight
+                   for k in reported}}
+
+    def traffic_sums(self) -> dict[str, int]:
+        return {f"{key}{suffix}": sum(t[field_] for t in self.traffic if t["direction"] == direction)
+                for key, direction in (("bytes_down", "down"), ("bytes_up", "up"))
+                for suffix, field_ in (("", "bytes_sent"), ("_dense", "bytes_dense"))}
+
+    def pass_summary(self) -> dict[str, Any]:
+        """What the passes after the last round changed: scores before each, calibration's report."""
+        return {**{f"test_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
+                **{f"test_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
+                **{f"calibration_{k}": v for k, v in self.calibration.items()}}
+
+    def protection_summary(self) -> dict[str, Any]:
+        """DP's release, SecAgg+'s sums and the exchange protection, as far as the round used them."""
+        out: dict[str, Any] = {}
+        if self.privacy:
+            out.update({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
+                        "dp_clipped": self.privacy["clipped"],
+                        "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))})
+        out.update({f"secagg_{k}": v for k, v in self.secure.items()})
+        if self.exchange_protection:
+            out.update({"exchange_noise_std": max(v[1] for v in self.exchange_protection.values()),
+                        "exchange_clipped_fraction": float(np.mean([v[0] for v in self.exchange_protection.values()]))})
+        return out

@@ -1,0 +1,62 @@
+"""What the round steps share across rounds (``RunState``), and the seeded choices they make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fedrs.federated.aggregation import State
+from fedrs.federated.algorithms import Algorithm
+from fedrs.federated.local import derive_seed
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.downlink import Downlink
+
+if TYPE_CHECKING:
+    from fedrs.federated.server.aggregators import Aggregator
+
+
+@dataclass
+class RunState:
+    """Everything the round steps share across rounds."""
+
+    cfg: FederatedConfig
+    algorithm: Algorithm
+    aggregator: Aggregator
+    model: torch.nn.Module
+    global_state: State
+    rng: np.random.Generator
+    clients: dict[int, dict[str, Any]]
+    eligible: list[int]
+    test: dict[str, Any]
+    downlink: Downlink
+    history: list[dict[str, Any]] = field(default_factory=list)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    tail: State | None = None  # running mean of the global models of the rounds averaged so far
+    tail_rounds: int = 0
+    privacy_releases: list[tuple[float, float]] = field(default_factory=list)  # (σ, sampling rate) per DP aggregate
+
+    @property
+    def per_round(self) -> int:
+        return min(self.cfg.clients_per_round or len(self.eligible), len(self.eligible))
+
+
+def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
+    total = len(test["labels"])
+    if not n or n >= total:
+        return test
+    idx = np.sort(np.random.default_rng(derive_seed(seed, 7_777)).choice(total, n, replace=False))
+    return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
+
+
+def sample_clients(rng: np.random.Generator, eligible: list[int], k: int, clients: dict[int, dict[str, Any]],
+                   by_site: bool) -> list[int]:
+    """``k`` clients uniformly (seeded); with ``by_site``, whole sites so both holders take part."""
+    if not by_site:
+        return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
+    sites = sorted({clients[c]["site"] for c in eligible})
+    per_site = max(1, round(k * len(sites) / max(len(eligible), 1)))
+    chosen = {int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False)}
+    return sorted(c for c in eligible if clients[c]["site"] in chosen)
