@@ -13,7 +13,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedrs.federated import client_app
 
 HANDLERS = {"query": client_app.describe, "query.exchange": client_app.exchange, "query.features": client_app.features,
-            "train": client_app.train}
+            "train": client_app.train, "query.statistics": client_app.statistics,
+            "query.calibration": client_app.calibration}
 
 
 class FakeGrid(Grid):

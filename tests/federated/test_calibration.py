@@ -193,5 +193,8 @@ def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_fed
         start_run(FakeGrid(4), _feddiff_config(fed, calibration={}, **extra), fed["test"], 4)
 
 
-def test_train_config_accepts_the_calibration_flag():
-    assert TrainConfig.from_dict({"calibration_only": True}).calibration_only
+def test_the_training_config_carries_no_operation_flags():
+    """Which operation a message asks for is its message type, not a flag inside the training config."""
+    for flag in ("calibration_only", "statistics_only"):
+        with pytest.raises(ValueError, match="unknown keys"):
+            TrainConfig.from_dict({flag: True})

@@ -166,7 +166,7 @@ def test_decoupled_decay_shrinks_only_the_named_weights():
 
 
 def test_a_statistics_pass_recomputes_batchnorm_statistics_and_trains_nothing(rng):
-    from fedrs.federated.local import Batch, local_training
+    from fedrs.federated.local import Batch, Objective, objective_statistics
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
@@ -176,8 +176,9 @@ def test_a_statistics_pass_recomputes_batchnorm_statistics_and_trains_nothing(rn
     def loss(batch: Batch) -> torch.Tensor:
         return model(batch.take(x)).pow(2).mean()
 
-    cfg = TrainConfig(epochs=3, batch_size=20, lr=0.1, statistics_only=True)
-    metrics = local_training(model, 40, loss, cfg, seed=1)
+    cfg = TrainConfig(epochs=3, batch_size=20, lr=0.1)
+    state, metrics = objective_statistics(model, Objective(40, loss, cfg), seed=1)
+    assert set(state) == {"0.running_mean", "0.running_var", "0.num_batches_tracked"}  # all that is sent
     bn = model[0]
     halves = [x[i] for i in torch.randperm(40, generator=torch.Generator().manual_seed(1)).split(20)]
     assert torch.allclose(bn.running_mean, torch.stack([h.mean(0) for h in halves]).mean(0), atol=1e-5)

@@ -1,5 +1,9 @@
 """The Flower ClientApp every algorithm runs in. It only unpacks messages, loads the client's own
-partition and calls the algorithm's plain ``client_update``.
+partition and calls the algorithm's plain functions — one handler per operation the server asks
+for: ``query`` (which partition it holds), ``query.exchange`` (FedDiff's branch outputs),
+``query.features`` (FedDiff's stage 2), ``train`` (a local update, or a SecAgg+ stage),
+``query.statistics`` (the BatchNorm statistics of the final model), ``query.calibration`` (class
+statistics for classifier calibration).
 
 Which file is "its own": the node config's ``partition-path`` on Flower's deployment engine (each
 SuperNode is started pointing at its organisation's file), else ``client_<partition-id>.npz`` in
@@ -15,6 +19,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,11 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
-from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.algorithms import Algorithm, get_algorithm
 from fedrs.federated.calibration import class_feature_statistics
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
-from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
 from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
@@ -240,14 +245,80 @@ def train(msg: Message, context: Context) -> Message:
     workflow sends its stages as train messages)."""
     if PROTOCOL_RECORD in msg.content.config_records:
         return secaggplus_mod(msg, context, held_contribution)
-    return local_update(msg, context)
-
-
-def local_update(msg: Message, context: Context) -> Message:
     started = time.perf_counter()  # this client's own work: data, update, codec (framework time excluded)
+    job = round_inputs(msg, context)
+    carry = load_carry(context)
+    state, metrics = job.algorithm.client_update(job.model, job.data, job.modalities, job.settings["train"], job.seed,
+                                                 job.round, carry=carry, **job.extra)
+    save_carry(context, carry)
+    return upload(msg, context, job, state, metrics, started)
+
+
+@app.query("statistics")
+@reports_traceback
+def statistics(msg: Message, context: Context) -> Message:
+    """The statistics pass: the final model run over the client's pixels without training; only its
+    BatchNorm running statistics go up, the way an update does."""
+    started = time.perf_counter()
+    job = round_inputs(msg, context)
+    state, metrics = job.algorithm.client_statistics(job.model, job.data, job.modalities, job.settings["train"],
+                                                     job.seed, job.round, **job.extra)
+    return upload(msg, context, job, state, metrics, started)
+
+
+@app.query("calibration")
+@reports_traceback
+def calibration(msg: Message, context: Context) -> Message:
+    """Classifier calibration: per-class count, sum and outer-product sum of the last layer's inputs
+    on the client's pixels, dense (``fedrs.federated.calibration``)."""
+    started = time.perf_counter()
+    job = round_inputs(msg, context)
+    labels = torch.as_tensor(np.asarray(job.data["labels"]), dtype=torch.long)
+    features = job.algorithm.client_features(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
+    last = job.model.get_submodule(job.algorithm.require_calibration_layer())
+    sums = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
+    size = payload_bytes(sums)
+    return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
+                               "metrics": MetricRecord({"client_id": job.client_id, "num_samples": len(labels),
+                                                        "bytes_dense": size, "bytes_sent": size,
+                                                        "compute_seconds": time.perf_counter() - started})}),
+                   reply_to=msg)
+
+
+@dataclass
+class RoundInputs:
+    """What every per-round handler starts from: the settings, the client's data, the model with
+    this round's global weights, and the partner's relayed outputs (FedDiff)."""
+
+    settings: dict[str, Any]
+    data: dict[str, Any]
+    algorithm: Algorithm
+    model: torch.nn.Module
+    received: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    poison: str | None
+
+    @property
+    def client_id(self) -> int:
+        return int(self.data["client_id"])
+
+    @property
+    def round(self) -> int:
+        return int(self.settings["round"])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.data["modalities"])
+
+    @property
+    def seed(self) -> int:
+        return derive_seed(self.settings["seed"], self.round, self.client_id)
+
+
+def round_inputs(msg: Message, context: Context) -> RoundInputs:
     settings, data = client_data(msg, context)
-    client_id, rnd = int(data["client_id"]), int(settings["round"])
-    poison = inject_faults(settings, rnd, client_id)
+    rnd = int(settings["round"])
+    poison = inject_faults(settings, rnd, int(data["client_id"]))
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
     received = received_weights(msg, context, rnd)
@@ -256,52 +327,38 @@ def local_update(msg: Message, context: Context) -> Message:
     if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server
         extra["partner"] = unpack_tensors(msg.content.array_records["partner"],
                                           msg.content.config_records["partner_codec"])
-    if settings["train"].get("calibration_only"):  # classifier calibration: class statistics, dense, no codec
-        labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
-        features = algorithm.client_features(model, data, tuple(data["modalities"]), settings["train"], **extra)
-        last = model.get_submodule(algorithm.require_calibration_layer())
-        sums = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
-        return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
-                                   "metrics": MetricRecord({
-            "client_id": client_id, "num_samples": len(labels), "bytes_dense": payload_bytes(sums),
-            "bytes_sent": payload_bytes(sums), "compute_seconds": time.perf_counter() - started})}),
-            reply_to=msg)
-    carry = load_carry(context)
-    state, metrics = algorithm.client_update(model, data, tuple(data["modalities"]), settings["train"],
-                                             derive_seed(settings["seed"], rnd, client_id), rnd, carry=carry, **extra)
-    save_carry(context, carry)
-    if settings["train"].get("statistics_only"):  # a statistics pass: nothing was trained, send only these
-        statistics = norm_statistic_names(model)
-        state = {k: v for k, v in state.items() if k in statistics}
+    return RoundInputs(settings, data, algorithm, model, received, extra, poison)
+
+
+def upload(msg: Message, context: Context, job: RoundInputs, state: dict[str, torch.Tensor],
+           metrics: dict[str, float], started: float) -> Message:
+    """The way up of a client's tensors, step by step: clipped (DP with client clipping), poisoned
+    (test hook), then held for the secure sums (SecAgg+), or through the codec, or dense."""
+    settings = job.settings
     privacy = settings.get("privacy")
     if privacy and PrivacyConfig.from_dict(privacy).clipping == "client":
         # client-side clipping: the server never receives this client's unclipped update
-        state, metrics["update_norm"] = clip_update(state, received, PrivacyConfig.from_dict(privacy).clipping_norm)
-    if poison == "nan":
+        state, metrics["update_norm"] = clip_update(state, job.received, PrivacyConfig.from_dict(privacy).clipping_norm)
+    if job.poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))
+    reported: dict[str, int | float | list[int] | list[float]] = {
+        **{k: float(v) for k, v in metrics.items()}, "client_id": job.client_id}
     if settings.get("secure_aggregation") is not None:  # nothing goes up now: the secure sums will ask for it
-        hold_update(context, contribution(state, received, pooled_variances=not privacy), rnd,
-                    derive_seed(settings["seed"], 5_005, rnd, client_id))
+        hold_update(context, contribution(state, job.received, pooled_variances=not privacy), job.round,
+                    derive_seed(settings["seed"], 5_005, job.round, job.client_id))
         return Message(RecordDict({"metrics": MetricRecord({
-            **{k: float(v) for k, v in metrics.items()}, "client_id": client_id, "bytes_dense": payload_bytes(state),
-            "bytes_sent": 0, "compute_seconds": time.perf_counter() - started})}), reply_to=msg)
+            **reported, "bytes_dense": payload_bytes(state), "bytes_sent": 0,
+            "compute_seconds": time.perf_counter() - started})}), reply_to=msg)
     if settings.get("compression"):
         # the residual of error feedback stays on this node between rounds (Flower's node state)
         stored = context.state.array_records.get("codec_residual")
         feedback = ErrorFeedback.from_state(stored.to_torch_state_dict() if stored is not None else None)
-        arrays, consts, dense, sent = pack_update(
-            state, received, CodecConfig.from_dict(settings["compression"]), feedback
-        )
+        arrays, consts, dense, sent = pack_update(state, job.received, CodecConfig.from_dict(settings["compression"]),
+                                                  feedback)
         context.state["codec_residual"] = ArrayRecord.from_torch_state_dict(feedback.state())
     else:
         arrays, consts = ArrayRecord.from_torch_state_dict(state), ConfigRecord({})
         dense = sent = payload_bytes(state)
-    reported: dict[str, int | float | list[int] | list[float]] = {
-        **{k: float(v) for k, v in metrics.items()},
-        "client_id": client_id,
-        "bytes_dense": dense,
-        "bytes_sent": sent,
-        "compute_seconds": time.perf_counter() - started,
-    }
+    reported.update({"bytes_dense": dense, "bytes_sent": sent, "compute_seconds": time.perf_counter() - started})
     return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(reported)}), reply_to=msg)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,6 @@ class TrainConfig:
     eval_batch_size: int = 1024
     keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
     decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
-    statistics_only: bool = False  # no training: recompute BatchNorm's running statistics (statistics_pass)
-    calibration_only: bool = False  # no training: the class statistics of the last layer's inputs (calibration)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
@@ -219,10 +217,7 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
     each batch's loss (computed under the precision policy) stepped by the optimiser over
     ``trainable``. Returns the sample-weighted mean loss (FedProx term included), the sample count
     and the batch mean of any metrics the batch loss reports. Batches smaller than ``min_batch``
-    are skipped (BatchNorm cannot normalise a batch of one). With ``cfg.statistics_only`` nothing
-    is trained: ``statistics_pass`` recomputes the BatchNorm statistics instead."""
-    if cfg.statistics_only:
-        return statistics_pass(model, num_samples, batch_loss, cfg, seed, min_batch)
+    are skipped (BatchNorm cannot normalise a batch of one)."""
     policy = cfg.policy()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -249,9 +244,49 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
             **{k: v / max(batches, 1) for k, v in extras.items()}}
 
 
-def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
-                      seed: int, trainable: set[str] | None = None,
-                      carry: dict[str, Any] | None = None) -> dict[str, float]:
+@dataclass
+class Objective:
+    """What a client computes in a round — every algorithm's answer to the same question: a batch
+    loss over its samples under a training config, the parameters it trains, the tensors it sends
+    back (None: all) and what it reports besides the loss. The runtime trains it
+    (``train_objective``) or, in the statistics pass, runs it without training (``objective_statistics``)."""
+
+    num_samples: int
+    batch_loss: BatchLoss
+    cfg: TrainConfig
+    trainable: set[str] | None = None
+    sent: set[str] | None = None
+    min_batch: int = 2
+    metric_defaults: dict[str, float] = field(default_factory=dict)  # reported as 0 when no batch set them
+    metrics: dict[str, float] = field(default_factory=dict)  # reported as they are
+
+
+def sent_state(model: nn.Module, keys: set[str] | None) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if keys is None or k in keys}
+
+
+def train_objective(model: nn.Module, objective: Objective, seed: int, carry: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """A local update: ``objective`` trained in place; the tensors to send and the metrics."""
+    metrics = local_training(model, objective.num_samples, objective.batch_loss, objective.cfg, seed,
+                             objective.trainable, objective.min_batch, carry)
+    for key, value in objective.metric_defaults.items():
+        metrics.setdefault(key, value)
+    return sent_state(model, objective.sent), {**metrics, **objective.metrics}
+
+
+def objective_statistics(model: nn.Module, objective: Objective, seed: int
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The statistics pass of a client: ``objective`` run without training; only the BatchNorm
+    running statistics of the tensors it sends."""
+    metrics = statistics_pass(model, objective.num_samples, objective.batch_loss, objective.cfg, seed,
+                              objective.min_batch)
+    statistics = norm_statistic_names(model)
+    return {k: v for k, v in sent_state(model, objective.sent).items() if k in statistics}, metrics
+
+
+def supervised_objective(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
+                         trainable: set[str] | None = None, sent: set[str] | None = None) -> Objective:
     """Cross-entropy on ``data`` (patch arrays per modality + ``labels``): FedAvg, FedProx,
     centralized and local training."""
     labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.long)
@@ -260,7 +295,14 @@ def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[
         logits = model(**{m: batch.take(data[m]) for m in modalities if m in data})
         return F.cross_entropy(logits.float(), batch.take(labels, torch.long))
 
-    return local_training(model, int(labels.numel()), loss, cfg, seed, trainable, carry=carry)
+    return Objective(int(labels.numel()), loss, cfg, trainable, sent)
+
+
+def supervised_update(model: nn.Module, data: dict[str, Any], modalities: tuple[str, ...], cfg: TrainConfig,
+                      seed: int, trainable: set[str] | None = None,
+                      carry: dict[str, Any] | None = None) -> dict[str, float]:
+    """``supervised_objective`` trained: the metrics."""
+    return train_objective(model, supervised_objective(model, data, modalities, cfg, trainable), seed, carry)[1]
 
 
 def inference_batches(n: int, batch_size: int) -> Iterator[slice]:

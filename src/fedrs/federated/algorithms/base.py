@@ -1,7 +1,7 @@
 """The interface every federated algorithm implements, and the parts most of them share.
 
 An algorithm says how to build its model from a spec, which tensors a client with given
-modalities trains and exchanges, what a client does in a round (``client_update``, and for the
+modalities trains and exchanges, what a client computes in a round (``client_objective``, and for the
 algorithms that exchange intermediate outputs ``client_exchange``), how the server aggregates, and
 how a model is scored. The Flower apps and the plain trainers call these and nothing else.
 """
@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from fedrs.federated.aggregation import ClientUpdate, State, aggregate_modality_aware
-from fedrs.federated.local import TrainConfig, batch_inputs, inference_batches, predict
+from fedrs.federated.local import (
+    Objective,
+    TrainConfig,
+    batch_inputs,
+    inference_batches,
+    objective_statistics,
+    predict,
+    train_objective,
+)
 from fedrs.metrics import classification_report
 
 VARIANT_KEYS = ("oa", "aa", "kappa", "per_class_spread")
@@ -48,13 +56,28 @@ class Algorithm(ABC):
         """Tensors a client with these modalities trains, receives and sends back."""
 
     @abstractmethod
+    def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                         config: dict[str, Any], rnd: int = 1,
+                         partner: dict[str, torch.Tensor] | None = None) -> Objective:
+        """What a client computes in a round on its data (``fedrs.federated.local.Objective``).
+        ``partner``: the site partner's relayed outputs (FedDiff)."""
+
     def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                       config: dict[str, Any], seed: int, rnd: int = 1,
                       partner: dict[str, torch.Tensor] | None = None,
                       carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
         """Train ``model`` in place on a client's data; its tensors to send and its metrics.
-        ``partner``: the site partner's relayed outputs (FedDiff); ``carry``: what the client keeps
-        between rounds (the optimiser's state, with ``keep_optimizer_state``), read and updated."""
+        ``carry``: what the client keeps between rounds (the optimiser's state, with
+        ``keep_optimizer_state``), read and updated."""
+        objective = self.client_objective(model, data, client_modalities, config, rnd, partner)
+        return train_objective(model, objective, seed, carry)
+
+    def client_statistics(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                          config: dict[str, Any], seed: int, rnd: int = 1,
+                          partner: dict[str, torch.Tensor] | None = None) -> tuple[State, dict[str, float]]:
+        """The statistics pass: the objective run without training; its BatchNorm statistics."""
+        objective = self.client_objective(model, data, client_modalities, config, rnd, partner)
+        return objective_statistics(model, objective, seed)
 
     @property
     @abstractmethod
@@ -116,7 +139,7 @@ class Algorithm(ABC):
 @dataclass(frozen=True)
 class ModalityAwareAlgorithm(Algorithm):
     """What the classifiers here share: modality ownership of parameters, masked FedAvg, scoring.
-    Subclasses give ``owner``, ``build_model`` and ``client_update``."""
+    Subclasses give ``owner``, ``build_model`` and ``client_objective``."""
 
     name: str
     modalities: Modalities = ("hsi", "lidar")

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from fedrs.compute import ComputePolicy
-from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm
-from fedrs.federated.local import Batch, TrainConfig, inference_batches, local_training
+from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches
 from fedrs.models.diffusion import LinearSchedule, diffusion_features, diffusion_loss
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 from fedrs.patching import resize_patches
@@ -59,10 +58,9 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
     def build_model(self, spec: dict[str, Any]) -> DiffusionUNet:
         return DiffusionUNet(UNetSpec.from_dict(spec))
 
-    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                      config: dict[str, Any], seed: int, rnd: int = 1,
-                      partner: dict[str, torch.Tensor] | None = None,
-                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+    def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                         config: dict[str, Any], rnd: int = 1,
+                         partner: dict[str, torch.Tensor] | None = None) -> Objective:
         assert isinstance(model, DiffusionUNet)
         schedule = schedule_of(model.spec)
         x0 = unet_input(data[self.modality], model.spec.size)
@@ -70,8 +68,7 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
         def loss(batch: Batch) -> torch.Tensor:
             return diffusion_loss(model, schedule, batch.take(x0), batch.generator)
 
-        metrics = local_training(model, len(x0), loss, TrainConfig.from_dict(config), seed, min_batch=1, carry=carry)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+        return Objective(len(x0), loss, TrainConfig.from_dict(config), min_batch=1)
 
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
                 modalities: Modalities | None = None, **forward: Any) -> np.ndarray:

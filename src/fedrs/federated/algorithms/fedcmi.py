@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import VARIANT_KEYS, Modalities, ModalityAwareAlgorithm
-from fedrs.federated.local import Batch, TrainConfig, batch_inputs, local_training, split_config
+from fedrs.federated.local import Batch, Objective, TrainConfig, batch_inputs, split_config, train_objective
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
 
 
@@ -109,10 +108,10 @@ def true_class_probabilities(model: CrossModalInfiltrationNet, data: dict[str, A
     return sums["hsi"] / safe, sums["lidar"] / safe, present
 
 
-def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], modalities: tuple[str, ...],
-                     cfg: TrainConfig, cmi: CmiConfig, seed: int, rnd: int, trainable: set[str],
-                     carry: dict[str, Any] | None = None) -> dict[str, float]:
-    """Train ``model`` in place with FedCMI's objective; the model's weights on entry are the teacher's."""
+def cmi_objective(model: CrossModalInfiltrationNet, data: dict[str, Any], modalities: tuple[str, ...],
+                  cfg: TrainConfig, cmi: CmiConfig, rnd: int, trainable: set[str] | None = None,
+                  sent: set[str] | None = None) -> Objective:
+    """FedCMI's local objective; the model's weights on entry are the teacher's."""
     multimodal = set(modalities) == {"hsi", "lidar"}
     infiltrate = multimodal and rnd > cmi.warmup_rounds and cmi.lambda2 > 0
     device = cfg.policy().device
@@ -149,10 +148,16 @@ def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], mod
         return loss + cmi.lambda2 * inf, {"infiltration_loss": float(inf.detach()),
                                           "hsi_dominant_fraction": float(dominant == "hsi")}
 
-    metrics = local_training(model, int(labels.numel()), loss_of, cfg, seed, trainable, carry=carry)
-    metrics.setdefault("infiltration_loss", 0.0)
-    metrics.setdefault("hsi_dominant_fraction", 0.0)
-    return {**metrics, "mean_temperature": float(tau.mean())}
+    return Objective(int(labels.numel()), loss_of, cfg, trainable, sent,
+                     metric_defaults={"infiltration_loss": 0.0, "hsi_dominant_fraction": 0.0},
+                     metrics={"mean_temperature": float(tau.mean())})
+
+
+def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], modalities: tuple[str, ...],
+                     cfg: TrainConfig, cmi: CmiConfig, seed: int, rnd: int, trainable: set[str],
+                     carry: dict[str, Any] | None = None) -> dict[str, float]:
+    """``cmi_objective`` trained in place: the metrics."""
+    return train_objective(model, cmi_objective(model, data, modalities, cfg, cmi, rnd, trainable), seed, carry)[1]
 
 
 @dataclass(frozen=True)
@@ -166,17 +171,14 @@ class FedCMIAlgorithm(ModalityAwareAlgorithm):
     def build_model(self, spec: dict[str, Any]) -> CrossModalInfiltrationNet:
         return CrossModalInfiltrationNet(CmiSpec.from_dict(spec))
 
-    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                      config: dict[str, Any], seed: int, rnd: int = 1,
-                      partner: dict[str, torch.Tensor] | None = None,
-                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+    def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                         config: dict[str, Any], rnd: int = 1,
+                         partner: dict[str, torch.Tensor] | None = None) -> Objective:
         assert isinstance(model, CrossModalInfiltrationNet)
         cfg, own = split_config(config, "cmi")
-        keys = self.client_keys(model, client_modalities)
-        metrics = cmi_local_update(model, data, self.usable_modalities(client_modalities), cfg,
-                                   CmiConfig.from_dict(own.get("cmi")), seed, rnd,
-                                   self.trainable(model, client_modalities), carry)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
+        return cmi_objective(model, data, self.usable_modalities(client_modalities), cfg,
+                             CmiConfig.from_dict(own.get("cmi")), rnd, self.trainable(model, client_modalities),
+                             self.client_keys(model, client_modalities))
 
     def evaluation_variants(
         self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities

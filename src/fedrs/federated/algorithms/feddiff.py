@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config, layer_inputs
 from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
-from fedrs.federated.local import Batch, TrainConfig, inference_batches, local_training, predict_batches, split_config
+from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches, predict_batches, split_config
 from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
 from fedrs.models.unet import DiffusionUNet, UNetSpec
 
@@ -145,10 +144,9 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
                 outs["diff"].append(diff.float().cpu())
         return {k: torch.cat(v) for k, v in outs.items()}
 
-    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                      config: dict[str, Any], seed: int, rnd: int = 1,
-                      partner: dict[str, torch.Tensor] | None = None,
-                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
+    def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                         config: dict[str, Any], rnd: int = 1,
+                         partner: dict[str, torch.Tensor] | None = None) -> Objective:
         assert isinstance(model, FedDiffClassifier)
         usable = self.usable_modalities(client_modalities)
         if partner is None and self.exchanges_features:
@@ -190,8 +188,7 @@ class FedDiffAlgorithm(ModalityAwareAlgorithm):
             return value, {"ce": float(ce.detach()), "consistency": float(consistency.detach()),
                            "conv_weight_norm2": float(penalty.detach())}
 
-        metrics = local_training(model, int(len(labels)), loss, cfg, seed, trainable, carry=carry)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
+        return Objective(int(len(labels)), loss, cfg, trainable, keys)
 
     def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
                 config: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedrs.federated.aggregation import State
 from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm
-from fedrs.federated.local import TrainConfig, supervised_update
+from fedrs.federated.local import Objective, TrainConfig, supervised_objective
 from fedrs.models.baselines import FusionCNN, FusionSpec, parameter_modality
 
 
@@ -28,12 +27,9 @@ class FusionAlgorithm(ModalityAwareAlgorithm):
     def build_model(self, spec: dict[str, Any]) -> FusionCNN:
         return FusionCNN(FusionSpec.from_dict({**spec, "modalities": list(self.modalities)}))
 
-    def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                      config: dict[str, Any], seed: int, rnd: int = 1,
-                      partner: dict[str, torch.Tensor] | None = None,
-                      carry: dict[str, Any] | None = None) -> tuple[State, dict[str, float]]:
-        keys = self.client_keys(model, client_modalities)
-        metrics = supervised_update(model, data, self.usable_modalities(client_modalities),
-                                    TrainConfig.from_dict(config), seed, self.trainable(model, client_modalities),
-                                    carry)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in keys}, metrics
+    def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                         config: dict[str, Any], rnd: int = 1,
+                         partner: dict[str, torch.Tensor] | None = None) -> Objective:
+        return supervised_objective(model, data, self.usable_modalities(client_modalities),
+                                    TrainConfig.from_dict(config), self.trainable(model, client_modalities),
+                                    self.client_keys(model, client_modalities))

@@ -51,7 +51,7 @@ class PlainAggregator:
     def update_from_reply(self, run: RunState, record: RoundRecord, cid: int, reply: Message) -> ClientUpdate:
         metrics = dict(reply.content.metric_records["metrics"])
         arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
-        coded = run.cfg.compression and not record.settings["train"].get("calibration_only")  # statistics go dense
+        coded = run.cfg.compression and record.operation != "calibration"  # class statistics travel dense
         state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if coded
                  else dict(arrays.to_torch_state_dict()))
         info = run.clients[cid]
@@ -178,7 +178,7 @@ def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
 def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:
     """Per client, the floating-point tensors it holds a part in (a statistics pass: its BatchNorm
     statistics only) — what its secure sums carry."""
-    statistics = norm_statistic_names(run.model) if record.settings["train"].get("statistics_only") else None
+    statistics = norm_statistic_names(run.model) if record.operation == "statistics" else None
     holdings = {}
     for u in record.updates:
         keys = run.algorithm.client_keys(run.model, u.modalities)

@@ -39,8 +39,7 @@ def statistics_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
 
 
 def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
-    settings = {**record.settings, "train": {**record.settings["train"], "statistics_only": True}}
-    sub = RoundRecord(record.round, record.lr, settings, list(run.eligible))
+    sub = RoundRecord(record.round, record.lr, record.settings, list(run.eligible), "statistics")
     for cid in sub.sampled:  # the statistics must be those of the exact final weights, not of a
         run.downlink.forget(cid)  # compressed copy: the first download of the pass goes dense
     encode_downloads(run, sub)
@@ -87,11 +86,11 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     layer = run.algorithm.require_calibration_layer()
     evaluate_round(run, record)
     record.scores_before_calibration = dict(record.scores)
-    settings = {**record.settings, "train": {**record.settings["train"], "calibration_only": True}}
+    settings = dict(record.settings)
     if cfg.dense_exchange:  # the statistics of features as a test pixel's are computed: without the codec's error
         settings["exchange_compression"] = None
     contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
-    sub = RoundRecord(record.round, record.lr, settings, contributors)
+    sub = RoundRecord(record.round, record.lr, settings, contributors, "calibration")
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
     if run.algorithm.exchanges_features:
         exchange_features(grid, run, sub)

@@ -36,6 +36,7 @@ class RoundRecord:
     lr: float
     settings: dict[str, Any]
     sampled: list[int]
+    operation: str = "train"  # what the clients are asked for: train | statistics | calibration
     downloads: dict[int, Download] = field(default_factory=dict)
     relayed: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # partner outputs, still encoded
     failed: list[dict[str, Any]] = field(default_factory=list)  # the client raised: its error
@@ -59,6 +60,11 @@ class RoundRecord:
     secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
     secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
     secure: dict[str, Any] = field(default_factory=dict)  # secure sums run, failed, their seconds
+
+    @property
+    def message_type(self) -> str:
+        """Flower's message type of the operation (``fedrs.federated.client_app`` has a handler each)."""
+        return "train" if self.operation == "train" else f"query.{self.operation}"
 
     @property
     def participants(self) -> list[int]:

@@ -78,8 +78,9 @@ def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
 
 
 def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
-    """Send the train messages to the round's remaining participants and turn their replies into
-    updates (``run.aggregator``: decoded, or held on the clients for the secure sums)."""
+    """Ask the round's remaining participants for their operation (``record.operation``: a local
+    update, or a pass's statistics) and turn their replies into updates (``run.aggregator``:
+    decoded, or held on the clients for the secure sums)."""
     cfg, clients, exchanged = run.cfg, run.clients, run.algorithm.exchanges_features
     participants = record.participants
     messages = []
@@ -87,11 +88,12 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
         content = {} if exchanged else dict(record.downloads[cid].content)  # exchanged: weights already there
         if cid in record.relayed:
             content["partner"], content["partner_codec"] = record.relayed[cid]
-        messages.append(make_message(content, record.settings, clients[cid]["node"], "train", record.round))
+        messages.append(make_message(content, record.settings, clients[cid]["node"], record.message_type,
+                                     record.round))
     replies = record.send_and_receive(grid, messages, cfg.round_timeout)
     for cid in participants:
         reply = replies.get(clients[cid]["node"])
-        if not record.note_reply(cid, reply, "train"):
+        if not record.note_reply(cid, reply, "train"):  # the stage a pass's failures are named by
             continue
         assert reply is not None
         record.updates.append(run.aggregator.update_from_reply(run, record, cid, reply))
