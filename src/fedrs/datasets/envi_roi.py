@@ -10,6 +10,7 @@ line is decided by counting ID resets, never by which header came last.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +27,37 @@ _ROI_NAME = re.compile(r";\s*ROI name:\s*(.*?)\s*$", re.IGNORECASE)
 _ROI_NPTS = re.compile(r";\s*ROI npts:\s*(\d+)", re.IGNORECASE)
 
 
-def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | None = None) -> Raster:
-    """Parse ROI text into a label raster (0 = unlabelled, ROI i → class i, 1-based)."""
-    names: list[str] = []
-    npts: list[int] = []
+@dataclass
+class _RoiText:
+    """What the header declares and the data blocks (one per ROI: 0-based (row, col) pixels)."""
+
+    names: list[str] = field(default_factory=list)
+    npts: list[int] = field(default_factory=list)
     declared_rois: int | None = None
-    dims: tuple[int, int] | None = None
-    blocks: list[list[tuple[int, int]]] = []
+    dims: tuple[int, int] | None = None  # rows, cols
+    blocks: list[list[tuple[int, int]]] = field(default_factory=list)
+
+
+def _read_header(line: str, roi: _RoiText) -> None:
+    if m := _DIMENSION.match(line):
+        roi.dims = (int(m.group(2)), int(m.group(1)))  # header says cols x rows
+    elif m := _NUM_ROIS.match(line):
+        roi.declared_rois = int(m.group(1))
+    elif m := _ROI_NAME.match(line):
+        roi.names.append(m.group(1))
+    elif m := _ROI_NPTS.match(line):
+        roi.npts.append(int(m.group(1)))
+
+
+def _read_roi_text(text: str, source: str) -> _RoiText:
+    roi = _RoiText()
     previous_id = 0
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
         if line.startswith(";"):
-            if m := _DIMENSION.match(line):
-                dims = (int(m.group(2)), int(m.group(1)))  # header says cols x rows
-            elif m := _NUM_ROIS.match(line):
-                declared_rois = int(m.group(1))
-            elif m := _ROI_NAME.match(line):
-                names.append(m.group(1))
-            elif m := _ROI_NPTS.match(line):
-                npts.append(int(m.group(1)))
+            _read_header(line, roi)
             continue
         fields = line.split()
         try:
@@ -56,8 +67,8 @@ def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | N
                 f"{source}, line {lineno}: {line[:60]!r} is not a data line; expected 'ID X Y Lat Lon'"
             ) from exc
         if point_id == 1:
-            blocks.append([])
-        elif not blocks:
+            roi.blocks.append([])
+        elif not roi.blocks:
             raise InputError(f"{source}, line {lineno}: the first data line has ID {point_id}; expected 1")
         elif point_id != previous_id + 1:
             raise InputError(
@@ -65,25 +76,26 @@ def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | N
                 "expected consecutive IDs within an ROI, restarting at 1 for the next one"
             )
         previous_id = point_id
-        blocks[-1].append((row - 1, col - 1))
+        roi.blocks[-1].append((row - 1, col - 1))
+    return roi
 
-    if shape is not None:
-        dims = (int(shape[0]), int(shape[1]))
-    if dims is None:
-        raise InputError(f"{source}: no '; File Dimension: <cols> x <rows>' header and no shape given")
-    if declared_rois is not None and declared_rois != len(blocks):
+
+def _check_counts(roi: _RoiText, source: str) -> None:
+    if roi.declared_rois is not None and roi.declared_rois != len(roi.blocks):
         raise InputError(
-            f"{source}: header declares {declared_rois} ROIs but the data holds {len(blocks)} "
+            f"{source}: header declares {roi.declared_rois} ROIs but the data holds {len(roi.blocks)} "
             "(counted by ID resets to 1)"
         )
-    if npts and len(npts) == len(blocks):
-        for index, (declared, block) in enumerate(zip(npts, blocks, strict=False), start=1):
+    if roi.npts and len(roi.npts) == len(roi.blocks):
+        for index, (declared, block) in enumerate(zip(roi.npts, roi.blocks, strict=False), start=1):
             if declared != len(block):
                 raise InputError(
-                    f"{source}: ROI {index} ({names[index - 1] if index <= len(names) else '?'}) "
+                    f"{source}: ROI {index} ({roi.names[index - 1] if index <= len(roi.names) else '?'}) "
                     f"declares {declared} points but its data block holds {len(block)}"
                 )
 
+
+def _rasterise(blocks: list[list[tuple[int, int]]], dims: tuple[int, int], source: str) -> np.ndarray:
     rows, cols = dims
     labels = np.zeros(dims, dtype=np.uint8 if len(blocks) < 256 else np.uint16)
     for klass, block in enumerate(blocks, start=1):
@@ -102,7 +114,18 @@ def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | N
                 f"and again in ROI {klass}; expected each pixel in one ROI"
             )
         labels[coords[:, 0], coords[:, 1]] = klass
-    return Raster(data=labels, source=source, meta={"class_names": names[: len(blocks)]})
+    return labels
+
+
+def parse_envi_roi(text: str, source: str = "<text>", shape: tuple[int, int] | None = None) -> Raster:
+    """Parse ROI text into a label raster (0 = unlabelled, ROI i → class i, 1-based)."""
+    roi = _read_roi_text(text, source)
+    dims = (int(shape[0]), int(shape[1])) if shape is not None else roi.dims
+    if dims is None:
+        raise InputError(f"{source}: no '; File Dimension: <cols> x <rows>' header and no shape given")
+    _check_counts(roi, source)
+    labels = _rasterise(roi.blocks, dims, source)
+    return Raster(data=labels, source=source, meta={"class_names": roi.names[: len(roi.blocks)]})
 
 
 class EnviRoiDataset(AbstractDataset[Raster, Raster]):

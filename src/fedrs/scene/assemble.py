@@ -121,6 +121,64 @@ def _random_split(
     return train, test
 
 
+def _check_label_range(raster: Raster, values: np.ndarray, class_names: list[str]) -> None:
+    k = len(class_names)
+    outside = (values < 0) | (values > k)
+    if outside.any():
+        bad_values = np.unique(values[outside])[:5].tolist()
+        raise InputError(
+            f"{raster.source}: label values {bad_values} are outside 0..{k}; expected 0 for "
+            f"unlabelled and 1..{k} for the {k} classes {class_names}"
+        )
+
+
+def _apply_split(train: np.ndarray, test: np.ndarray, split: dict[str, Any], k: int, train_labels: Raster,
+                 test_labels: Raster) -> tuple[np.ndarray, np.ndarray]:
+    """The given split (checked disjoint), or a seeded per-class draw from the union of both layers."""
+    if split.get("method", "given") == "random_per_class":
+        conflict = (train > 0) & (test > 0) & (train != test)
+        if conflict.any():
+            raise InputError(
+                f"{train_labels.source} and {test_labels.source} give different classes to "
+                f"{int(conflict.sum())} pixels; expected one labelling to draw a split from"
+            )
+        all_labels = np.maximum(train, test)
+        return _random_split(all_labels, k, float(split.get("n_per_class", 20)), int(split.get("seed", 0)))
+    overlap = (train > 0) & (test > 0)
+    if overlap.any():
+        r, c = (int(v[0]) for v in np.nonzero(overlap))
+        raise InputError(
+            f"{train_labels.source} and {test_labels.source} overlap on {int(overlap.sum())} pixels "
+            f"(first at row {r}, col {c}); expected disjoint training and test pixels"
+        )
+    return train, test
+
+
+def _require_every_class(train: np.ndarray, class_names: list[str], source: str) -> None:
+    counts = np.bincount(train.ravel(), minlength=len(class_names) + 1)[1:]
+    missing = [f"{i + 1} ({class_names[i]})" for i in np.flatnonzero(counts == 0)]
+    if missing:
+        raise InputError(
+            f"{source}: classes {', '.join(missing)} have no training pixel; expected at "
+            "least one per class (check class_names and the split)"
+        )
+
+
+def _wavelengths(params: dict[str, Any], hsi: Raster) -> list[float] | None:
+    """One wavelength per band: the parameter's list or [first_nm, last_nm] pair, else the raster's."""
+    wavelengths = params.get("wavelengths")
+    if wavelengths is None and hsi.meta.get("wavelengths"):
+        wavelengths = [float(w) for w in str(hsi.meta["wavelengths"]).split(",")]
+    elif wavelengths is not None and len(wavelengths) == 2 and hsi.data.shape[0] != 2:
+        wavelengths = np.linspace(float(wavelengths[0]), float(wavelengths[1]), hsi.data.shape[0]).tolist()
+    if wavelengths is not None and len(wavelengths) != hsi.data.shape[0]:
+        raise InputError(
+            f"parameter scene.wavelengths has {len(wavelengths)} values but {hsi.source} has "
+            f"{hsi.data.shape[0]} bands; expected one per band or a [first_nm, last_nm] pair"
+        )
+    return None if wavelengths is None else [float(w) for w in wavelengths]
+
+
 def assemble_scene(
     hsi: Raster, lidar: Raster, train_labels: Raster, test_labels: Raster, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -141,31 +199,8 @@ def assemble_scene(
     class_names = _class_names(params, [train_labels, test_labels, hsi], max_label)
     k = len(class_names)
     for raster, values in ((train_labels, train), (test_labels, test)):
-        outside = (values < 0) | (values > k)
-        if outside.any():
-            bad_values = np.unique(values[outside])[:5].tolist()
-            raise InputError(
-                f"{raster.source}: label values {bad_values} are outside 0..{k}; expected 0 for "
-                f"unlabelled and 1..{k} for the {k} classes {class_names}"
-            )
-
-    if split.get("method", "given") == "random_per_class":
-        conflict = (train > 0) & (test > 0) & (train != test)
-        if conflict.any():
-            raise InputError(
-                f"{train_labels.source} and {test_labels.source} give different classes to "
-                f"{int(conflict.sum())} pixels; expected one labelling to draw a split from"
-            )
-        all_labels = np.maximum(train, test)
-        train, test = _random_split(all_labels, k, float(split.get("n_per_class", 20)), int(split.get("seed", 0)))
-    else:
-        overlap = (train > 0) & (test > 0)
-        if overlap.any():
-            r, c = (int(v[0]) for v in np.nonzero(overlap))
-            raise InputError(
-                f"{train_labels.source} and {test_labels.source} overlap on {int(overlap.sum())} pixels "
-                f"(first at row {r}, col {c}); expected disjoint training and test pixels"
-            )
+        _check_label_range(raster, values, class_names)
+    train, test = _apply_split(train, test, split, k, train_labels, test_labels)
 
     labelled = (train > 0) | (test > 0)
     hsi_data, hsi_bad = _clean_values(hsi, policy, labelled)
@@ -173,25 +208,8 @@ def assemble_scene(
     invalid = hsi_bad | lidar_bad
     train[invalid] = 0
     test[invalid] = 0
-
-    counts = np.bincount(train.ravel(), minlength=k + 1)[1:]
-    missing = [f"{i + 1} ({class_names[i]})" for i in np.flatnonzero(counts == 0)]
-    if missing:
-        raise InputError(
-            f"{train_labels.source}: classes {', '.join(missing)} have no training pixel; expected at "
-            "least one per class (check class_names and the split)"
-        )
-
-    wavelengths = params.get("wavelengths")
-    if wavelengths is None and hsi.meta.get("wavelengths"):
-        wavelengths = [float(w) for w in str(hsi.meta["wavelengths"]).split(",")]
-    elif wavelengths is not None and len(wavelengths) == 2 and hsi.data.shape[0] != 2:
-        wavelengths = np.linspace(float(wavelengths[0]), float(wavelengths[1]), hsi.data.shape[0]).tolist()
-    if wavelengths is not None and len(wavelengths) != hsi.data.shape[0]:
-        raise InputError(
-            f"parameter scene.wavelengths has {len(wavelengths)} values but {hsi.source} has "
-            f"{hsi.data.shape[0]} bands; expected one per band or a [first_nm, last_nm] pair"
-        )
+    _require_every_class(train, class_names, train_labels.source)
+    wavelengths = _wavelengths(params, hsi)
 
     scene = {
         "name": str(params.get("name", "scene")),
@@ -200,7 +218,7 @@ def assemble_scene(
         "train_labels": train.astype(np.int16),
         "test_labels": test.astype(np.int16),
         "class_names": class_names,
-        "wavelengths": None if wavelengths is None else [float(w) for w in wavelengths],
+        "wavelengths": wavelengths,
         "crs": hsi.crs or lidar.crs,
         "transform": list(hsi.transform or lidar.transform or []) or None,
         "sources": {
@@ -213,16 +231,9 @@ def assemble_scene(
         "split": split,
     }
     check_scene(scene)
-    logger.info(
-        "Scene %s: %d×%d px, %d HSI bands, %d LiDAR channels, %d classes, %d train / %d test pixels",
-        scene["name"],
-        *hsi.shape,
-        hsi_data.shape[0],
-        lidar_data.shape[0],
-        k,
-        int((train > 0).sum()),
-        int((test > 0).sum()),
-    )
+    logger.info("Scene %s: %d×%d px, %d HSI bands, %d LiDAR channels, %d classes, %d train / %d test pixels",
+                scene["name"], *hsi.shape, hsi_data.shape[0], lidar_data.shape[0], k, int((train > 0).sum()),
+                int((test > 0).sum()))
     return scene
 
 

@@ -120,94 +120,120 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return (field_ - field_.mean()) / (field_.std() + 1e-12)
 
 
-def _layout(cfg: SyntheticSceneConfig, rng: np.random.Generator):
-    """Class map, object ids and object heights (before terrain)."""
-    n = cfg.size
-    scale = n / 160.0
-    cls = np.zeros((n, n), dtype=np.int16)
-    objects = np.zeros((n, n), dtype=np.int32)
-    height = np.zeros((n, n), dtype=np.float64)
-    next_id = 1
+@dataclass
+class _Layout:
+    """The scene's class map, object ids and object heights (before terrain), drawn piece by piece
+    from one generator: ground cover and water, roads, plazas and buildings, tree stands."""
 
-    # ground cover: grass and soil fields from a smooth random field
-    ground = _smooth_field(rng, (n, n), 9 * scale)
-    cls[:] = np.where(ground > 0.35, 3, 1)
-    # water: the top of another smooth field, a pond or two
-    water = _smooth_field(rng, (n, n), 12 * scale)
-    cls[water > np.quantile(water, 0.94)] = 4
-    labels_ground, count = ndimage.label(cls > 0)
-    objects[:] = labels_ground
-    next_id = count + 1
-    # ground regions are split into objects by class so each carries its own variability
-    for klass in (1, 3, 4):
-        lab, cnt = ndimage.label(cls == klass)
-        objects[lab > 0] = lab[lab > 0] + next_id
-        next_id += cnt + 1
+    n: int
+    rng: np.random.Generator
+    cls: np.ndarray = field(init=False)
+    objects: np.ndarray = field(init=False)
+    height: np.ndarray = field(init=False)
+    occupied: np.ndarray = field(init=False)
+    next_id: int = 1
 
-    occupied = np.zeros((n, n), dtype=bool)
+    def __post_init__(self) -> None:
+        shape = (self.n, self.n)
+        self.cls = np.zeros(shape, dtype=np.int16)
+        self.objects = np.zeros(shape, dtype=np.int32)
+        self.height = np.zeros(shape, dtype=np.float64)
+        self.occupied = np.zeros(shape, dtype=bool)
 
-    # roads: a grid of asphalt strips
-    for axis in (0, 1):
-        for _ in range(2):
-            pos = int(rng.integers(int(0.1 * n), int(0.9 * n)))
-            width = int(rng.integers(3, 6))
-            sl = (slice(pos, pos + width), slice(None)) if axis == 0 else (slice(None), slice(pos, pos + width))
-            cls[sl] = 5
-            objects[sl] = next_id
-            occupied[sl] = True
-            next_id += 1
+    @property
+    def scale(self) -> float:
+        return self.n / 160.0
 
-    def place_rect(klass: int, lo: int, hi: int, obj_height: float, tries: int = 60) -> bool:
-        nonlocal next_id
+    def ground(self) -> None:
+        """Grass and soil fields from a smooth random field; a pond or two from another."""
+        n, cls = self.n, self.cls
+        ground = _smooth_field(self.rng, (n, n), 9 * self.scale)
+        cls[:] = np.where(ground > 0.35, 3, 1)
+        water = _smooth_field(self.rng, (n, n), 12 * self.scale)
+        cls[water > np.quantile(water, 0.94)] = 4
+        labels_ground, count = ndimage.label(cls > 0)
+        self.objects[:] = labels_ground
+        self.next_id = count + 1
+        # ground regions are split into objects by class so each carries its own variability
+        for klass in (1, 3, 4):
+            lab, cnt = ndimage.label(cls == klass)
+            self.objects[lab > 0] = lab[lab > 0] + self.next_id
+            self.next_id += cnt + 1
+
+    def roads(self) -> None:
+        """A grid of asphalt strips."""
+        n = self.n
+        for axis in (0, 1):
+            for _ in range(2):
+                pos = int(self.rng.integers(int(0.1 * n), int(0.9 * n)))
+                width = int(self.rng.integers(3, 6))
+                sl = (slice(pos, pos + width), slice(None)) if axis == 0 else (slice(None), slice(pos, pos + width))
+                self.cls[sl] = 5
+                self.objects[sl] = self.next_id
+                self.occupied[sl] = True
+                self.next_id += 1
+
+    def place_rect(self, klass: int, lo: int, hi: int, obj_height: float, tries: int = 60) -> bool:
+        """A rectangle of ``klass`` on free ground (a plaza, or a building with a tilted roof)."""
+        n, rng = self.n, self.rng
         for _ in range(tries):
             h = int(rng.integers(lo, hi + 1))
             w = int(rng.integers(lo, hi + 1))
             r = int(rng.integers(1, n - h - 1))
             c = int(rng.integers(1, n - w - 1))
             window = (slice(r - 1, r + h + 1), slice(c - 1, c + w + 1))
-            if occupied[window].any():
+            if self.occupied[window].any():
                 continue
             sl = (slice(r, r + h), slice(c, c + w))
-            cls[sl] = klass
-            objects[sl] = next_id
-            occupied[sl] = True
+            self.cls[sl] = klass
+            self.objects[sl] = self.next_id
+            self.occupied[sl] = True
             if obj_height > 0:
-                # gently tilted roof plane
-                tilt = rng.normal(0, 0.08, size=2)
+                tilt = rng.normal(0, 0.08, size=2)  # gently tilted roof plane
                 rr, cc = np.mgrid[0:h, 0:w]
-                height[sl] = obj_height + tilt[0] * (rr - h / 2) + tilt[1] * (cc - w / 2)
-            next_id += 1
+                self.height[sl] = obj_height + tilt[0] * (rr - h / 2) + tilt[1] * (cc - w / 2)
+            self.next_id += 1
             return True
         return False
 
-    size_lo, size_hi = max(4, int(6 * scale)), max(6, int(14 * scale))
+    def trees(self, clusters: int) -> None:
+        """Clusters of round crowns on free ground; the crowns of a cluster form one object."""
+        n, rng, scale = self.n, self.rng, self.scale
+        rr, cc = np.mgrid[0:n, 0:n]
+        for _ in range(clusters):
+            cr, cc0 = rng.integers(0, n, size=2)
+            placed = False
+            for _ in range(int(rng.integers(3, 7))):
+                r0 = cr + rng.normal(0, 4 * scale)
+                c0 = cc0 + rng.normal(0, 4 * scale)
+                radius = rng.uniform(2.0, 4.0) * max(scale, 0.6)
+                top = rng.uniform(6.0, 14.0)
+                d = np.hypot(rr - r0, cc - c0)
+                crown = (d <= radius) & ~self.occupied & (self.cls != 4)
+                if not crown.any():
+                    continue
+                self.cls[crown] = 2
+                self.objects[crown] = self.next_id
+                self.height[crown] = np.maximum(self.height[crown],
+                                                top * np.sqrt(np.clip(1 - (d[crown] / radius) ** 2, 0.05, 1)))
+                placed = True
+            self.next_id += int(placed)
+
+
+def _layout(cfg: SyntheticSceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class map, object ids and object heights (before terrain)."""
+    layout = _Layout(cfg.size, rng)
+    layout.ground()
+    layout.roads()
+    size_lo, size_hi = max(4, int(6 * layout.scale)), max(6, int(14 * layout.scale))
     for _ in range(cfg.n_plazas):
-        place_rect(7, size_lo, size_hi, 0.0)
+        layout.place_rect(7, size_lo, size_hi, 0.0)
     for i in range(cfg.n_buildings):
         klass = ROOF_CLASSES[i % len(ROOF_CLASSES)]
         lo, hi = ROOF_HEIGHT[klass]
-        place_rect(klass, size_lo, size_hi, float(rng.uniform(lo, hi)))
-
-    # trees: clusters of round crowns on free ground
-    rr, cc = np.mgrid[0:n, 0:n]
-    for _ in range(cfg.n_tree_clusters):
-        cr, cc0 = rng.integers(0, n, size=2)
-        placed = False
-        for _ in range(int(rng.integers(3, 7))):
-            r0 = cr + rng.normal(0, 4 * scale)
-            c0 = cc0 + rng.normal(0, 4 * scale)
-            radius = rng.uniform(2.0, 4.0) * max(scale, 0.6)
-            top = rng.uniform(6.0, 14.0)
-            d = np.hypot(rr - r0, cc - c0)
-            crown = (d <= radius) & ~occupied & (cls != 4)
-            if not crown.any():
-                continue
-            cls[crown] = 2
-            objects[crown] = next_id  # one stand: crowns of a cluster form one object
-            height[crown] = np.maximum(height[crown], top * np.sqrt(np.clip(1 - (d[crown] / radius) ** 2, 0.05, 1)))
-            placed = True
-        next_id += int(placed)
-    return cls, objects, height
+        layout.place_rect(klass, size_lo, size_hi, float(rng.uniform(lo, hi)))
+    layout.trees(cfg.n_tree_clusters)
+    return layout.cls, layout.objects, layout.height
 
 
 def _spread_sample(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, k: int, block: int) -> np.ndarray:
@@ -227,24 +253,18 @@ def _spread_sample(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray,
     return order[np.argsort(key)[:k]]
 
 
-def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) -> dict[str, Raster]:
-    """Build the scene; returns ``{"hsi", "lidar", "train_labels", "test_labels"}`` rasters."""
-    cfg = config if isinstance(config, SyntheticSceneConfig) else SyntheticSceneConfig.from_dict(config)
-    rng = np.random.default_rng(cfg.seed)
-    n = cfg.size
-    wavelengths = np.linspace(*cfg.wavelength_range, cfg.bands)
-    spectra = material_spectra(wavelengths)
+_SECONDARY = {"grass": "soil", "tree": "grass", "soil": "grass", "water": "soil",
+              "asphalt": "concrete", "concrete": "asphalt", "clay": "concrete", "metal": "concrete"}
 
-    cls, objects, obj_height = _layout(cfg, rng)
 
-    # --- reflectance: per-object variability, then PSF mixing, illumination and noise
-    v = cfg.object_variability
-    n_obj = int(objects.max()) + 1
-    obj_scale = 1.0 + v * rng.normal(0.0, 0.07, n_obj)           # brightness of each object
+def _reflectance(cfg: SyntheticSceneConfig, rng: np.random.Generator, wavelengths: np.ndarray,
+                 spectra: dict[str, np.ndarray], cls: np.ndarray, objects: np.ndarray,
+                 obj_scale: np.ndarray) -> np.ndarray:
+    """The HSI cube [bands, H, W]: per-object variability, PSF mixing, illumination and noise."""
+    n, v = cfg.size, cfg.object_variability
+    n_obj = len(obj_scale)
     obj_mix = np.clip(v * rng.beta(1.2, 6.0, n_obj), 0, 0.6)      # fraction of a secondary material
     obj_tilt = v * rng.normal(0.0, 0.04, n_obj)                   # spectral slope change
-    secondary = {"grass": "soil", "tree": "grass", "soil": "grass", "water": "soil",
-                 "asphalt": "concrete", "concrete": "asphalt", "clay": "concrete", "metal": "concrete"}
     ramp = (wavelengths - wavelengths.mean()) / np.ptp(wavelengths)
     cube = np.empty((n, n, cfg.bands), dtype=np.float64)
     for klass, material in CLASS_MATERIAL.items():
@@ -253,7 +273,7 @@ def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) 
             continue
         ids = objects[mask]
         base = spectra[material][None, :]
-        other = spectra[secondary[material]][None, :]
+        other = spectra[_SECONDARY[material]][None, :]
         mix = obj_mix[ids][:, None] * (0.5 if material in ("water", "metal") else 1.0)
         spec = (1 - mix) * base + mix * other
         spec = spec * obj_scale[ids][:, None] * (1.0 + obj_tilt[ids][:, None] * ramp[None, :])
@@ -266,10 +286,13 @@ def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) 
     cube *= illumination[..., None]
     band_noise = cfg.noise_std * (1.0 + 1.5 * np.abs(ramp) ** 2)  # noisier at the sensor's edges
     cube += rng.standard_normal(cube.shape) * band_noise[None, None, :]
-    hsi = np.clip(cube, 0.0, None).astype(np.float32).transpose(2, 0, 1)
+    return np.clip(cube, 0.0, None).astype(np.float32).transpose(2, 0, 1)
 
-    # --- LiDAR: DSM and intensity
-    # gentle terrain (±3 m): objects, not hills, should dominate the height signal
+
+def _lidar(cfg: SyntheticSceneConfig, rng: np.random.Generator, spectra: dict[str, np.ndarray], cls: np.ndarray,
+           objects: np.ndarray, obj_height: np.ndarray, obj_scale: np.ndarray) -> np.ndarray:
+    """DSM (gentle terrain ±3 m: objects, not hills, dominate the height signal) and intensity."""
+    n = cfg.size
     terrain = 200.0 + 1.0 * _smooth_field(rng, (n, n), 30 * n / 160) + 0.01 * np.arange(n)[None, :]
     dsm = terrain + obj_height - 0.4 * (cls == 4)
     dsm = dsm + cfg.height_noise_std * rng.standard_normal((n, n))
@@ -281,9 +304,14 @@ def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) 
         nir *= obj_scale[objects]
         speckle = rng.gamma(cfg.intensity_speckle_shape, 1.0 / cfg.intensity_speckle_shape, (n, n))
         layers.append(1000.0 * nir * speckle)
-    lidar = np.stack(layers).astype(np.float32)
+    return np.stack(layers).astype(np.float32)
 
-    # --- labels: object interiors only (borders are mixed pixels, left unlabelled as in real GT)
+
+def _labels(cfg: SyntheticSceneConfig, rng: np.random.Generator, cls: np.ndarray, objects: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Object interiors only (borders are mixed pixels, left unlabelled as in real GT); a spread
+    training sample per class, the rest as test."""
+    n = cfg.size
     border = np.zeros((n, n), dtype=bool)
     for axis in (0, 1):
         for shift in (1, -1):
@@ -291,7 +319,6 @@ def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) 
     border[[0, -1], :] = True
     border[:, [0, -1]] = True
     labelled = np.where(border, 0, cls).astype(np.uint8)
-
     train = np.zeros_like(labelled)
     block = max(8, n // 8)
     for klass in range(1, len(CLASS_NAMES) + 1):
@@ -301,7 +328,20 @@ def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) 
         k = min(cfg.train_per_class, max(1, rows.size // 4))
         pick = _spread_sample(rng, rows, cols, k, block)
         train[rows[pick], cols[pick]] = klass
-    test = np.where(train > 0, 0, labelled).astype(np.uint8)
+    return train, np.where(train > 0, 0, labelled).astype(np.uint8)
+
+
+def generate_synthetic_scene(config: SyntheticSceneConfig | dict | None = None) -> dict[str, Raster]:
+    """Build the scene; returns ``{"hsi", "lidar", "train_labels", "test_labels"}`` rasters."""
+    cfg = config if isinstance(config, SyntheticSceneConfig) else SyntheticSceneConfig.from_dict(config)
+    rng = np.random.default_rng(cfg.seed)
+    wavelengths = np.linspace(*cfg.wavelength_range, cfg.bands)
+    spectra = material_spectra(wavelengths)
+    cls, objects, obj_height = _layout(cfg, rng)
+    obj_scale = 1.0 + cfg.object_variability * rng.normal(0.0, 0.07, int(objects.max()) + 1)  # each object's brightness
+    hsi = _reflectance(cfg, rng, wavelengths, spectra, cls, objects, obj_scale)
+    lidar = _lidar(cfg, rng, spectra, cls, objects, obj_height, obj_scale)
+    train, test = _labels(cfg, rng, cls, objects)
 
     from rasterio.crs import CRS
 
