@@ -1,6 +1,8 @@
 # fedrs — the two set-up commands of the README:
 #   make run   create .venv, install the pinned stack + fedrs (editable), run the main pipeline and the report
-#   make test  same environment: lint (ruff), types (mypy), then the whole test suite
+#   make test  same environment: lint (ruff), types (mypy), the docs site (broken links fail), the whole test suite
+#   make test-fast  the unit tests only (no pipelines, Flower engines, DVC or notebooks): the edit loop
+#   make docs  the documentation site under site/
 # A second call skips the install unless pyproject.toml (the pinned stack) changed.
 
 SHELL := /bin/bash
@@ -11,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrs-installed
 PIPELINES ?= feddiff
 PYTEST_ARGS ?=
-# REPRODUCIBLE=1: bit-identical numbers across CPU kinds (AVX2 code paths, oneDNN off; slower, see README)
+# REPRODUCIBLE=1: bit-identical numbers across CPU kinds (AVX2 code paths, oneDNN off; slower, see docs/reproducibility.md)
 REPRODUCIBLE ?=
 
 # nothing may reach the internet at run time
@@ -22,8 +24,9 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install run test clean-data
+.PHONY: install run test test-fast docs clean-data
 
 install: $(STAMP)
 
@@ -42,7 +45,16 @@ run: install
 test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -m "not integration" -q $(PYTEST_ARGS)
+
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+	@echo "Open site/index.html"
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete

@@ -1,6 +1,6 @@
 """FedDiff's classifier stage under one changed setting at a time, on the diffusion models and
 features of the last full run of the same environment: per-round training loss and test OA, final
-OA/AA/κ, bytes sent. The evidence behind FedDiff's defaults (README, "FedDiff on real spectra").
+OA/AA/κ, bytes sent. The evidence behind FedDiff's defaults (docs/houston-dev.md).
 
     kedro run --env=houston2013 --pipelines=feddiff --to-nodes=feddiff.extract_features   # once
     .venv/bin/python bench/feddiff_ablations.py --env houston2013 [--only default,no_compression] [--seeds 42]

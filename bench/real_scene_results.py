@@ -1,6 +1,6 @@
 """Every algorithm on one environment's scene over several seeds, as a user runs them
 (``kedro run --env=E --pipelines=ALGO --params seed=S``), collected into one table: OA/AA/κ,
-traffic, wall time, and the mean over seeds. The figures behind the README's real-data results.
+traffic, wall time, and the mean over seeds. The figures behind the real-data results (README, docs/houston-dev.md).
 
     .venv/bin/python bench/real_scene_results.py --env houston2013 --algorithms fedavg,fedcmi --seeds 42,7,123
 

@@ -73,7 +73,7 @@ def test_the_trace_names_the_first_operation_that_differs():
 
 # tests/strict_runs.py's digests (tiny FedAvg with codec and calibration, with DP, with SecAgg+ and DP,
 # FedCMI, FedDiff with exchange, codec and calibration, a DDPM round and its features), measured as
-# STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see README, Reproducibility). They
+# STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see docs/reproducibility.md). They
 # also pin behaviour: a refactoring that changes one changed what a run computes.
 STRICT_RUNS = {"fedavg": "dead2210dafa78c9", "fedavg_dp": "27f3b881239f8ad1", "fedavg_secure_dp": "0d5d6170cc7aba18",
                "fedcmi": "1d8923147a6b41a5", "feddiff": "46ae7294dcf3d878", "ddpm_hsi": "44cf5d21f63a4051",

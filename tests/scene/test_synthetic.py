@@ -71,7 +71,7 @@ def _simple_classifier_oa(features: np.ndarray, train: np.ndarray, test: np.ndar
 
 
 def test_default_scene_needs_both_modalities():
-    """The calibration claim of the README: fusion clearly beats each single modality."""
+    """The calibration claim of docs/data.md: fusion clearly beats each single modality."""
     scene = generate_synthetic_scene(SyntheticSceneConfig())
     train, test = scene["train_labels"].data[0], scene["test_labels"].data[0]
 

@@ -8,7 +8,7 @@ SuperNode authentication (``flower-superlink --enable-supernode-auth``): each or
 own key pair, keeps the private key, and sends the public key to the coordinator, who registers it
 (``flwr supernode register``); a SuperNode whose key was not registered is refused.
 
-``python -m fedrs.federated.credentials ca|server|node`` writes these files (see the README,
+``python -m fedrs.federated.credentials ca|server|node`` writes these files (see docs/deployment.md,
 "Scale-out"); every private key is written readable by its owner only.
 """
 

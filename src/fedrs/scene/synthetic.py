@@ -62,7 +62,7 @@ class SyntheticSceneConfig:
     wavelength_range: tuple[float, float] = (400.0, 1000.0)
     lidar_channels: int = 2  # 1 = DSM only; 2 = DSM + intensity
     train_per_class: int = 30
-    # calibration knobs (see README, "The synthetic scene")
+    # calibration knobs (docs/data.md, "The built-in synthetic scene")
     noise_std: float = 0.03
     illumination_amplitude: float = 0.15
     object_variability: float = 2.0
