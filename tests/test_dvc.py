@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedrs.federated.algorithms import ALGORITHMS, BASELINES, HORIZONTAL
 from tests.conftest import REPO, TINY_BASELINES, TINY_FEDCMI, TINY_FEDDIFF, TINY_PARTITION, TINY_SCENE
 
 pytestmark = pytest.mark.integration
-STAGES = ["ingest", "patches", "partition", *(f"train_eval@{a}" for a in
-          ("centralized", "local", "fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")),
-          "fedcmi", "feddiff_diffusion", "feddiff_features", "feddiff_classifier", "feddiff_centralized", "report"]
+STAGES = ["ingest", "patches", "partition", *(f"train_eval@{a}" for a in BASELINES), *HORIZONTAL,
+          "feddiff_diffusion", "feddiff_features", "feddiff_classifier", "feddiff_centralized", "report"]
 
 
 def _clone(target: Path) -> None:
@@ -163,3 +163,34 @@ def test_no_stage_goes_stale_when_its_code_params_or_globals_change(tmp_path):
         (REPO / "conf/base/globals.yml").read_text().replace("scene_name: synthetic", "scene_name: elsewhere"))
     listed = _dvc(root, "stage", "list")
     assert "data/02_intermediate/elsewhere" in listed and "/synthetic" not in listed
+
+
+def test_stage_and_parameter_names_come_from_the_algorithm_table():
+    """One source for algorithm names: dvc.yaml's stages and the parameter blocks follow
+    ``fedrs.federated.algorithms``, and every stage of dvc.yaml is one of them or a data stage."""
+    from tests.stage_dependencies import stages
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert spec["stages"]["train_eval"]["foreach"] == list(BASELINES)
+    assert sorted(stages()) == sorted(STAGES)
+    params = yaml.safe_load((REPO / "conf/base/parameters_baselines.yml").read_text())
+    assert all(params[name]["training"]["algorithm"] == name for name in BASELINES)
+    assert set(BASELINES) | set(HORIZONTAL) <= set(ALGORITHMS)
+    from fedrs.results import MLFLOW_ROUND_KEYS, ROUND_KEYS  # the curves MLflow shows are kept in the summary
+
+    assert set(MLFLOW_ROUND_KEYS) <= set(ROUND_KEYS)
+
+
+def test_code_defaults_equal_the_baseline_parameters():
+    """A setting missing from a parameter file means what the file would have said."""
+    import dataclasses
+
+    from fedrs.federated.local import TrainConfig
+    from fedrs.federated.server import FederatedConfig
+
+    block = yaml.safe_load((REPO / "conf/base/parameters_baselines.yml").read_text())["baseline"]
+    for cls, values in ((TrainConfig, block["train"]), (FederatedConfig, block["federated"])):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        differing = {k: (defaults[k], v) for k, v in values.items()
+                     if k in defaults and not str(v).startswith("${") and defaults[k] != v}
+        assert not differing, f"{cls.__name__} defaults differ from parameters_baselines.yml: {differing}"

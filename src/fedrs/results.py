@@ -59,6 +59,13 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
               "secagg_sums", "secagg_seconds", "test_oa_before_calibration", "calibration_clients")
 
+# the per-round curves an MLflow run shows (step = round)
+MLFLOW_ROUND_KEYS = ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up", "dp_epsilon")
+# the run-summary values an MLflow run logs beside the final scores
+MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
+                       "updates_rejected", "loss_growing_rounds", "dp_epsilon", "secagg_seconds_per_round",
+                       "oa_before_calibration")
+
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Clients lost over a run's rounds: failed (raised), dropped (no reply or no partner), updates

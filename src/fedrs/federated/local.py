@@ -28,8 +28,8 @@ MODALITIES = ("hsi", "lidar")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 2
-    batch_size: int = 32
+    epochs: int = 5
+    batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adam"       # adam | sgd

@@ -31,6 +31,12 @@ ALGORITHMS: dict[str, Algorithm] = {
     "feddiff_centralized": FedDiffAlgorithm("feddiff_centralized", exchange=False),
 }
 
+# The algorithms with a Kedro pipeline and a DVC stage of their own on the horizontal partition
+# (pipelines, dvc.yaml's foreach and parameters_baselines.yml are checked against these names);
+# FedDiff's own pipelines are named after its stages.
+BASELINES = ("centralized", "local", "fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")
+HORIZONTAL = ("fedcmi",)
+
 
 def get_algorithm(name: str) -> Algorithm:
     try:
@@ -39,4 +45,4 @@ def get_algorithm(name: str) -> Algorithm:
         raise ValueError(f"unknown algorithm {name!r}; known are {sorted(ALGORITHMS)}") from None
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "ModalityAwareAlgorithm", "get_algorithm"]
+__all__ = ["ALGORITHMS", "BASELINES", "HORIZONTAL", "Algorithm", "ModalityAwareAlgorithm", "get_algorithm"]

@@ -11,7 +11,7 @@ from fedrs.evaluation import evaluate_artifact, load_model, predict_scene
 from fedrs.federated.algorithms.base import inference_config
 from fedrs.federated.local import TrainConfig
 from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
-from fedrs.results import run_summary
+from fedrs.results import MLFLOW_ROUND_KEYS, MLFLOW_SUMMARY_KEYS, run_summary
 
 
 def evaluate(model: dict[str, Any], test_patches: dict[str, Any], history: dict[str, Any],
@@ -49,24 +49,12 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         for key, value in scores.items():
             metrics[f"{variant}.{key}"] = {"value": float(value), "step": 0}
     rounds = history.get("rounds") or []
-    for key in ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up", "dp_epsilon"):
+    for key in MLFLOW_ROUND_KEYS:
         points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]
         if points:
             metrics[f"round.{key}"] = points
     run = report.get("run", {})
-    for key in (
-        "wall_seconds",
-        "peak_rss_mb",
-        "mean_oa",
-        "worst_oa",
-        "clients_failed",
-        "clients_dropped",
-        "updates_rejected",
-        "loss_growing_rounds",
-        "dp_epsilon",
-        "secagg_seconds_per_round",
-        "oa_before_calibration",
-    ):
+    for key in MLFLOW_SUMMARY_KEYS:
         if key in run:
             metrics[key] = {"value": float(run[key]), "step": 0}
     return metrics

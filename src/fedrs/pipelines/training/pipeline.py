@@ -6,12 +6,12 @@ overrides, and writes ``<algo>.model``, ``<algo>.history`` and ``<algo>.traffic`
 
 from kedro.pipeline import Pipeline, node, pipeline
 
+from fedrs.federated.algorithms import BASELINES, HORIZONTAL
 from fedrs.pipelines.training.nodes import train_each_client, train_federated, train_pooled
 
-FEDERATED = ("fedavg", "fedprox", "fedavg_hsi", "fedavg_lidar")
-BASELINES = ("centralized", "local", *FEDERATED)
-# algorithms of the papers, trained by the same federated node on the same partition
-ALGORITHMS = ("fedcmi",)
+# the baselines, and the paper's algorithm trained by the same federated node on the same partition
+ALGORITHMS = HORIZONTAL
+__all__ = ["ALGORITHMS", "BASELINES", "create_pipeline"]
 OUTPUTS = ["model", "history", "traffic"]
 
 
