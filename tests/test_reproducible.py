@@ -75,8 +75,8 @@ def test_the_trace_names_the_first_operation_that_differs():
 # FedCMI, FedDiff with exchange, codec and calibration, a DDPM round and its features), measured as
 # STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see docs/reproducibility.md). They
 # also pin behaviour: a refactoring that changes one changed what a run computes.
-STRICT_RUNS = {"fedavg": "dead2210dafa78c9", "fedavg_dp": "27f3b881239f8ad1", "fedavg_secure_dp": "0d5d6170cc7aba18",
-               "fedcmi": "1d8923147a6b41a5", "feddiff": "46ae7294dcf3d878", "ddpm_hsi": "44cf5d21f63a4051",
+STRICT_RUNS = {"fedavg": "db62a9957a513827", "fedavg_dp": "4aacf35f8598d271", "fedavg_secure_dp": "f4ea309b0278cc3c",
+               "fedcmi": "3e350457e02fbbd2", "feddiff": "b20210a733c7d6ba", "ddpm_hsi": "44cf5d21f63a4051",
                "ddpm_features": "49bfba186a94e65a"}
 
 

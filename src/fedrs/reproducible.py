@@ -31,6 +31,8 @@ sizes). Everything must be set before the first torch operation; ``fedrs/__init_
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 ENV_FLAG = "FEDRS_REPRODUCIBLE"
 CAPS = {
@@ -103,6 +105,26 @@ def enable() -> dict[str, str]:
 def enable_from_environment() -> None:
     if requested():
         enable()
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """A block on ``count`` PyTorch threads, then back. A federated client computes on the count its
+    run configures, not on what its launcher happened to give it (Ray: the client's ``num_cpus``; a
+    SuperNode: every core): parallel reductions split by thread count, and the two engines must give
+    the same bits for the same seed."""
+    import torch
+
+    if count < 1:
+        raise ValueError(f"client_threads is {count}; expected a whole number of at least 1")
+    before = torch.get_num_threads()
+    if before != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def describe() -> dict[str, str | bool]:

@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -36,3 +37,37 @@ def test_bundles_are_read_once_kept_lru_and_reread_when_rewritten(tmp_path, monk
     _write(b, 7)
     os.utime(b, ns=(os.stat(b).st_atime_ns, os.stat(b).st_mtime_ns + 10**9))
     assert int(client_app.load_partition(b)["labels"][0]) == 7
+
+
+def test_a_client_computes_on_the_thread_count_its_run_sets_whatever_its_launcher_gave_it():
+    """Ray gives a simulated client num_cpus threads, a SuperNode every core; reductions split by
+    thread count, so the handler pins the run's ``client_threads`` (and gives the process its count back)."""
+    import pytest
+    import torch
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedrs.federated.server import FederatedConfig
+
+    def message(records):
+        return type("Message", (), {"content": RecordDict(records)})()
+
+    seen = []
+
+    @client_app.reports_traceback
+    def handler(msg, context):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise ValueError("boom")
+        return msg
+
+    launcher = torch.get_num_threads()
+    settings = FederatedConfig(algorithm="fedavg", model={}, client_threads=3).settings()
+    context = type("Context", (), {"node_config": {"partition-id": 0}})()
+    sent = message({"config": ConfigRecord({"settings": json.dumps(settings)})})
+    handler(sent, context)
+    with pytest.raises(client_app.ClientFailure, match="boom"):
+        handler(sent, context)
+    handler(message({}), context)  # a SecAgg+ stage: no settings
+    assert seen == [3, 3, client_app.DEFAULT_CLIENT_THREADS]
+    assert torch.get_num_threads() == launcher
+    assert FederatedConfig(algorithm="fedavg", model={}).settings()["client_threads"] == client_app.DEFAULT_CLIENT_THREADS

@@ -38,6 +38,7 @@ from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
 from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
+from fedrs.reproducible import torch_threads
 
 app = ClientApp()
 # Client bundles already read by this process: a Ray actor serves several simulated clients in turn,
@@ -46,8 +47,19 @@ _CACHE: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 CACHE_BYTES = 1 << 30
 
 
+DEFAULT_CLIENT_THREADS = 1  # = the simulation's default num_cpus_per_client
+
+
 class ClientFailure(RuntimeError):
     """A client's handler failed; the message carries the client's own traceback to the server."""
+
+
+def threads_of(msg: Message) -> int:
+    """The PyTorch thread count the run asks its clients to compute on (SecAgg+'s protocol
+    messages carry no settings: the default)."""
+    if "config" not in msg.content.config_records:
+        return DEFAULT_CLIENT_THREADS
+    return int(settings_of(msg).get("client_threads") or DEFAULT_CLIENT_THREADS)
 
 
 def reports_traceback(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
@@ -57,7 +69,8 @@ def reports_traceback(handler: Callable[[Message, Context], Message]) -> Callabl
     @functools.wraps(handler)
     def wrapped(msg: Message, context: Context) -> Message:
         try:
-            return handler(msg, context)
+            with torch_threads(threads_of(msg)):
+                return handler(msg, context)
         except Exception as exc:
             node = context.node_config
             raise ClientFailure(

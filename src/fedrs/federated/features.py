@@ -124,11 +124,12 @@ class FeatureJob:
     store: str = ""                       # simulation: the clients' feature store
     node_wait_timeout: float = 120.0
     timeout: float | None = 3600.0
+    client_threads: int = 1               # PyTorch threads per client (see FederatedConfig)
 
     def settings(self) -> dict[str, Any]:
         """What every message carries (the U-Nets travel as arrays)."""
         job = {k: v for k, v in asdict(self).items() if k != "unets"}
-        return {"partition_dir": self.partition_dir, "features_job": job,
+        return {"partition_dir": self.partition_dir, "features_job": job, "client_threads": self.client_threads,
                 "unet_specs": {m: e["spec"] for m, e in self.unets.items()}}
 
     def feature_settings(self) -> FeatureSettings:

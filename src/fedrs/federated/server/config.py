@@ -50,6 +50,8 @@ class FederatedConfig:
                                                       # defaults); None: off
     calibration: dict[str, Any] | None = None  # after the last round, the last layer retrained on virtual features
                                                # from the clients' class statistics (fedrs.federated.calibration)
+    client_threads: int = 1  # PyTorch threads per client on either engine: the same bits from simulation and
+                             # deployment (set the simulation's num_cpus_per_client to match)
 
     @property
     def secure(self) -> bool:
@@ -69,4 +71,5 @@ class FederatedConfig:
                 "partition_dir": self.partition_dir, "faults": self.faults, "compression": self.compression,
                 "exchange_compression": self.exchange_compression, "client_data_dirs": self.client_data_dirs,
                 "client_features": self.client_features, "privacy": self.privacy,
-                "exchange_privacy": self.exchange_privacy, "secure_aggregation": self.secure_aggregation}
+                "exchange_privacy": self.exchange_privacy, "secure_aggregation": self.secure_aggregation,
+                "client_threads": self.client_threads}
