@@ -70,4 +70,5 @@ def test_a_client_computes_on_the_thread_count_its_run_sets_whatever_its_launche
     handler(message({}), context)  # a SecAgg+ stage: no settings
     assert seen == [3, 3, client_app.DEFAULT_CLIENT_THREADS]
     assert torch.get_num_threads() == launcher
-    assert FederatedConfig(algorithm="fedavg", model={}).settings()["client_threads"] == client_app.DEFAULT_CLIENT_THREADS
+    default = FederatedConfig(algorithm="fedavg", model={}).settings()["client_threads"]
+    assert default == client_app.DEFAULT_CLIENT_THREADS
