@@ -1,0 +1,56 @@
+"""The contract every algorithm of the table keeps (``ModalityAwareAlgorithm``): ownership decides
+what a client may train and send, calibration is for clients that see every modality, scoring
+accepts only inference settings."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrs.federated.algorithms import ALGORITHMS, BASELINES, ModalityAwareAlgorithm
+from fedrs.federated.algorithms.base import inference_config, layer_inputs
+from fedrs.federated.local import TrainConfig
+from tests.federated.tiny_data import tiny_client_data
+
+FUSION_SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 16}
+CLIENTS = (("hsi",), ("lidar",), ("hsi", "lidar"))
+
+
+@pytest.mark.parametrize("name", [*BASELINES, "fedcmi"])
+def test_a_client_sends_what_it_may_train_and_nothing_of_a_modality_it_lacks(name):
+    algorithm = ALGORITHMS[name]
+    assert isinstance(algorithm, ModalityAwareAlgorithm) and algorithm.name == name
+    model = algorithm.build_model(FUSION_SPEC)
+    keys = set(model.state_dict())
+    for held in CLIENTS:
+        usable = algorithm.usable_modalities(held)
+        assert algorithm.is_eligible(held) == bool(usable)
+        if not usable:
+            continue
+        sent = algorithm.client_keys(model, held)
+        assert algorithm.trainable(model, held) <= sent <= keys
+        assert all(algorithm.owner(k) in (None, *usable) for k in sent)
+        assert algorithm.calibration_contributes(held) == (usable == algorithm.modalities)
+
+
+def test_layer_inputs_are_what_the_layer_receives_in_order_and_in_eval_mode():
+    algorithm = ALGORITHMS["fedavg"]
+    torch.manual_seed(0)
+    model = algorithm.build_model(FUSION_SPEC)
+    model.train()
+    data = tiny_client_data(np.random.default_rng(1), n=13)
+    layer = algorithm.require_calibration_layer()
+    cfg = TrainConfig.from_dict({"eval_batch_size": 5})
+    features = algorithm.client_features(model, data, ("hsi", "lidar"), {"eval_batch_size": 5})
+    width = model.get_submodule(layer).in_features
+    assert features.shape == (13, width) and not model.training
+    # the same rows, computed by hand over one batch
+    inputs = {"hsi": torch.as_tensor(data["hsi"]), "lidar": torch.as_tensor(data["lidar"])}
+    by_hand = layer_inputs(model, layer, 13, cfg, lambda sl, device: model(**{k: v[sl] for k, v in inputs.items()}))
+    assert torch.allclose(features, by_hand)
+    assert not model.get_submodule(layer)._forward_pre_hooks  # the hook is gone
+
+
+def test_scoring_keeps_only_the_inference_settings():
+    assert inference_config({"lr": 0.1, "epochs": 3, "device": "cpu", "precision": "fp32", "eval_batch_size": 7}) == \
+        {"device": "cpu", "precision": "fp32", "eval_batch_size": 7}
+    assert inference_config(None) == {}
