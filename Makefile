@@ -1,6 +1,7 @@
 # fedrs — the two set-up commands of the README:
 #   make run   create .venv, install the pinned stack + fedrs (editable), run the main pipeline and the report
 #   make test  same environment: lint (ruff), types (mypy), the docs site (broken links fail), the whole test suite
+#              on TEST_WORKERS (2) pytest-xdist workers
 #   make test-fast  the unit tests only (no pipelines, Flower engines, DVC or notebooks): the edit loop
 #   make docs  the documentation site under site/
 # A second call skips the install unless pyproject.toml (the pinned stack) changed.
@@ -13,6 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedrs-installed
 PIPELINES ?= feddiff
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 # REPRODUCIBLE=1: bit-identical numbers across CPU kinds (AVX2 code paths, oneDNN off; slower, see docs/reproducibility.md)
 REPRODUCIBLE ?=
 
@@ -46,7 +48,7 @@ test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict --quiet --site-dir site
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/ruff check src tests bench
