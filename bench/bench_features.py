@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from common import median_seconds, peak_rss_mb, save
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
-from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import gemm_gflops, median_seconds, peak_rss_mb, save
 from fedrs.evaluation import predict_scene
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.models.unet import DiffusionUNet, UNetSpec
 from fedrs.pipelines.feddiff.nodes import classifier_spec, unet_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def feddiff_artifact(bands: int, lidar_channels: int, num_classes: int, patch: i
         spec = unet_spec(shapes, modality, params["diffusion"], {"unet_size": 8})
         unets[modality] = {"spec": spec, "state": DiffusionUNet(UNetSpec.from_dict(spec)).state_dict()}
     features = {"timesteps": params["features"]["timesteps"], "seed": 0}
-    spec = classifier_spec(shapes, unets, params["classifier"], features)
+    spec = classifier_spec(shapes, unets, params["classifier"], features["timesteps"], features["seed"])
     model = get_algorithm("feddiff").build_model(spec)
     return {"algorithm": "feddiff", "spec": spec, "modalities": ["hsi", "lidar"], "state": model.state_dict(),
             "unets": unets}

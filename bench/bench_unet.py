@@ -14,8 +14,8 @@ from torch import nn
 
 from common import gemm_gflops, median_seconds, peak_rss_mb, save
 from fedrs.compute import cpu_has_native_bf16
-from fedrs.models.diffusion import LinearSchedule, diffusion_loss
-from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.feddiff.diffusion import LinearSchedule, diffusion_loss
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 
 VARIANTS = {"frequency (complex)": {}, "frequency (real part, authors')": {"complex_fft": False},
             "no frequency block": {"frequency_block": False}}

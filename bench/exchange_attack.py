@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from common import save
+from fedrs.feddiff.algorithm import branch_inputs
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.algorithms.feddiff import branch_inputs
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.privacy import ExchangeProtection, protect_exchange
 from fedrs.federated.wire import pack_tensors, unpack_tensors

@@ -65,7 +65,7 @@ VARIANTS = {
 def run_variant(env: str, name: str, overrides: dict[str, str], seed: int | None, base: dict[str, str]) -> dict:
     params = {**base, **overrides}
     if seed is not None:
-        params["feddiff.seed"] = str(seed)
+        params["compute.seed"] = str(seed)  # stage 3 only: the stored features keep the seed they were drawn with
     cmd = [str(Path(sys.executable).parent / "kedro"), "run", f"--env={env}", "--pipelines=feddiff",
            "--from-nodes=feddiff.train_classifier", "--to-nodes=feddiff.evaluate"]
     if params:

@@ -130,3 +130,19 @@ def isolate_mlflow(monkeypatch):
 
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
+
+
+# the tiny federations of tests/federated/tiny.py, built once per test session (federated and FedDiff tests)
+@pytest.fixture(scope="session")
+def tiny_federation(tmp_path_factory) -> dict:
+    from tests.federated.tiny import horizontal_federation
+
+    return horizontal_federation(tmp_path_factory.mktemp("federation"))
+
+
+@pytest.fixture(scope="session")
+def tiny_split_federation(tmp_path_factory) -> dict:
+    """FedDiff's layout: 2 sites × {HSI holder, LiDAR holder}, with (random) diffusion features."""
+    from tests.federated.tiny import split_federation
+
+    return split_federation(tmp_path_factory.mktemp("split"))

@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
-from fedrs.federated.server import FederatedConfig, run_rounds
-from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.loop import run_rounds
 from tests.federated.fake_grid import FakeGrid
 from tests.federated.tiny import horizontal_federation, split_federation
 

@@ -191,7 +191,7 @@ def test_code_defaults_equal_the_baseline_parameters():
     import dataclasses
 
     from fedrs.federated.local import TrainConfig
-    from fedrs.federated.server import FederatedConfig
+    from fedrs.federated.server.config import FederatedConfig
 
     block = yaml.safe_load((REPO / "conf/base/parameters_baselines.yml").read_text())["baseline"]
     for cls, values in ((TrainConfig, block["train"]), (FederatedConfig, block["federated"])):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -79,3 +80,12 @@ def compute_policy(device: str = "auto", precision: str = "fp32") -> ComputePoli
                              "emulate it, 10-25× slower than fp32. Use precision: fp32 (the default), or "
                              "bf16-force to accept the emulation")
     return ComputePolicy(resolved, torch.bfloat16)
+
+
+COMPUTE_KEYS = ("device", "precision")
+
+
+def with_compute(block: dict[str, Any] | None, compute: dict[str, Any]) -> dict[str, Any]:
+    """A training or inference block with the run's device and precision (the ``compute``
+    parameters, conf/base/parameters_compute.yml): one place says how every stage computes."""
+    return {**(block or {}), **{k: compute[k] for k in COMPUTE_KEYS if k in compute}}

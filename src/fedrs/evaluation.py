@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.algorithm_base import ClassifierAlgorithm
+from fedrs.federated.algorithms import get_classifier
 from fedrs.patching import apply_normaliser, iter_scene_patches
 
 
-def load_model(artifact: dict[str, Any]) -> tuple[Any, torch.nn.Module]:
-    algorithm = get_algorithm(artifact["algorithm"])
+def load_model(artifact: dict[str, Any]) -> tuple[ClassifierAlgorithm, torch.nn.Module]:
+    algorithm = get_classifier(artifact["algorithm"])
     model = algorithm.build_model(artifact["spec"])
     model.load_state_dict(artifact["state"])
     return algorithm, model.eval()

@@ -23,9 +23,9 @@ def probe(steps: int = 20, width: int = 32, trace: bool = False) -> dict[str, An
     weights. Equal digests on two machines mean bit-identical weights. With ``trace`` every aten
     operation's output digest is recorded in order (``OpTrace``), so two machines' traces name the
     first operation whose result differs."""
-    from fedrs.models.baselines import FusionCNN, FusionSpec
-    from fedrs.models.diffusion import LinearSchedule, diffusion_loss
-    from fedrs.models.unet import DiffusionUNet, UNetSpec
+    from fedrs.feddiff.diffusion import LinearSchedule, diffusion_loss
+    from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
+    from fedrs.models.fusion_cnn import FusionCNN, FusionSpec
 
     tracer = OpTrace() if trace else None
     torch.manual_seed(0)

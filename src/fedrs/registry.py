@@ -66,7 +66,7 @@ def _map(args: argparse.Namespace) -> None:
         # the map the evaluation pipeline draws, with this project's patch and inference settings
         _, figure = classification_map(load_registered_artifact(args.uri), catalog.load("scene"),
                                        catalog.load("normalisation"), catalog.load("params:patches"),
-                                       catalog.load("params:evaluation"))
+                                       catalog.load("params:evaluation"), catalog.load("params:compute"))
         figure.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"Classification map of {args.uri} written to {args.out}")
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedrs.feddiff.classifier import FedDiffClassifier
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import (
     CalibrationConfig,
@@ -15,8 +16,8 @@ from fedrs.federated.calibration import (
     pool_statistics,
 )
 from fedrs.federated.local import TrainConfig
-from fedrs.federated.server import FederatedConfig, run_rounds, start_run
-from fedrs.models.fusion import FedDiffClassifier
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.loop import run_rounds, start_run
 from tests.federated.fake_grid import FakeGrid
 
 
@@ -123,7 +124,7 @@ def test_feddiff_captures_the_input_of_head1s_last_convolution(tiny_split_federa
         cnn, diff = model.lidar_branch(torch.randn(n, spec["lidar_channels"], 8, 8), torch.randn(n, 16, 4, 4))
     partner = {"cnn": cnn, "diff": diff}
     z = algorithm.client_features(model, data, ("hsi",), {}, partner=partner)
-    from fedrs.federated.algorithms.feddiff import branch_inputs
+    from fedrs.feddiff.algorithm import branch_inputs
 
     with torch.no_grad():
         o1 = model.fuse(*model.hsi_branch(*branch_inputs(data, "hsi", model.spec)), cnn, diff)[0]

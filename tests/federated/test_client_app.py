@@ -46,7 +46,7 @@ def test_a_client_computes_on_the_thread_count_its_run_sets_whatever_its_launche
     import torch
     from flwr.app import ConfigRecord, RecordDict
 
-    from fedrs.federated.server import FederatedConfig
+    from fedrs.federated.server.config import FederatedConfig
 
     def message(records):
         return type("Message", (), {"content": RecordDict(records)})()

@@ -8,7 +8,7 @@ import torch
 
 from fedrs.federated.deployment import run_from_settings
 from fedrs.federated.jobs import RoundsJob
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 from tests.federated.fake_grid import FakeGrid
 
 

@@ -4,9 +4,9 @@ ServerApp and read back, it must be the same job (same result for the same seed)
 import pytest
 import torch
 
-from fedrs.federated.features import FeatureJob
+from fedrs.feddiff.features import FeatureJob
 from fedrs.federated.jobs import FeaturesJob, RoundsJob, read_job
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 from tests.federated.fake_grid import FakeGrid
 
 

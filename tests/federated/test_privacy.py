@@ -9,9 +9,9 @@ import torch
 
 from fedrs.federated.aggregation import ClientUpdate
 from fedrs.federated.privacy import PrivacyConfig, clip_update, epsilon_spent, private_aggregate
-from fedrs.federated.server import run_rounds
+from fedrs.federated.server.loop import run_rounds
 from tests.federated.fake_grid import FakeGrid
-from tests.federated.test_server import config
+from tests.federated.server.runs import config
 
 
 def test_clipping_bounds_the_update_norm_hand_values():
@@ -119,9 +119,9 @@ def test_exchange_protection_clips_each_pixel_and_adds_noise_of_the_stated_scale
 
 
 def test_the_exchange_option_changes_what_is_sent_and_is_reported(tiny_split_federation):
-    from fedrs.federated.server import configure_round, exchange_features
+    from fedrs.federated.server.steps import configure_round
     from fedrs.federated.wire import unpack_tensors
-    from tests.federated.test_server import started
+    from tests.federated.server.runs import started
 
     fed = tiny_split_federation
     relayed = {}
@@ -129,7 +129,7 @@ def test_the_exchange_option_changes_what_is_sent_and_is_reported(tiny_split_fed
         grid, run, _ = started(fed, algorithm="feddiff", min_clients=2, client_data_dirs=[fed["features_dir"]],
                                exchange_privacy=option)
         record = configure_round(run, 1)
-        exchange_features(grid, run, record)
+        run.protocol.before_updates(grid, run, record)
         relayed[label] = {c: unpack_tensors(*pair) for c, pair in record.relayed.items()}
         row = record.row()
     assert row["exchange_noise_std"] == pytest.approx(0.05) and 0.0 <= row["exchange_clipped_fraction"] <= 1.0

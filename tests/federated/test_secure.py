@@ -19,16 +19,10 @@ from fedrs.federated.secure import (
     contribution,
     secure_groups,
 )
-from fedrs.federated.server import (
-    aggregate_round,
-    collect_updates,
-    configure_round,
-    exchange_features,
-    run_rounds,
-    start_run,
-)
+from fedrs.federated.server.loop import run_rounds, start_run
+from fedrs.federated.server.steps import aggregate_round, collect_updates, configure_round
 from tests.federated.fake_grid import FakeGrid
-from tests.federated.test_server import config
+from tests.federated.server.runs import config
 
 
 def test_tensors_held_by_the_same_clients_share_one_secure_sum():
@@ -89,7 +83,7 @@ def _feddiff_round(fed, secure):
     run, _ = start_run(grid, config(fed, algorithm="feddiff", min_clients=2, client_data_dirs=[fed["features_dir"]],
                                     secure_aggregation=secure), fed["test"], fed["num_clients"])
     record = configure_round(run, 1)
-    exchange_features(grid, run, record)
+    run.protocol.before_updates(grid, run, record)
     collect_updates(grid, run, record)
     aggregate_round(run, record)
     return grid, run, record

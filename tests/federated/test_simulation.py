@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedrs.federated.engine import SimulationResources, run_simulation_engine
-from fedrs.federated.server import FederatedConfig, RunInterrupted, run_rounds
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.loop import RunInterrupted, run_rounds
 from tests.federated.fake_grid import FakeGrid
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from fedrs.datasets import NpzDataset
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.standalone import summarise_local, train_centralized, train_local
 
 

@@ -27,7 +27,7 @@ def test_the_unet_size_of_the_patch_parameters_reaches_the_unet_and_the_classifi
     spec = unet_spec(patches, "hsi", diffusion, {"unet_size": 12})
     assert spec["size"] == 12
     unets = {m: {"spec": unet_spec(patches, m, diffusion, {"unet_size": 12})} for m in ("hsi", "lidar")}
-    classifier = classifier_spec(patches, unets, {"model": {}}, {"timesteps": [5], "seed": 0})
+    classifier = classifier_spec(patches, unets, {"model": {}}, [5], 0)
     assert classifier["unet_size"] == 12 and classifier["hsi_feature_channels"] == 16
     ddpm = get_algorithm("ddpm_hsi")
     model = ddpm.build_model(spec)

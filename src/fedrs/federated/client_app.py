@@ -30,10 +30,11 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
-from fedrs.federated.algorithms import Algorithm, get_algorithm
+from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
+from fedrs.federated.algorithm_base import Algorithm
+from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import class_feature_statistics
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
-from fedrs.federated.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
 from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
@@ -123,7 +124,7 @@ def load_array(path: Path) -> np.ndarray:
 
 def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
     """The message's settings and the client's own data: its partition, and — for a model that
-    uses diffusion features — the features it computed itself in stage 2 (``fedrs.federated.features``)."""
+    uses diffusion features — the features it computed itself in stage 2 (``fedrs.feddiff.features``)."""
     settings = settings_of(msg)
     path = partition_path(context, settings)
     data = load_partition(path, settings.get("client_data_dirs") or ())

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from fedrs.config import from_mapping
 from fedrs.federated.jobs import Job, RoundsJob
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from flwr.serverapp import Grid
 
 from fedrs.datasets._files import atomic_path
 from fedrs.datasets.npz import NpzDataset
-from fedrs.federated.features import FeatureJob, run_feature_job
-from fedrs.federated.server import FederatedConfig, run_rounds
+from fedrs.feddiff.features import FeatureJob, run_feature_job
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.loop import run_rounds
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.local import derive_seed, lr_at_round
-from fedrs.federated.server import FederatedConfig, eval_subset, loss_growth
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.state import eval_subset
+from fedrs.federated.server.watch import loss_growth
 
 
 def train_centralized(train: dict[str, Any], test: dict[str, Any], cfg: FederatedConfig

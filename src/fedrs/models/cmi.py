@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.models.baselines import HsiPatchEncoder, LidarPatchEncoder
+from fedrs.models.fusion_cnn import HsiPatchEncoder, LidarPatchEncoder
 
 
 def cmi_parameter_modality(name: str) -> str | None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedrs.compute import compute_policy
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.aggregation import ClientUpdate
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from tests.federated.tiny_data import tiny_client_data
 
 BF16 = {"epochs": 1, "batch_size": 8, "precision": "bf16-force"}

@@ -1,16 +1,16 @@
 """Every algorithm the federated runtime runs, by name: one literal table.
 
-Each module defines its algorithm against ``base.Algorithm`` and imports nothing from this
+Each module defines its algorithm against ``fedrs.federated.algorithm_base.Algorithm`` and imports nothing from this
 package's ``__init__``; this table is the only place that names them all.
 """
 
 from __future__ import annotations
 
-from fedrs.federated.algorithms.base import Algorithm, ModalityAwareAlgorithm
-from fedrs.federated.algorithms.ddpm import DiffusionAlgorithm
+from fedrs.feddiff.algorithm import FedDiffAlgorithm
+from fedrs.feddiff.ddpm import DiffusionAlgorithm
+from fedrs.federated.algorithm_base import Algorithm, ClassifierAlgorithm
 from fedrs.federated.algorithms.fedcmi import FedCMIAlgorithm
-from fedrs.federated.algorithms.feddiff import FedDiffAlgorithm
-from fedrs.federated.algorithms.fusion import FusionAlgorithm
+from fedrs.federated.algorithms.fusion_cnn import FusionAlgorithm
 
 ALGORITHMS: dict[str, Algorithm] = {
     # the baselines: the two-branch fusion CNN (or one branch of it)
@@ -45,4 +45,15 @@ def get_algorithm(name: str) -> Algorithm:
         raise ValueError(f"unknown algorithm {name!r}; known are {sorted(ALGORITHMS)}") from None
 
 
-__all__ = ["ALGORITHMS", "BASELINES", "HORIZONTAL", "Algorithm", "ModalityAwareAlgorithm", "get_algorithm"]
+def get_classifier(name: str) -> ClassifierAlgorithm:
+    """An algorithm whose model predicts classes (every one but the diffusion stage's)."""
+    algorithm = get_algorithm(name)
+    if not isinstance(algorithm, ClassifierAlgorithm):
+        known = sorted(n for n, a in ALGORITHMS.items() if isinstance(a, ClassifierAlgorithm))
+        raise ValueError(f"{name!r} trains no classifier (a diffusion model predicts no classes); "
+                         f"classifiers are {known}")
+    return algorithm
+
+
+__all__ = ["ALGORITHMS", "BASELINES", "HORIZONTAL", "Algorithm", "ClassifierAlgorithm", "get_algorithm",
+           "get_classifier"]

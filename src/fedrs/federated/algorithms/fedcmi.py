@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.federated.algorithms.base import VARIANT_KEYS, Modalities, ModalityAwareAlgorithm
+from fedrs.federated.algorithm_base import VARIANT_KEYS, ClassifierAlgorithm, Modalities
 from fedrs.federated.local import Batch, Objective, TrainConfig, batch_inputs, split_config, train_objective
 from fedrs.models.cmi import CmiSpec, CrossModalInfiltrationNet, cmi_parameter_modality
 
@@ -161,7 +161,7 @@ def cmi_local_update(model: CrossModalInfiltrationNet, data: dict[str, Any], mod
 
 
 @dataclass(frozen=True)
-class FedCMIAlgorithm(ModalityAwareAlgorithm):
+class FedCMIAlgorithm(ClassifierAlgorithm):
     def owner(self, parameter: str) -> str | None:
         return cmi_parameter_modality(parameter)
 

@@ -26,8 +26,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import compute_stdv
 
 from fedrs.federated.aggregation import ClientUpdate, screen_updates
-from fedrs.federated.algorithms import Algorithm
-from fedrs.federated.algorithms.base import ModalityAwareAlgorithm
+from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
 from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
@@ -104,7 +103,7 @@ class SecureAggregator(PlainAggregator):
 
     def check(self, cfg: FederatedConfig, algorithm: Algorithm) -> None:
         SecureAggregationConfig.from_dict(cfg.secure_aggregation or {})
-        if type(algorithm).aggregate is not ModalityAwareAlgorithm.aggregate:
+        if type(algorithm).aggregate is not Algorithm.aggregate:
             raise ValueError(f"secure_aggregation: {cfg.algorithm} does not aggregate by (modality-aware) weighted "
                              "means, the only aggregate a secure sum gives")
         if cfg.compression:

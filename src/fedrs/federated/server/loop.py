@@ -12,6 +12,7 @@ import torch
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
+from fedrs.feddiff.relay import PartnerRelay
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig
@@ -21,6 +22,7 @@ from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.downlink import Downlink
 from fedrs.federated.server.messaging import discover_clients, wait_for_nodes
 from fedrs.federated.server.passes import calibration_round, check_calibration, statistics_round
+from fedrs.federated.server.protocol import RoundProtocol
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState, eval_subset
 from fedrs.federated.server.steps import (
@@ -30,11 +32,13 @@ from fedrs.federated.server.steps import (
     collect_updates,
     configure_round,
     evaluate_round,
-    exchange_features,
 )
 from fedrs.federated.server.watch import FailureWatch, loss_growth
 
 logger = logging.getLogger(__name__)
+
+# the round protocols by the name an algorithm gives (``Algorithm.round_protocol``)
+PROTOCOLS: dict[str, type[RoundProtocol]] = {"uniform": RoundProtocol, "partner_relay": PartnerRelay}
 
 
 class RunInterrupted(RuntimeError):
@@ -56,7 +60,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
-    run = RunState(cfg, algorithm, aggregator, model, {k: v.detach().clone() for k, v in model.state_dict().items()},
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    run = RunState(cfg, algorithm, aggregator, PROTOCOLS[algorithm.round_protocol](), model, initial,
                    np.random.default_rng(derive_seed(cfg.seed, 1)), clients, eligible,
                    eval_subset(test, cfg.eval_samples, cfg.seed), downlink)
     return run, resume(run)
@@ -82,8 +87,7 @@ def resume(run: RunState) -> int:
 
 def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
     record = configure_round(run, rnd)
-    if run.algorithm.exchanges_features:
-        exchange_features(grid, run, record)
+    run.protocol.before_updates(grid, run, record)
     collect_updates(grid, run, record)
     aggregate_round(run, record)
     accumulate_tail(run, rnd)

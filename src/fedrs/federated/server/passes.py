@@ -9,13 +9,13 @@ import logging
 import torch
 from flwr.serverapp import Grid
 
-from fedrs.federated.algorithms import Algorithm
+from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, pool_statistics
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState
-from fedrs.federated.server.steps import collect_updates, encode_downloads, evaluate_round, exchange_features
+from fedrs.federated.server.steps import collect_updates, encode_downloads, evaluate_round
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ def statistics_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         return
     evaluate_round(run, record)  # the gain of the pass, in the history
     record.scores_before_statistics = dict(record.scores)
-    # with an exchange, the partner outputs of the first pass still carry the old statistics (the
-    # partner's branch runs in eval mode): a second pass sees the pooled ones, as the test pixels will
-    for _ in range(2 if run.algorithm.exchanges_features else 1):
+    for _ in range(run.protocol.statistics_passes):
         statistics_pass_round(grid, run, record)
 
 
@@ -43,8 +41,7 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
     for cid in sub.sampled:  # the statistics must be those of the exact final weights, not of a
         run.downlink.forget(cid)  # compressed copy: the first download of the pass goes dense
     encode_downloads(run, sub)
-    if run.algorithm.exchanges_features:
-        exchange_features(grid, run, sub)
+    run.protocol.before_updates(grid, run, sub)
     collect_updates(grid, run, sub)
     finite, rejected = run.aggregator.screen(run, sub, outliers=False)
     if finite and run.aggregator.ready(sub):
@@ -92,8 +89,7 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
     sub = RoundRecord(record.round, record.lr, settings, contributors, "calibration")
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
-    if run.algorithm.exchanges_features:
-        exchange_features(grid, run, sub)
+    run.protocol.before_updates(grid, run, sub)
     collect_updates(grid, run, sub)
     parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
     merge_pass(record, sub, "calibration")

@@ -1,4 +1,4 @@
-"""What the round steps share across rounds (``RunState``), and the seeded choices they make."""
+"""What the round steps share across rounds (``RunState``), and the seeded test subset they score."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from fedrs.federated.aggregation import State
-from fedrs.federated.algorithms import Algorithm
+from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.local import derive_seed
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.downlink import Downlink
 
 if TYPE_CHECKING:
     from fedrs.federated.server.aggregators import Aggregator
+    from fedrs.federated.server.protocol import RoundProtocol
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunState:
     cfg: FederatedConfig
     algorithm: Algorithm
     aggregator: Aggregator
+    protocol: RoundProtocol
     model: torch.nn.Module
     global_state: State
     rng: np.random.Generator
@@ -49,14 +51,3 @@ def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any
         return test
     idx = np.sort(np.random.default_rng(derive_seed(seed, 7_777)).choice(total, n, replace=False))
     return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
-
-
-def sample_clients(rng: np.random.Generator, eligible: list[int], k: int, clients: dict[int, dict[str, Any]],
-                   by_site: bool) -> list[int]:
-    """``k`` clients uniformly (seeded); with ``by_site``, whole sites so both holders take part."""
-    if not by_site:
-        return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
-    sites = sorted({clients[c]["site"] for c in eligible})
-    per_site = max(1, round(k * len(sites) / max(len(eligible), 1)))
-    chosen = {int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False)}
-    return sorted(c for c in eligible if clients[c]["site"] in chosen)

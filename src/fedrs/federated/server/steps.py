@@ -1,19 +1,19 @@
 """The steps of one round, each a function over the run and the round's record (tests drive them
-against a fake grid): configure (sample, learning rate, downloads), exchange (FedDiff's partner
-relay), collect the updates, aggregate, evaluate — and the tail average of the last rounds."""
+against a fake grid): configure (sample, learning rate, downloads), collect the updates, aggregate,
+evaluate — and the tail average of the last rounds. What an algorithm adds between configure and
+collect is its round protocol's (``protocol``)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedrs.federated.local import lr_at_round
 from fedrs.federated.server.messaging import make_message, payload_counts
 from fedrs.federated.server.record import Download, RoundRecord
-from fedrs.federated.server.state import RunState, sample_clients
+from fedrs.federated.server.state import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 def configure_round(run: RunState, rnd: int) -> RoundRecord:
     """Sample the round's clients and encode each one's download of the global weights."""
     cfg = run.cfg
-    sampled = sample_clients(
-        run.rng, run.eligible, run.per_round, run.clients, by_site=run.algorithm.exchanges_features
-    )
+    sampled = run.protocol.sample(run.rng, run.eligible, run.per_round, run.clients)
     lr = lr_at_round(float(cfg.train.get("lr", 1e-3)), rnd, cfg.num_rounds, cfg.lr_schedule)
     settings = {**cfg.settings(), "round": rnd, "train": {**cfg.train, "lr": lr}}
     record = RoundRecord(rnd, lr, settings, sampled)
@@ -42,54 +40,14 @@ def encode_downloads(run: RunState, record: RoundRecord, exact: bool = False) ->
         record.log_traffic(cid, "down", "weights", dense, sent)
 
 
-def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
-    """Collect each client's encoded branch outputs (the weights travel with this message) and
-    relay them, untouched, to its site partner. The server never decodes them; a client whose
-    partner could not deliver is dropped from the round."""
-    cfg, clients = run.cfg, run.clients
-    messages = [
-        make_message(
-            dict(record.downloads[c].content), record.settings, clients[c]["node"], "query.exchange", record.round
-        )
-        for c in record.sampled
-    ]
-    replies = record.send_and_receive(grid, messages, cfg.round_timeout)
-    delivered: dict[int, Message] = {}
-    for cid in record.sampled:
-        reply = replies.get(clients[cid]["node"])
-        if record.note_reply(cid, reply, "exchange"):
-            assert reply is not None
-            delivered[cid] = reply
-            record.log_traffic(cid, "up", "features", *payload_counts(reply))
-            metrics = reply.content.metric_records["metrics"]
-            if "exchange_noise_std" in metrics:  # what the protection did, reported with the round
-                record.exchange_protection[cid] = (float(str(metrics["exchange_clipped_fraction"])),
-                                                   float(str(metrics["exchange_noise_std"])))
-    for cid in list(delivered):
-        partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
-        if not partners:
-            record.dropped.append(
-                {"client_id": cid, "stage": "exchange", "reason": "its site partner delivered no features"}
-            )
-            continue
-        reply = delivered[partners[0]]
-        record.relayed[cid] = (reply.content.array_records["arrays"], reply.content.config_records["codec"])
-        record.log_traffic(cid, "down", "features", *payload_counts(reply))
-
-
 def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
     """Ask the round's remaining participants for their operation (``record.operation``: a local
     update, or a pass's statistics) and turn their replies into updates (``run.aggregator``:
     decoded, or held on the clients for the secure sums)."""
-    cfg, clients, exchanged = run.cfg, run.clients, run.algorithm.exchanges_features
+    cfg, clients = run.cfg, run.clients
     participants = record.participants
-    messages = []
-    for cid in participants:
-        content = {} if exchanged else dict(record.downloads[cid].content)  # exchanged: weights already there
-        if cid in record.relayed:
-            content["partner"], content["partner_codec"] = record.relayed[cid]
-        messages.append(make_message(content, record.settings, clients[cid]["node"], record.message_type,
-                                     record.round))
+    messages = [make_message(run.protocol.update_content(record, cid), record.settings, clients[cid]["node"],
+                             record.message_type, record.round) for cid in participants]
     replies = record.send_and_receive(grid, messages, cfg.round_timeout)
     for cid in participants:
         reply = replies.get(clients[cid]["node"])

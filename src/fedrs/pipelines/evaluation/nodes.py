@@ -7,18 +7,19 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
+from fedrs.compute import with_compute
 from fedrs.evaluation import evaluate_artifact, load_model, predict_scene
-from fedrs.federated.algorithms.base import inference_config
+from fedrs.federated.algorithm_base import inference_config
 from fedrs.federated.local import TrainConfig
 from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
 from fedrs.results import MLFLOW_ROUND_KEYS, MLFLOW_SUMMARY_KEYS, run_summary
 
 
 def evaluate(model: dict[str, Any], test_patches: dict[str, Any], history: dict[str, Any],
-             params: dict[str, Any]) -> tuple[dict, Figure]:
+             params: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, Figure]:
     """The test scores, how they were computed, and a summary of the run that trained the model (so
     the report can be rebuilt from the metrics files alone)."""
-    inference = params.get("inference", {})
+    inference = with_compute(params.get("inference"), compute)
     report = evaluate_artifact(model, test_patches, inference)
     report["evaluation"] = TrainConfig.from_dict(inference_config(inference)).policy().describe()
     report["run"] = run_summary(history)
@@ -26,10 +27,12 @@ def evaluate(model: dict[str, Any], test_patches: dict[str, Any], history: dict[
 
 
 def classification_map(model: dict[str, Any], scene: dict[str, Any], normalisation: dict[str, Any],
-                       patches: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, Any], Figure]:
+                       patches: dict[str, Any], params: dict[str, Any], compute: dict[str, Any]
+                       ) -> tuple[dict[str, Any], Figure]:
     """The predicted class of every pixel (kept for the report's side-by-side maps) and its figure."""
     prediction = predict_scene(model, scene, normalisation, int(patches["patch_size"]),
-                               int(patches.get("inference_batch_size", 4096)), params.get("inference", {}))
+                               int(patches.get("inference_batch_size", 4096)),
+                               with_compute(params.get("inference"), compute))
     return {"prediction": prediction}, classification_map_figure(prediction, scene, model["algorithm"])
 
 

@@ -12,9 +12,10 @@ from fedrs.pipelines.evaluation.nodes import classification_map, curves, evaluat
 
 def create_template() -> Pipeline:
     return Pipeline([
-        node(evaluate, ["model", "test_patches", "history", "params:evaluation"], ["metrics", "confusion_plot"],
-             name="evaluate"),
-        node(classification_map, ["model", "scene", "normalisation", "params:patches", "params:evaluation"],
+        node(evaluate, ["model", "test_patches", "history", "params:evaluation", "params:compute"],
+             ["metrics", "confusion_plot"], name="evaluate"),
+        node(classification_map, ["model", "scene", "normalisation", "params:patches", "params:evaluation",
+                                  "params:compute"],
              ["prediction", "classification_map_plot"], name="classification_map"),
         node(curves, "history", "curves_plot", name="curves"),
         node(mlflow_metrics, ["metrics", "history"], "mlflow_metrics", name="mlflow_metrics"),
@@ -26,4 +27,4 @@ def create_pipeline(algorithm: str, test_inputs: str = "test_patches") -> Pipeli
     """``test_inputs``: what the model is scored on (FedDiff: the test patches with their features)."""
     return pipeline(create_template(), namespace=algorithm,
                     inputs={"test_patches": test_inputs, "scene": "scene", "normalisation": "normalisation"},
-                    parameters={"params:evaluation": "params:evaluation", "params:patches": "params:patches"})
+                    parameters={k: k for k in ("params:evaluation", "params:patches", "params:compute")})

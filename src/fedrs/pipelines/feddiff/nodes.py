@@ -12,15 +12,16 @@ from typing import Any
 import pandas as pd
 
 from fedrs.cache import content_digest
+from fedrs.compute import with_compute
+from fedrs.feddiff.algorithm import MODALITIES
+from fedrs.feddiff.features import FeatureJob
+from fedrs.feddiff.unet import UNetSpec
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.algorithms.feddiff import MODALITIES
 from fedrs.federated.engine import FederationConfig, SimulationResources, run_job
-from fedrs.federated.features import FeatureJob
 from fedrs.federated.jobs import FeaturesJob, RoundsJob
 from fedrs.federated.local import TrainConfig
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.standalone import train_centralized
-from fedrs.models.unet import UNetSpec
 from fedrs.results import artifact, run_history, traffic_table
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ def unet_spec(patches: dict[str, Any], modality: str, diffusion: dict[str, Any],
 
 
 def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: dict[str, Any],
-                    features: dict[str, Any]) -> dict[str, Any]:
-    """The classifier's spec: data shapes, feature channels of the U-Nets at the feature timesteps."""
-    timesteps = list(features["timesteps"])
+                    timesteps: list[int], seed: int) -> dict[str, Any]:
+    """The classifier's spec: data shapes, feature channels of the U-Nets at the diffusion features'
+    timesteps, and the seed that drew the features' noise."""
+    timesteps = list(timesteps)
     spec = {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
             "num_classes": int(patches["num_classes"]), **classifier["model"],
-            "timesteps": timesteps, "feature_seed": int(features["seed"])}
+            "timesteps": timesteps, "feature_seed": int(seed)}
     for modality in MODALITIES:
         unet = UNetSpec.from_dict(unets[modality]["spec"])
         spec[f"{modality}_feature_channels"] = unet.base_channels * unet.channel_mult[-1] * len(timesteps)
@@ -60,9 +62,11 @@ def _artifact(name: str, spec: dict[str, Any], unets: dict[str, Any], state: dic
                     unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities})
 
 
-def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], seed: int, **extra: Any) -> FederatedConfig:
+def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], compute: dict[str, Any],
+            **extra: Any) -> FederatedConfig:
     return FederatedConfig.from_dict({**stage.get("federated", {}), "algorithm": algorithm, "model": spec,
-                                      "train": stage.get("train", {}), "seed": int(seed), **extra})
+                                      "train": with_compute(stage.get("train"), compute),
+                                      "seed": int(compute["seed"]), **extra})
 
 
 def _store(feature_cache_dir: str, federation: dict[str, Any]) -> str:
@@ -71,58 +75,61 @@ def _store(feature_cache_dir: str, federation: dict[str, Any]) -> str:
 
 
 def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
-                    test_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any], seed: int,
-                    resources: dict[str, Any], federation: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                    test_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any],
+                    resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stage 1: one federated DDPM per modality, over the clients that hold it."""
     started = time.perf_counter()
     unets, rounds = {}, {}
     for modality in MODALITIES:
         spec = unet_spec(test_patches, modality, diffusion, patch_params)
-        cfg = _config(f"ddpm_{modality}", spec, diffusion, seed, partition_dir=partition_dir,
+        cfg = _config(f"ddpm_{modality}", spec, diffusion, compute, partition_dir=partition_dir,
                       checkpoint_dir=f"{checkpoint_dir}/ddpm_{modality}")
         result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
                          SimulationResources.from_dict(resources), deployment_dir)
         unets[modality] = {"spec": spec, "state": result["state"]}
         rounds[modality] = result["history"]
-    return unets, run_history("feddiff_diffusion", [], started, diffusion.get("train"), stages=rounds)
+    return unets, run_history("feddiff_diffusion", [], started, with_compute(diffusion.get("train"), compute),
+                              stages=rounds)
 
 
 def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_dir: str, feature_cache_dir: str,
                      deployment_dir: str, features: dict[str, Any], resources: dict[str, Any],
-                     federation: dict[str, Any]) -> dict[str, Any]:
+                     federation: dict[str, Any], compute: dict[str, Any]) -> dict[str, Any]:
     """Stage 2, on the clients: each one receives the global U-Net of its modality and computes the
-    features of its own pixels into its own store (``fedrs.federated.features``); this node only
+    features of its own pixels into its own store (``fedrs.feddiff.features``); this node only
     learns their shapes and digests. A store keeps features of an unchanged U-Net and partition."""
-    job = FeatureJob(unets=unets, timesteps=list(features["timesteps"]), seed=int(features["seed"]),
-                     device=str(features.get("device", "auto")), precision=str(features.get("precision", "fp32")),
+    job = FeatureJob(unets=unets, timesteps=list(features["timesteps"]), seed=int(compute["seed"]),
+                     device=str(compute["device"]), precision=str(compute["precision"]),
                      cache=bool(features.get("cache", True)), partition_dir=partition_dir,
                      store=_store(feature_cache_dir, federation))
     result = run_job(FeaturesJob(job), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(resources), deployment_dir)
-    policy = TrainConfig.from_dict({k: features[k] for k in ("device", "precision") if k in features}).policy()
+    policy = TrainConfig.from_dict(with_compute({}, compute)).policy()
     return {**result, "compute": policy.describe()}
 
 
 def train_classifier(manifest: dict[str, Any], partition_dir: str, features_manifest: dict[str, Any],
                      checkpoint_dir: str, deployment_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
-                     test_patches: dict[str, Any], classifier: dict[str, Any], features: dict[str, Any], seed: int,
-                     resources: dict[str, Any], federation: dict[str, Any]
+                     test_patches: dict[str, Any], classifier: dict[str, Any],
+                     resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
                      ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Stage 3: federated classifier rounds with the compressed feature exchange; each client reads
     the features it computed in stage 2 (named by ``features_manifest``)."""
     started = time.perf_counter()
-    spec = classifier_spec(test_patches, unets, classifier, features)
+    # the features the clients computed in stage 2, as its manifest names them
+    spec = classifier_spec(test_patches, unets, classifier, features_manifest["timesteps"], features_manifest["seed"])
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so it scores the global model centrally
-    test_inputs = get_algorithm(name).prepare(model_artifact, test_patches, features)
+    test_inputs = get_algorithm(name).prepare(model_artifact, test_patches, with_compute({}, compute))
     digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
     if features_manifest["unets"] != digests:
         raise ValueError(f"the features manifest names U-Nets {features_manifest['unets']}, but stage 1's are "
                          f"{digests}: run stage 2 (feddiff.extract_features) again")
     client_features = features_manifest["settings"] if spec.get("use_diffusion", True) else None
-    cfg = _config(name, spec, classifier, seed, partition_dir=partition_dir, checkpoint_dir=f"{checkpoint_dir}/{name}",
-                  client_features=client_features)
+    cfg = _config(name, spec, classifier, compute, partition_dir=partition_dir,
+                  checkpoint_dir=f"{checkpoint_dir}/{name}", client_features=client_features)
     result = run_job(RoundsJob(cfg, test_inputs), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(resources), deployment_dir)
     model_artifact["state"] = result["state"]
@@ -153,7 +160,7 @@ def train_diffusion_pooled(
     test_patches: dict[str, Any],
     diffusion: dict[str, Any],
     patch_params: dict[str, Any],
-    seed: int,
+    compute: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Centralized FedDiff, stage 1: each DDPM on every training pixel in one place."""
     started = time.perf_counter()
@@ -161,10 +168,11 @@ def train_diffusion_pooled(
     for modality in MODALITIES:
         spec = unet_spec(train_patches, modality, diffusion, patch_params)
         state, rounds[modality] = train_centralized(
-            train_patches, test_patches, _config(f"ddpm_{modality}", spec, diffusion, seed)
+            train_patches, test_patches, _config(f"ddpm_{modality}", spec, diffusion, compute)
         )
         unets[modality] = {"spec": spec, "state": state}
-    return unets, run_history("feddiff_centralized_diffusion", [], started, diffusion.get("train"), stages=rounds)
+    train = with_compute(diffusion.get("train"), compute)
+    return unets, run_history("feddiff_centralized_diffusion", [], started, train, stages=rounds)
 
 
 def train_classifier_pooled(
@@ -174,17 +182,17 @@ def train_classifier_pooled(
     test_patches: dict[str, Any],
     classifier: dict[str, Any],
     features: dict[str, Any],
-    seed: int,
+    compute: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
     started = time.perf_counter()
-    spec = classifier_spec(test_patches, unets, classifier, features)
+    spec = classifier_spec(test_patches, unets, classifier, features["timesteps"], compute["seed"])
     name = classifier_algorithm(classifier, centralized=True)
     model_artifact = _artifact(name, spec, unets, {})
     algorithm = get_algorithm(name)
-    train_inputs = algorithm.prepare(model_artifact, train_patches, features)
-    test_inputs = algorithm.prepare(model_artifact, test_patches, features)
-    cfg = _config(name, spec, classifier, seed)
+    train_inputs = algorithm.prepare(model_artifact, train_patches, with_compute({}, compute))
+    test_inputs = algorithm.prepare(model_artifact, test_patches, with_compute({}, compute))
+    cfg = _config(name, spec, classifier, compute)
     state, rounds = train_centralized(train_inputs, test_inputs, cfg)
     model_artifact["state"] = state
     history = run_history(name, rounds, started, cfg.train, earlier_stages=[diffusion_history])

@@ -13,8 +13,10 @@ from fedrs.plots import client_class_figure
 logger = logging.getLogger(__name__)
 
 
-def partition_clients(train_patches: dict[str, Any], params: dict[str, Any]
+def partition_clients(train_patches: dict[str, Any], params: dict[str, Any], compute: dict[str, Any]
                       ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Figure]:
+    """The layout's clients, drawn with the run's seed (``compute``)."""
+    params = {**params, "seed": int(compute["seed"])}
     clients = make_partition(train_patches, tuple(train_patches["grid_shape"]), params)
     manifest = partition_manifest(clients, train_patches["labels"], int(train_patches["num_classes"]), params)
     files = {entry["partition"]: client_bundle(train_patches, client)

@@ -41,8 +41,8 @@ def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 
 
 def build_report(metrics_parts: dict[str, Callable], prediction_parts: dict[str, Callable],
-                 privacy_parts: dict[str, Callable], scene: dict[str, Any], params: dict[str, Any]
-                 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Figure], str, str]:
+                 privacy_parts: dict[str, Callable], scene: dict[str, Any], params: dict[str, Any],
+                 compute: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Figure], str, str]:
     """Everything in ``data/08_reporting/<scene>/*/metrics.json`` compared: the table (CSV),
     per-round curves (CSV), the figures, the Markdown page and the self-contained HTML.
 
@@ -72,7 +72,7 @@ def build_report(metrics_parts: dict[str, Callable], prediction_parts: dict[str,
         figures["privacy"] = privacy_curve_figure(sweeps)
     privacy = privacy_frame(sweeps) if sweeps else None
     title = params.get("title", "fedrs comparison")
-    context = {"scene": str(params.get("scene_name", "")), "seed": str(params.get("seed", "")),
+    context = {"scene": str(params.get("scene_name", "")), "seed": str(compute.get("seed", "")),
                "algorithms": ", ".join(names),
                "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"}
     markdown = render_markdown(title, context, table, ablation,

@@ -7,28 +7,31 @@ from typing import Any
 
 import pandas as pd
 
+from fedrs.compute import with_compute
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.engine import SimulationResources, run_job
 from fedrs.federated.jobs import RoundsJob
-from fedrs.federated.server import FederatedConfig
+from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.standalone import summarise_local, train_centralized, train_local
 from fedrs.results import artifact, merge, model_spec, run_history, traffic_table
 
 
-def federated_config(params: dict[str, Any], spec: dict[str, Any], partition_dir: str = "",
+def federated_config(params: dict[str, Any], spec: dict[str, Any], compute: dict[str, Any], partition_dir: str = "",
                      checkpoint_dir: str | None = None, **extra: Any) -> FederatedConfig:
-    """The one parse of an algorithm's ``federated`` block (defaults: ``FederatedConfig``)."""
+    """The one parse of an algorithm's ``federated`` block (defaults: ``FederatedConfig``), with the
+    run's seed, device and precision (``compute``)."""
     return FederatedConfig.from_dict({**params.get("federated", {}), "algorithm": params["algorithm"], "model": spec,
-                                      "train": params.get("train", {}), "seed": int(params["seed"]),
-                                      "partition_dir": partition_dir, "checkpoint_dir": checkpoint_dir, **extra})
+                                      "train": with_compute(params.get("train"), compute),
+                                      "seed": int(compute["seed"]), "partition_dir": partition_dir,
+                                      "checkpoint_dir": checkpoint_dir, **extra})
 
 
 def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
                     test_patches: dict[str, Any], baseline: dict[str, Any], training: dict[str, Any],
-                    federation: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
+                    federation: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
     spec = model_spec(test_patches, params.get("model", {}))
-    cfg = federated_config(params, spec, partition_dir, checkpoint_dir)
+    cfg = federated_config(params, spec, compute, partition_dir, checkpoint_dir)
     started = time.perf_counter()
     result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(params.get("resources")), deployment_dir)
@@ -39,10 +42,10 @@ def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
 
 
 def train_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], baseline: dict[str, Any],
-                 training: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
+                 training: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
     spec = model_spec(train_patches, params.get("model", {}))
-    cfg = federated_config(params, spec)
+    cfg = federated_config(params, spec, compute)
     started = time.perf_counter()
     state, rounds = train_centralized(train_patches, test_patches, cfg)
     modalities = list(get_algorithm(cfg.algorithm).modalities)
@@ -51,10 +54,11 @@ def train_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], ba
 
 
 def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any], test_patches: dict[str, Any],
-                      baseline: dict[str, Any], training: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
+                      baseline: dict[str, Any], training: dict[str, Any], compute: dict[str, Any]
+                      ) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
     spec = model_spec(test_patches, params.get("model", {}))
-    cfg = federated_config(params, spec)
+    cfg = federated_config(params, spec, compute)
     partitions = {int(entry["client_id"]): client_partitions[entry["partition"]]() for entry in manifest["clients"]}
     started = time.perf_counter()
     results, states = train_local(partitions, test_patches, cfg)

@@ -17,15 +17,17 @@ OUTPUTS = ["model", "history", "traffic"]
 
 def _template(algorithm: str) -> Pipeline:
     if algorithm == "centralized":
-        return Pipeline([node(train_pooled, ["train_patches", "test_patches", "params:baseline", "params:training"],
+        return Pipeline([node(train_pooled, ["train_patches", "test_patches", "params:baseline", "params:training",
+                                                 "params:compute"],
                               OUTPUTS, name="train")])
     if algorithm == "local":
         return Pipeline([node(train_each_client, ["horizontal.federation_manifest", "horizontal.client_partitions",
-                                                  "test_patches", "params:baseline", "params:training"],
+                                                  "test_patches", "params:baseline", "params:training",
+                                                  "params:compute"],
                               OUTPUTS, name="train")])
     return Pipeline([node(train_federated, ["horizontal.federation_manifest", "horizontal.client_partition_dir",
                                             "checkpoint_dir", "deployment_dir", "test_patches", "params:baseline",
-                                            "params:training", "params:federation"],
+                                            "params:training", "params:federation", "params:compute"],
                           OUTPUTS, name="train")])
 
 
@@ -34,4 +36,5 @@ def create_pipeline(algorithm: str) -> Pipeline:
               "horizontal.client_partition_dir"}
     template = _template(algorithm)
     return pipeline(template, namespace=algorithm, inputs=shared & set(template.inputs()),
-                    parameters={k: k for k in ("params:baseline", "params:federation") if k in template.inputs()})
+                    parameters={k: k for k in ("params:baseline", "params:federation", "params:compute")
+                                if k in template.inputs()})

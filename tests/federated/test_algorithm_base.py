@@ -1,4 +1,4 @@
-"""The contract every algorithm of the table keeps (``ModalityAwareAlgorithm``): ownership decides
+"""The contract every algorithm of the table keeps (``ClassifierAlgorithm``): ownership decides
 what a client may train and send, calibration is for clients that see every modality, scoring
 accepts only inference settings."""
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedrs.federated.algorithms import ALGORITHMS, BASELINES, ModalityAwareAlgorithm
-from fedrs.federated.algorithms.base import inference_config, layer_inputs
+from fedrs.federated.algorithm_base import inference_config, layer_inputs
+from fedrs.federated.algorithms import ALGORITHMS, BASELINES, ClassifierAlgorithm
 from fedrs.federated.local import TrainConfig
 from tests.federated.tiny_data import tiny_client_data
 
@@ -18,7 +18,7 @@ CLIENTS = (("hsi",), ("lidar",), ("hsi", "lidar"))
 @pytest.mark.parametrize("name", [*BASELINES, "fedcmi"])
 def test_a_client_sends_what_it_may_train_and_nothing_of_a_modality_it_lacks(name):
     algorithm = ALGORITHMS[name]
-    assert isinstance(algorithm, ModalityAwareAlgorithm) and algorithm.name == name
+    assert isinstance(algorithm, ClassifierAlgorithm) and algorithm.name == name
     model = algorithm.build_model(FUSION_SPEC)
     keys = set(model.state_dict())
     for held in CLIENTS:

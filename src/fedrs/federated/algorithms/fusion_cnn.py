@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm
+from fedrs.federated.algorithm_base import ClassifierAlgorithm, Modalities
 from fedrs.federated.local import Objective, TrainConfig, supervised_objective
-from fedrs.models.baselines import FusionCNN, FusionSpec, parameter_modality
+from fedrs.models.fusion_cnn import FusionCNN, FusionSpec, parameter_modality
 
 
 @dataclass(frozen=True)
-class FusionAlgorithm(ModalityAwareAlgorithm):
+class FusionAlgorithm(ClassifierAlgorithm):
     """Cross-entropy local updates of the fusion CNN or one of its unimodal variants; FedProx is
     the same with ``proximal_mu`` > 0 in the training config."""
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from fedrs.datasets import NpzDataset
-from fedrs.federated.server import FederatedConfig, run_rounds
+from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.loop import run_rounds
 from fedrs.partition import ClientSpec, client_bundle
 from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation
 from fedrs.scene.assemble import assemble_scene

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedrs.models.baselines import FusionCNN, FusionSpec, parameter_modality
+from fedrs.models.fusion_cnn import FusionCNN, FusionSpec, parameter_modality
 
 
 @pytest.mark.parametrize("bands,channels,patch", [(7, 1, 7), (63, 2, 5), (144, 1, 9)])

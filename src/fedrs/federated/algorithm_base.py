@@ -1,9 +1,9 @@
 """The interface every federated algorithm implements, and the parts most of them share.
 
-An algorithm says how to build its model from a spec, which tensors a client with given
-modalities trains and exchanges, what a client computes in a round (``client_objective``, and for the
-algorithms that exchange intermediate outputs ``client_exchange``), how the server aggregates, and
-how a model is scored. The Flower apps and the plain trainers call these and nothing else.
+An algorithm says what a client computes in a round (``client_objective``, and for the algorithms
+that exchange intermediate outputs ``client_exchange``), how the server aggregates (``aggregate``,
+with its round protocol), and how a model predicts and is scored (``ClassifierAlgorithm``). The
+Flower apps and the plain trainers call these and nothing else.
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ VARIANT_KEYS = ("oa", "aa", "kappa", "per_class_spread")
 Modalities = tuple[str, ...]
 
 
+@dataclass(frozen=True)
 class Algorithm(ABC):
-    """What the round loop, the ClientApp, the standalone trainers and the evaluation call."""
+    """What the round loop, the ClientApp and the standalone trainers call. Four things are the
+    algorithm's own — who owns a parameter, its model, what a client computes, how a model is
+    scored; the rest has the defaults most algorithms here share (modality-aware masked FedAvg, no
+    partner exchange, no extra inputs, no calibration), which an algorithm overrides where it differs."""
 
     name: str
-    modalities: Modalities
+    modalities: Modalities = ("hsi", "lidar")
 
+    # -- what is the algorithm's own --------------------------------------------------------------
     @abstractmethod
     def owner(self, parameter: str) -> str | None:
         """The modality owning a parameter (averaged over that modality's holders), None if shared."""
@@ -48,19 +53,33 @@ class Algorithm(ABC):
         """A fresh model from its spec (initialised from torch's global RNG)."""
 
     @abstractmethod
-    def is_eligible(self, client_modalities: Modalities) -> bool:
-        """Whether a client holding these modalities takes part."""
-
-    @abstractmethod
-    def client_keys(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
-        """Tensors a client with these modalities trains, receives and sends back."""
-
-    @abstractmethod
     def client_objective(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                          config: dict[str, Any], rnd: int = 1,
                          partner: dict[str, torch.Tensor] | None = None) -> Objective:
         """What a client computes in a round on its data (``fedrs.federated.local.Objective``).
         ``partner``: the site partner's relayed outputs (FedDiff)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
+                 modalities: Modalities | None = None) -> dict[str, Any]:
+        """Scores of the model on test data (classifiers: OA, AA, κ, per class)."""
+
+    # -- what a client takes part with and sends ---------------------------------------------------
+    def usable_modalities(self, client_modalities: Modalities) -> Modalities:
+        return tuple(m for m in self.modalities if m in client_modalities)
+
+    def is_eligible(self, client_modalities: Modalities) -> bool:
+        """Whether a client holding these modalities takes part."""
+        return bool(self.usable_modalities(client_modalities))
+
+    def client_keys(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
+        """Tensors a client with these modalities trains, receives and sends back."""
+        usable = self.usable_modalities(client_modalities)
+        return {name for name in model.state_dict() if self.owner(name) is None or self.owner(name) in usable}
+
+    def trainable(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
+        keys = self.client_keys(model, client_modalities)
+        return {n for n, _ in model.named_parameters() if n in keys}
 
     def client_update(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                       config: dict[str, Any], seed: int, rnd: int = 1,
@@ -80,40 +99,40 @@ class Algorithm(ABC):
         return objective_statistics(model, objective, seed)
 
     @property
-    @abstractmethod
     def exchanges_features(self) -> bool:
         """Whether each round starts with clients exchanging intermediate outputs with a partner."""
+        return False
 
-    @abstractmethod
+    @property
+    def round_protocol(self) -> str:
+        """The server's round protocol (``fedrs.federated.server.loop.PROTOCOLS``): the partner relay
+        for an algorithm whose clients exchange intermediate outputs, else uniform sampling."""
+        return "partner_relay" if self.exchanges_features else "uniform"
+
     def client_exchange(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                         config: dict[str, Any]) -> dict[str, torch.Tensor]:
         """What a client sends its partner at the start of a round (if ``exchanges_features``)."""
+        raise NotImplementedError(f"{self.name} exchanges no intermediate outputs")
 
-    @abstractmethod
+    # -- how the server aggregates ---------------------------------------------------------------
     def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
-        """The new global state from the accepted client updates."""
+        """The new global state from the accepted client updates: each tensor the weighted mean over
+        the clients holding its modality (``aggregate_modality_aware``)."""
+        return aggregate_modality_aware(global_state, updates, self.owner)[0]
 
-    @abstractmethod
+    # -- what scoring a trained artefact needs -----------------------------------------------------
     def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
                 config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Inputs a trained artefact needs beyond the patches (FedDiff: its diffusion features),
         computed under ``config``'s device and precision."""
+        return data
 
-    @abstractmethod
-    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
-                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
-        """Predicted class index (0-based) of every sample of ``data``."""
-
-    @abstractmethod
-    def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
-                 modalities: Modalities | None = None) -> dict[str, Any]:
-        """Scores of the model on test data (classifiers: OA, AA, κ, per class)."""
-
-    @abstractmethod
     def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                             modalities: Modalities) -> dict[str, dict[str, float]]:
         """Scores with one modality only (zero-filled, or the algorithm's own stand-in)."""
+        return {}
 
+    # -- classifier calibration (``fedrs.federated.calibration``) ---------------------------------
     def calibration_layer(self) -> str | None:
         """The module (a Linear or 1×1 convolution) that maps the classifier's features to the
         logits the model predicts with — what classifier calibration retrains; None: not supported."""
@@ -137,41 +156,10 @@ class Algorithm(ABC):
 
 
 @dataclass(frozen=True)
-class ModalityAwareAlgorithm(Algorithm):
-    """What the classifiers here share: modality ownership of parameters, masked FedAvg, scoring.
-    Subclasses give ``owner``, ``build_model`` and ``client_objective``."""
-
-    name: str
-    modalities: Modalities = ("hsi", "lidar")
-
-    def usable_modalities(self, client_modalities: Modalities) -> Modalities:
-        return tuple(m for m in self.modalities if m in client_modalities)
-
-    def is_eligible(self, client_modalities: Modalities) -> bool:
-        return bool(self.usable_modalities(client_modalities))
-
-    def client_keys(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
-        usable = self.usable_modalities(client_modalities)
-        return {name for name in model.state_dict() if self.owner(name) is None or self.owner(name) in usable}
-
-    def trainable(self, model: nn.Module, client_modalities: Modalities) -> set[str]:
-        keys = self.client_keys(model, client_modalities)
-        return {n for n, _ in model.named_parameters() if n in keys}
-
-    @property
-    def exchanges_features(self) -> bool:
-        return False
-
-    def client_exchange(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                        config: dict[str, Any]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(f"{self.name} exchanges no intermediate outputs")
-
-    def aggregate(self, global_state: State, updates: list[ClientUpdate]) -> State:
-        return aggregate_modality_aware(global_state, updates, self.owner)[0]
-
-    def prepare(self, artifact: dict[str, Any], data: dict[str, Any],
-                config: dict[str, Any] | None = None) -> dict[str, Any]:
-        return data
+class ClassifierAlgorithm(Algorithm):
+    """An algorithm whose model predicts classes: prediction, OA/AA/κ scoring, the zero-filled
+    single-modality variants and the features calibration retrains. Subclasses give ``owner``,
+    ``build_model`` and ``client_objective``."""
 
     def calibration_contributes(self, client_modalities: Modalities) -> bool:
         return self.calibration_layer() is not None and self.usable_modalities(client_modalities) == self.modalities
@@ -183,9 +171,9 @@ class ModalityAwareAlgorithm(Algorithm):
         return layer_inputs(model, self.require_calibration_layer(), len(data["labels"]), cfg,
                             lambda sl, device: model(**batch_inputs(data, sl, use, device)))
 
-
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
                 modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
+        """Predicted class index (0-based) of every sample of ``data``."""
         use = self.modalities if modalities is None else modalities
         return predict(model, data, use, TrainConfig.from_dict(inference_config(config)), forward or None)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
 
@@ -179,7 +179,7 @@ def test_present_classes_only_leaves_the_other_sites_classes_alone(rng):
 
 
 def test_logit_adjustment_moves_the_clients_prior_into_its_logits(rng):
-    from fedrs.federated.algorithms.feddiff import prior_adjustment
+    from fedrs.feddiff.algorithm import prior_adjustment
 
     labels = torch.tensor([0] * 15 + [1] * 5)  # of 4 classes: 2 and 3 never seen, floor 0.5 / 20
     torch.testing.assert_close(prior_adjustment(labels, 4, 1.0), torch.tensor([0.75, 0.25, 0.025, 0.025]).log())

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from fedrs.compute import ComputePolicy
-from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm
+from fedrs.feddiff.diffusion import LinearSchedule, diffusion_features, diffusion_loss
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
+from fedrs.federated.algorithm_base import Algorithm, Modalities
 from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches
-from fedrs.models.diffusion import LinearSchedule, diffusion_features, diffusion_loss
-from fedrs.models.unet import DiffusionUNet, UNetSpec
 from fedrs.patching import resize_patches
 
 
@@ -45,7 +45,7 @@ def diffusion_feature_bundle(unet: DiffusionUNet, patches: np.ndarray, timesteps
 
 
 @dataclass(frozen=True)
-class DiffusionAlgorithm(ModalityAwareAlgorithm):
+class DiffusionAlgorithm(Algorithm):
     """FedAvg of one modality's denoising U-Net over the clients holding that modality."""
 
     def owner(self, parameter: str) -> str | None:
@@ -70,10 +70,6 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
 
         return Objective(len(x0), loss, TrainConfig.from_dict(config), min_batch=1)
 
-    def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
-                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
-        raise NotImplementedError("a diffusion model predicts no classes; see evaluate")
-
     def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                  modalities: Modalities | None = None) -> dict[str, Any]:
         """Held-out denoising error (L1) on up to 2,048 test patches, with fixed noise."""
@@ -83,7 +79,3 @@ class DiffusionAlgorithm(ModalityAwareAlgorithm):
         schedule = schedule_of(model.spec)
         with torch.inference_mode():
             return {"l1": float(diffusion_loss(model, schedule, x0, torch.Generator().manual_seed(0)))}
-
-    def evaluation_variants(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
-                            modalities: Modalities) -> dict[str, dict[str, float]]:
-        return {}

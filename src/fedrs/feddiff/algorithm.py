@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.federated.algorithms.base import Modalities, ModalityAwareAlgorithm, inference_config, layer_inputs
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle, unet_input
+from fedrs.feddiff.classifier import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
+from fedrs.feddiff.ddpm import diffusion_feature_bundle, unet_input
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
+from fedrs.federated.algorithm_base import ClassifierAlgorithm, Modalities, inference_config, layer_inputs
 from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches, predict_batches, split_config
-from fedrs.models.fusion import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
-from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 MODALITIES = ("hsi", "lidar")
 
@@ -72,7 +72,7 @@ def prior_adjustment(labels: torch.Tensor, num_classes: int, tau: float) -> torc
 
 
 @dataclass(frozen=True)
-class FedDiffAlgorithm(ModalityAwareAlgorithm):
+class FedDiffAlgorithm(ClassifierAlgorithm):
     """A client holding one modality trains its branch with its site partner's relayed outputs; one
     holding both (centralized FedDiff) runs the whole model; the single-modality variants
     (``feddiff_hsi``, ``feddiff_lidar``) need no partner."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.models.unet import group_norm
+from fedrs.feddiff.unet import group_norm
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
-from fedrs.federated.features import FeatureJob, FeatureSettings, feature_key, run_feature_job
-from fedrs.models.unet import DiffusionUNet, UNetSpec
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
+from fedrs.feddiff.features import FeatureJob, FeatureSettings, feature_key, run_feature_job
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from tests.federated.fake_grid import FakeGrid
 
 
@@ -66,7 +66,7 @@ def test_clients_featurise_their_own_pixels_and_reuse_an_unchanged_model(tiny_sp
 
 def test_stage_three_reads_the_features_by_digest_and_refuses_without_them(tiny_split_federation, tmp_path):
     from fedrs.federated.client_app import client_data
-    from fedrs.federated.server import make_message
+    from fedrs.federated.server.messaging import make_message
 
     fed, unets = tiny_split_federation, _unets(tiny_split_federation)
     grid = FakeGrid(fed["num_clients"])

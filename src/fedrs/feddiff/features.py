@@ -26,10 +26,10 @@ from flwr.serverapp import Grid
 
 from fedrs.cache import cached_array, content_digest
 from fedrs.config import from_mapping
-from fedrs.federated.algorithms.ddpm import diffusion_feature_bundle
+from fedrs.feddiff.ddpm import diffusion_feature_bundle
+from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.local import TrainConfig
 from fedrs.federated.server.messaging import discover_clients, make_message, wait_for_nodes
-from fedrs.models.unet import DiffusionUNet, UNetSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,34 @@
+"""What a round does around the generic steps, per algorithm: whom it samples, what happens before
+the clients are asked for their updates, what an update request carries, and how many statistics
+passes the final model needs. ``RoundProtocol`` is the plain one (uniform sampling, the weights
+travel with the request); an algorithm names its protocol (``Algorithm.round_protocol``) and the
+loop looks it up once per run — FedDiff's partner relay (``fedrs.feddiff.relay``) is the other."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.serverapp import Grid
+
+if TYPE_CHECKING:
+    from fedrs.federated.server.record import RoundRecord
+    from fedrs.federated.server.state import RunState
+
+
+class RoundProtocol:
+    """Uniform client sampling; nothing before the updates; one statistics pass."""
+
+    statistics_passes = 1
+
+    def sample(self, rng: np.random.Generator, eligible: list[int], k: int,
+               clients: dict[int, dict[str, Any]]) -> list[int]:
+        """``k`` of the eligible clients, uniformly (seeded by the run's generator)."""
+        return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
+
+    def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
+        """Runs after the downloads are encoded and before the update requests go out."""
+
+    def update_content(self, record: RoundRecord, cid: int) -> dict[str, Any]:
+        """What the update request to ``cid`` carries: its download of the global weights."""
+        return dict(record.downloads[cid].content)

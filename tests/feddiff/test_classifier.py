@@ -1,0 +1,55 @@
+"""FedDiff's dual-branch classifier: FR blocks, heads, outputs, loss terms, centre path."""
+
+import pytest
+import torch
+
+from fedrs.feddiff.classifier import FR, FedDiffClassifier, FedDiffSpec, Head, conv_weight_penalty, feddiff_loss
+
+
+def spec(**kw):
+    return FedDiffSpec(hsi_channels=7, lidar_channels=1, hsi_feature_channels=32, lidar_feature_channels=32,
+                       num_classes=5, **kw)
+
+
+def test_fr_block_and_heads():
+    a, b = torch.randn(3, 128, 2, 2), torch.randn(3, 128, 2, 2)
+    assert FR()(a, b).shape == (3, 128, 2, 2)
+    assert Head(5)(a).shape == (3, 5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_diffusion": False}, {"bilateral": False}])
+def test_classifier_outputs(kw):
+    model = FedDiffClassifier(spec(**kw)).eval()
+    outs = model(torch.randn(3, 7, 8, 8), torch.randn(3, 1, 8, 8), torch.randn(3, 32, 4, 4), torch.randn(3, 32, 4, 4))
+    assert len(outs) == 3 and all(o.shape == (3, 5) for o in outs)
+
+
+def test_loss_with_a_weight_term_that_acts():
+    torch.manual_seed(0)
+    model = FedDiffClassifier(spec())
+    outs = model(torch.randn(4, 7, 8, 8), torch.randn(4, 1, 8, 8), torch.randn(4, 32, 4, 4), torch.randn(4, 32, 4, 4))
+    y = torch.tensor([0, 1, 2, 3])
+    plain = feddiff_loss(outs, y)
+    with_decay = feddiff_loss(outs, y, model, weight_decay=0.01)
+    assert with_decay.item() == pytest.approx(plain.item() + 0.01 * conv_weight_penalty(model).item(), rel=1e-5)
+    with_decay.backward()
+    conv = model.hsi_branch.layer1[0].weight
+    assert conv.grad is not None and conv.grad.abs().sum() > 0
+
+
+def test_the_centre_path_feeds_the_classified_pixel_into_cnn():
+    from fedrs.feddiff.classifier import PatchBranch
+
+    torch.manual_seed(0)
+    plain, centred = PatchBranch(7, 32, True), PatchBranch(7, 32, True, centre_path=True)
+    extra = sum(p.numel() for p in centred.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 7 * 128 + 128 + 2 * 128  # a 1×1 conv and its BatchNorm
+    centred.eval()
+    patch, features = torch.zeros(1, 7, 8, 8), torch.zeros(1, 32, 4, 4)
+    cnn0, _ = centred(patch, features)
+    patch[:, :, 3:5, 3:5] = 1.0  # the four pixels around the centre of the 8×8 resize
+    cnn1, _ = centred(patch, features)
+    centred.centre[0].weight.data.zero_()
+    cnn_without, _ = centred(patch, features)
+    assert not torch.allclose(cnn1, cnn_without)  # the centre path contributes to cnn_m
+    assert not torch.allclose(cnn0, cnn1)
