@@ -1,0 +1,47 @@
+"""The figures: what each panel plots, read back from the axes (not pixels)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedrs.plots import (  # noqa: E402
+    class_colours,
+    classification_map_figure,
+    confusion_figure,
+    cumulative_mb_sent,
+    curves_figure,
+    rgb_bands,
+    row_normalised,
+)
+
+
+def test_helpers_by_hand():
+    np.testing.assert_allclose(row_normalised([[3, 1], [0, 0]]), [[0.75, 0.25], [0.0, 0.0]])
+    np.testing.assert_allclose(cumulative_mb_sent([{"bytes_up": 1e6, "bytes_down": 1e6}, {"bytes_up": 2e6}]), [2, 4])
+    assert rgb_bands([400.0, 460.0, 550.0, 640.0, 700.0], 5) == [3, 2, 1] and rgb_bands(None, 100) == [75, 50, 25]
+    assert class_colours(3)(0) == (0, 0, 0, 1) and class_colours(3).N == 4
+
+
+def test_the_confusion_matrix_is_row_normalised_and_titled_with_the_scores():
+    report = {"algorithm": "fedavg", "oa": 0.75, "aa": 0.5, "kappa": 0.4, "confusion": [[3, 1], [0, 0]]}
+    fig = confusion_figure(report, ["water", "road"])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25], [0.0, 0.0]])
+    assert "OA 0.7500" in ax.get_title() and [t.get_text() for t in ax.texts] == ["3", "1"]
+    plt.close(fig)
+
+
+def test_the_map_shows_prediction_beside_the_ground_truth_and_curves_show_every_round():
+    scene = {"class_names": ["a", "b"], "train_labels": np.array([[1, 0]]), "test_labels": np.array([[0, 2]])}
+    fig = classification_map_figure(np.array([[1, 1]]), scene, "fedavg")
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), [[1, 2]])
+    assert fig.axes[0].get_title() == "fedavg: prediction"
+    plt.close(fig)
+    rounds = [{"round": i, "train_loss": 1.0 / i, "test_oa": 0.1 * i, "test_aa": 0.1 * i, "bytes_up": 1e6}
+              for i in (1, 2, 3)]
+    fig = curves_figure({"algorithm": "fedavg", "rounds": rounds})
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [1.0, 0.5, 1 / 3])
+    np.testing.assert_allclose(fig.axes[2].lines[0].get_xdata(), [1.0, 2.0, 3.0])
+    plt.close(fig)
