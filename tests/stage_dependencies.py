@@ -110,7 +110,36 @@ def catalog_entry(dataset: str) -> Any:
 
 def dataset_modules(entry: Any) -> set[str]:
     """The fedrs modules of a catalog entry's dataset classes (nested ``dataset:`` included)."""
-    return {"fedrs.datasets"} if "fedrs.datasets." in yaml.safe_dump(entry) else set()
+    names = re.findall(r"\b(fedrs\.datasets(?:\.[A-Za-z_]+)+)", yaml.safe_dump(entry))
+    return {m for name in names for m in (name.rpartition(".")[0],) if module_file(m) is not None}
+
+
+# folders a run writes for itself and reads back only when it is resumed: no stage's output
+SCRATCH = ("/checkpoint", "/deployment")
+
+
+def dataset_path(dataset: str) -> str | None:
+    """The file or folder a catalog dataset reads or writes, as dvc.yaml names it (``${scene_name}``),
+    or None for one that holds no file (memory, MLflow only)."""
+    entry = catalog_entry(dataset)
+    if not isinstance(entry, dict):
+        return None
+    nested = entry["dataset"] if isinstance(entry.get("dataset"), dict) else {}
+    path = entry.get("filepath") or entry.get("path") or nested.get("filepath")
+    if not path:
+        return None
+    pattern = next((k for k in catalog() if "{" in k and catalog()[k] is entry), None)
+    if pattern is not None:  # a dataset factory: fill its placeholders from the dataset's name
+        for placeholder, value in zip(re.findall(r"\{([a-z_]+)\}", pattern), dataset.split("."), strict=False):
+            path = path.replace(f"{{{placeholder}}}", value)
+    return str(path).replace("${globals:scene_name}", "${scene_name}")
+
+
+def written_by_loading(dataset: str) -> bool:
+    """A node input the stage itself fills: the synthetic scene's rasters (generated on first load)
+    and a folder path that need not exist (the clients write their feature stores there)."""
+    entry = catalog_entry(dataset) or {}
+    return str(entry.get("type", "")).endswith("SyntheticRasterDataset") or entry.get("must_exist") is False
 
 
 def lookup(params: dict[str, Any], dotted: str) -> Any:
@@ -161,6 +190,21 @@ def compact(files: list[str]) -> list[str]:
         if members and members <= out and not any(covered(folder, [o]) for o in out if o != folder):
             out = (out - members) | {folder}
     return sorted(out)
+
+
+def declared(stage: str) -> dict[str, list[str]]:
+    """A stage's data ``deps`` and its ``outs`` (with metrics and plots) as dvc.yaml lists them."""
+    name, _, item = stage.partition("@")
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]
+    spec = spec["do"] if "do" in spec else spec
+
+    def paths(entries: list[Any]) -> list[str]:
+        out = [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries]
+        return [p.replace("${item}", item) for p in out]
+
+    deps = [p for p in paths(spec.get("deps", [])) if p.startswith("data/")]
+    outs = paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []))
+    return {"deps": deps, "outs": outs}
 
 
 def stages() -> dict[str, str]:
