@@ -55,6 +55,7 @@ def run(project: Path, env: str | None, algorithm: str, privacy: dict[str, Any] 
         mlflow.end_run()
     metrics = json.loads((project / "data/08_reporting" / str(scene) / algorithm / "metrics.json").read_text())
     history = json.loads((project / "data/07_model_output" / str(scene) / algorithm / "history.json").read_text())
+    # only the noiseless probe reports the clients' norms (under noised DP they stay on the clients)
     norms = [r["dp_update_norm_median"] for r in history["rounds"] if r.get("dp_update_norm_median")]
     aggregated = sum(1 for r in history["rounds"] if r.get("aggregated"))
     return {"scene": scene, "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],

@@ -20,10 +20,11 @@ TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
                  "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
                  "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round",
-                 "oa_before_calibration": "OA before calibration"}
+                 "dp_unit": "DP unit", "dp_not_covered": "not covered by ε",
+                 "oa_before_calibration": "OA before calibration", "noise": "noise"}
 # columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run), the
-# last round's test OA before classifier calibration (a calibrated run)
-OPTIONAL_COLUMNS = ("dp_epsilon", "secagg_seconds", "oa_before_calibration")
+# last round's test OA before classifier calibration (a calibrated run), a run's deterministic (test) noise
+OPTIONAL_COLUMNS = ("dp_epsilon", "dp_unit", "dp_not_covered", "secagg_seconds", "oa_before_calibration", "noise")
 
 
 def table_columns(table: pd.DataFrame) -> dict[str, str]:
@@ -61,9 +62,11 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "wall_seconds": run.get("wall_seconds", np.nan), "peak_rss_mb": run.get("peak_rss_mb", np.nan),
                "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
                "loss_growing_rounds": run.get("loss_growing_rounds", 0),
-               "dp_epsilon": run.get("dp_epsilon", np.nan),
+               "dp_epsilon": run.get("dp_epsilon", np.nan), "dp_unit": run.get("dp_unit"),
+               "dp_not_covered": run.get("dp_not_covered"),
                "secagg_seconds": run.get("secagg_seconds_per_round", np.nan),
-               "oa_before_calibration": run.get("oa_before_calibration", np.nan)}
+               "oa_before_calibration": run.get("oa_before_calibration", np.nan),
+               "noise": run.get("noise")}
         row.update({f"class: {k}": v for k, v in report.get("per_class", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)

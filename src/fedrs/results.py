@@ -57,14 +57,15 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
-              "secagg_sums", "secagg_seconds", "test_oa_before_calibration", "calibration_clients")
+              "secagg_sums", "secagg_seconds", "test_oa_before_calibration", "calibration_clients", "noise",
+              "dp_unit")
 
 # the per-round curves an MLflow run shows (step = round)
 MLFLOW_ROUND_KEYS = ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up", "dp_epsilon")
 # the run-summary values an MLflow run logs beside the final scores
 MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
                        "updates_rejected", "loss_growing_rounds", "dp_epsilon", "secagg_seconds_per_round",
-                       "oa_before_calibration")
+                       "oa_before_calibration", "deterministic_noise")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -74,6 +75,20 @@ def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"clients_failed": count["failed"], "clients_dropped": count["dropped"],
             "updates_rejected": count["rejected"],
             "rounds_not_aggregated": sum(1 for r in rounds if r.get("aggregated") is False)}
+
+
+def not_covered(history: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """What of a private run trains on or releases the clients' pixels outside its ε: an earlier
+    stage trained without DP (FedDiff's DDPMs), and outputs relayed between clients (FedDiff's
+    exchange; ``exchange_privacy`` is a measured defence, not an accountant's guarantee)."""
+    out = []
+    for stage in stages[1:]:
+        for name, rounds in (stage.get("stages") or {}).items():
+            if rounds and any(r.get("dp_epsilon") is None for r in rounds):
+                out.append(f"{stage.get('algorithm', 'an earlier stage')} ({name})")
+    if any(r.get("relayed_outputs") for r in history.get("rounds") or []):
+        out.append("the relayed branch outputs")
+    return out
 
 
 def run_summary(history: dict[str, Any]) -> dict[str, Any]:
@@ -102,10 +117,16 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
         if key in history:
             summary[key] = history[key]
     epsilons = [r["dp_epsilon"] for r in rounds if r.get("dp_epsilon") is not None]
-    if epsilons:  # client-level DP: the budget spent by the whole run
+    if epsilons:  # client-level DP: the budget of this stage, for its unit, and what it does not cover
         summary["dp_epsilon"] = float(epsilons[-1])
+        summary["dp_unit"] = rounds[-1].get("dp_unit", "organisation")
+        summary["dp_not_covered"] = ", ".join(not_covered(history, stages)) or "–"
     if rounds and rounds[-1].get("test_oa_before_calibration") is not None:  # what the calibration changed
         summary["oa_before_calibration"] = float(rounds[-1]["test_oa_before_calibration"])
+    flagged = [r["noise"] for r in rounds if r.get("noise")]
+    if flagged:  # deterministic (test) noise: anyone with the run seed can remove it
+        summary["noise"] = flagged[-1]
+        summary["deterministic_noise"] = 1.0
     secure = [r["secagg_seconds"] for r in rounds if r.get("secagg_seconds") is not None]
     if secure:  # secure aggregation: what its protocol cost per round
         summary["secagg_seconds_per_round"] = float(np.mean(secure))

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from fedrs.federated.aggregation import ClientUpdate
-from fedrs.federated.privacy import PrivacyConfig, clip_update, epsilon_spent, private_aggregate
-from fedrs.federated.server.loop import run_rounds
+from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.local import derive_seed
+from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, clip_update, epsilon_spent, private_aggregate
+from fedrs.federated.server.loop import run_rounds, start_run
+from fedrs.federated.server.steps import aggregate_round, collect_updates, configure_round
 from tests.federated.fake_grid import FakeGrid
 from tests.federated.server.runs import config
 
@@ -90,7 +93,11 @@ def test_a_private_run_clips_noises_and_accounts_every_release(tiny_federation, 
     if clipping == "client":  # the server never received an update above C
         assert max(norms) <= 0.05 * (1 + 1e-6)
     else:  # it received them whole, and clipped them itself
-        assert max(norms) > 0.05 and rounds[0]["dp_clipped"] == 3
+        assert max(norms) > 0.05
+    # under noised DP a reply says nothing of the client's data beyond counts and sizes: no loss, no norm
+    sent = {k for reply in uploads for k in reply.content.metric_records["metrics"]}
+    assert sent <= {"client_id", "num_samples", "bytes_dense", "bytes_sent", "compute_seconds"}, sent
+    assert all(r["train_loss"] is None and "dp_update_norm_median" not in r for r in rounds)
 
 
 def result_state_ref(fed):
@@ -140,3 +147,126 @@ def test_the_exchange_option_changes_what_is_sent_and_is_reported(tiny_split_fed
         norms = torch.cat([protected[k].reshape(len(protected[k]), -1) for k in ("cnn", "diff")], dim=1).norm(dim=1)
         width = sum(protected[k][0].numel() for k in ("cnn", "diff"))
         assert float(norms.max()) <= 0.5 + 4 * 0.05 * width ** 0.5
+
+
+def _released_round(fed, privacy, seed=5):
+    """One private round on the fake grid: what the server released, what it would have released
+    without noise (the clipped mean it computed), and the run's configuration."""
+    cfg = config(fed, privacy=privacy, num_rounds=1, statistics_pass=False, seed=seed)
+    grid = FakeGrid(fed["num_clients"])
+    run, _ = start_run(grid, cfg, fed["test"], fed["num_clients"])
+    record = configure_round(run, 1)
+    collect_updates(grid, run, record)
+    before = {k: v.clone() for k, v in run.global_state.items()}
+    aggregate_round(run, record)
+    return cfg, before, record, run.global_state
+
+
+def _seed_aware_denoise(cfg, before, released):
+    """The attack of a participant holding the run's configuration (its seed travels in every
+    message): regenerate the release's noise as a seed-derived generator gives it, and subtract it."""
+    privacy = PrivacyConfig.from_dict(cfg.privacy)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 9_001, 1, 0))
+    out = {}
+    for name, value in released.items():  # private_aggregate draws per tensor, in this order, float64
+        if not torch.is_floating_point(value):
+            continue
+        std = privacy.noise_multiplier * privacy.clipping_norm / 3
+        noise = torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
+        out[name] = value.double() - noise
+    return out
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_participant_who_knows_the_seed_cannot_remove_the_noise(tiny_federation, deterministic):
+    """The adversary is any organisation: it knows the configuration and the seed. With the OS's
+    noise it cannot strip the release; with the test-only deterministic noise it can (so this test
+    fails the day the noise is derived from the run seed again)."""
+    privacy = {"noise_multiplier": 1.0, "clipping_norm": 0.05, "clipping": "client",
+               "deterministic_noise": deterministic}
+    cfg, before, record, released = _released_round(tiny_federation, privacy)
+    # the clipped mean without noise, recomputed from the round's own updates
+    clean, _ = private_aggregate(before, record.accepted, get_algorithm("fedavg").owner,
+                                 PrivacyConfig.from_dict({**privacy, "noise_multiplier": 0.0}),
+                                 torch.Generator().manual_seed(0))
+    guess = _seed_aware_denoise(cfg, before, released)
+    error = max(float((guess[k] - clean[k].double()).abs().max()) for k in guess)
+    std = 0.05 / 3
+    if deterministic:
+        assert error < 1e-3 * std and record.row()["noise"] == DETERMINISTIC
+        assert record.row()["dp_epsilon"] is None  # no guarantee is claimed for removable noise
+    else:
+        assert error > std and "noise" not in record.row() and record.row()["dp_epsilon"] > 0
+
+
+def test_two_runs_with_the_same_seed_release_different_noise(tiny_federation):
+    privacy = {"noise_multiplier": 1.0, "clipping_norm": 0.05, "clipping": "client"}
+    first = _released_round(tiny_federation, privacy)[3]
+    second = _released_round(tiny_federation, privacy)[3]
+    floats = [k for k, v in first.items() if torch.is_floating_point(v)]
+    assert floats and all(not torch.equal(first[k], second[k]) for k in floats)
+
+
+def _relayed(fed, protection):
+    """Round 1's exchange on the fake grid, uncoded: what each client's partner receives of it."""
+    from fedrs.federated.wire import unpack_tensors
+    from tests.federated.server.runs import started
+
+    grid, run, _ = started(fed, algorithm="feddiff", min_clients=2, client_data_dirs=[fed["features_dir"]],
+                           exchange_privacy=protection, exchange_compression=None)
+    record = configure_round(run, 1)
+    run.protocol.before_updates(grid, run, record)
+    partner = {c: next(p for p in run.clients if p != c and run.clients[p]["site"] == run.clients[c]["site"])
+               for c in record.relayed}
+    return run.cfg, record, {partner[c]: unpack_tensors(*pair) for c, pair in record.relayed.items()}
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_the_partner_who_knows_the_seed_cannot_remove_the_exchange_noise(tiny_split_federation, deterministic):
+    """The adversary is the site partner (or the server relaying): it holds the run's settings and
+    the noised outputs it received, and regenerates the sender's noise from the seed."""
+    from fedrs.federated.privacy import ExchangeProtection
+
+    clean = _relayed(tiny_split_federation, {"clipping_norm": 0.5, "noise_multiplier": 0.0})[2]
+    protection = {"clipping_norm": 0.5, "noise_multiplier": 0.2, "deterministic_noise": deterministic}
+    cfg, record, received = _relayed(tiny_split_federation, protection)
+    std = ExchangeProtection.from_dict(protection).noise_multiplier * 0.5
+    errors = []
+    for sender, outputs in received.items():
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 7_007, 1, sender))
+        for name in sorted(outputs):  # protect_exchange draws per tensor, in name order, float64
+            noise = torch.randn(outputs[name].shape, generator=generator, dtype=torch.float64) * std
+            errors.append(float((outputs[name].double() - noise - clean[sender][name].double()).abs().mean()))
+    if deterministic:
+        assert max(errors) < 1e-3 * std and record.row()["noise"] == DETERMINISTIC
+    else:
+        assert min(errors) > 0.5 * std and "noise" not in record.row()
+
+
+def test_without_noise_the_norms_that_tune_the_clipping_are_reported(tiny_federation):
+    """σ = 0 gives no guarantee (ε = ∞): the clients' norms and losses are shown, for choosing C."""
+    fed = tiny_federation
+    privacy = {"noise_multiplier": 0.0, "clipping_norm": 1e9}
+    result = run_rounds(FakeGrid(3), config(fed, privacy=privacy, num_rounds=1, statistics_pass=False), fed["test"], 3)
+    (row,) = result["history"]
+    assert row["dp_epsilon"] is None and row["dp_update_norm_median"] > 0 and row["train_loss"] > 0
+
+
+def test_feddiffs_epsilon_is_for_a_site_and_says_what_it_does_not_cover(tiny_split_federation):
+    """A FedDiff client's pixels reach its partner's update (relayed outputs, shared labels): the unit
+    is the site, whose two organisations move the sums by up to 2C — ε is accounted for σ/2. The
+    run's summary names what the ε does not cover: the relayed outputs, stage 1 trained without DP."""
+    from fedrs.results import run_history, run_summary
+
+    fed = tiny_split_federation
+    privacy = {"noise_multiplier": 1.0, "clipping_norm": 0.5, "clipping": "client"}
+    result = run_rounds(FakeGrid(4), config(fed, algorithm="feddiff", min_clients=2, num_rounds=1,
+                                            client_data_dirs=[fed["features_dir"]], privacy=privacy,
+                                            statistics_pass=False, calibration=None), fed["test"], 4)
+    (row,) = result["history"]
+    assert row["dp_epsilon"] == pytest.approx(epsilon_spent([(0.5, 1.0)], 1e-5)) and row["dp_unit"].startswith("site")
+    assert row["dp_epsilon"] > epsilon_spent([(1.0, 1.0)], 1e-5)  # the organisation-level number was too low
+    diffusion = {"algorithm": "feddiff_diffusion", "rounds": [], "stages": {"hsi": [{"round": 1, "test_l1": 0.8}]}}
+    summary = run_summary({**run_history("feddiff", result["history"], 0.0), "earlier_stages": [diffusion]})
+    assert summary["dp_unit"].startswith("site")
+    assert summary["dp_not_covered"] == "feddiff_diffusion (hsi), the relayed branch outputs"

@@ -99,11 +99,12 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
     online = [n for n in loopback.registered_nodes() if str(n.get("status", "")).lower() == "online"]
     assert len(online) == 4
 
-    # a ServerApp that fails on the SuperLink fails the Kedro node, with its error
+    # a ServerApp that fails on the SuperLink fails the Kedro node, with its error (a setting the
+    # round loop refuses before it asks any node: no ClientApp process is started for it)
     failing = json.loads(json.dumps(conf))
-    failing["feddiff"]["classifier"]["federated"]["min_clients"] = 5
+    failing["feddiff"]["classifier"]["federated"]["weighting"] = "median"
     project.write_conf("local", "parameters_feddiff.yml", failing)
-    with pytest.raises(DeploymentRunFailed, match="min_clients is 5"):
+    with pytest.raises(DeploymentRunFailed, match="weighting is 'median'"):
         _run(project, ["feddiff"], from_nodes=["feddiff.train_classifier"])
     project.write_conf("local", "parameters_feddiff.yml", conf)
 

@@ -24,6 +24,11 @@ class PartnerRelay(RoundProtocol):
     # with an exchange, the partner outputs of the first pass still carry the old statistics (the
     # partner's branch runs in eval mode): a second pass sees the pooled ones, as the test pixels will
     statistics_passes = 2
+    # a client's pixels reach its partner's update through the relayed outputs and the shared labels,
+    # and a client without its partner delivers nothing: the unit DP can protect is the site, whose two
+    # clipped updates move the released sums by up to 2C (the accountant sees σ/2 per release)
+    privacy_unit = "site (its two organisations together)"
+    sensitivity = 2.0
 
     def sample(self, rng: np.random.Generator, eligible: list[int], k: int,
                clients: dict[int, dict[str, Any]]) -> list[int]:

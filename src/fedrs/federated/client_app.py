@@ -36,7 +36,14 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import class_feature_statistics
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.local import derive_seed
-from fedrs.federated.privacy import ExchangeProtection, PrivacyConfig, clip_update, protect_exchange
+from fedrs.federated.privacy import (
+    ExchangeProtection,
+    PrivacyConfig,
+    clip_update,
+    noise_generator,
+    protect_exchange,
+    public_metrics,
+)
 from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
 from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
 from fedrs.reproducible import torch_threads
@@ -231,10 +238,11 @@ def exchange(msg: Message, context: Context) -> Message:
     outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
     reported: dict[str, float] = {}
     if settings.get("exchange_privacy"):  # clipped and noised here, before anything leaves the client
-        noise = torch.Generator().manual_seed(derive_seed(settings["seed"], 7_007, int(settings["round"]),
-                                                          int(data["client_id"])))
-        outputs, reported = protect_exchange(outputs, ExchangeProtection.from_dict(settings["exchange_privacy"]),
-                                             noise)
+        protection = ExchangeProtection.from_dict(settings["exchange_privacy"])
+        seeded = derive_seed(settings["seed"], 7_007, int(settings["round"]), int(data["client_id"]))
+        # the noise only this client knows (the run seed is in every message: the partner could remove it)
+        noise = noise_generator(seeded if protection.deterministic_noise else None)
+        outputs, reported = protect_exchange(outputs, protection, noise)
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
     return Message(
@@ -356,8 +364,9 @@ def upload(msg: Message, context: Context, job: RoundInputs, state: dict[str, to
     if job.poison == "nan":
         first = next(k for k, v in state.items() if torch.is_floating_point(v))
         state[first] = torch.full_like(state[first], float("nan"))
-    reported: dict[str, int | float | list[int] | list[float]] = {
-        **{k: float(v) for k, v in metrics.items()}, "client_id": job.client_id}
+    # under noised DP the loss, the metrics and the update's norm stay here (the accountant does not count them)
+    reported: dict[str, int | float | list[int] | list[float]] = public_metrics(
+        {**{k: float(v) for k, v in metrics.items()}, "client_id": job.client_id}, privacy)
     if settings.get("secure_aggregation") is not None:  # nothing goes up now: the secure sums will ask for it
         hold_update(context, contribution(state, job.received, pooled_variances=not privacy), job.round,
                     derive_seed(settings["seed"], 5_005, job.round, job.client_id))

@@ -20,10 +20,18 @@ The budget: the RDP accountant of Opacus (``opacus.accountants.RDPAccountant``),
 released aggregate with sampling rate = clients per round ÷ eligible clients (sampling here is
 uniform without replacement; the Poisson-subsampling analysis is the usual approximation and is
 exact at rate 1, every client every round — this project's default).
+
+The noise: every release draws it from a generator seeded by the operating system's CSPRNG
+(``noise_generator``), held by whoever adds the noise — the server for the aggregate, the client
+for its exchanged outputs — and never derived from the run's seed, which every participant knows
+(it travels in every message): with a seed-derived generator any organisation could regenerate the
+noise and subtract it. ``deterministic_noise: true`` (tests only) derives it from the run seed
+instead; such a run reports "noise: deterministic — no privacy" in its history, MLflow and report.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +43,15 @@ from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, Owner, State, holders_of, unaveraged
 
 CLIPPING_SITES = ("server", "client")
+DETERMINISTIC = "deterministic — no privacy"  # what a run with deterministic noise says of itself
+
+
+def noise_generator(deterministic_seed: int | None = None) -> torch.Generator:
+    """The generator one release draws its noise from: seeded with 63 bits of the OS's CSPRNG
+    (``secrets``), fresh for every release, known to nobody else. ``deterministic_seed`` (only with
+    ``deterministic_noise``, for tests): seeded with it, so the noise can be reproduced — and removed."""
+    seed = secrets.randbits(63) if deterministic_seed is None else int(deterministic_seed)
+    return torch.Generator().manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class PrivacyConfig:
     clipping_norm: float            # C: the largest L2 norm of one client's update
     clipping: str = "server"        # server | client
     delta: float = 1e-5             # δ of the (ε, δ) reported
+    deterministic_noise: bool = False  # tests only: noise from the run seed, so anyone can remove it
 
     def __post_init__(self) -> None:
         if self.clipping not in CLIPPING_SITES:
@@ -57,6 +75,24 @@ class PrivacyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrivacyConfig:
         return from_mapping(cls, d, label="privacy")
+
+    @property
+    def noised(self) -> bool:
+        """Whether the releases carry noise: then nothing data-dependent leaves a client, or the
+        server's history, except what the noised release itself makes public (``public_metrics``)."""
+        return self.noise_multiplier > 0
+
+
+# what a client's reply may say of its round under DP with noise: counts, sizes and time — not its
+# loss, its metrics or its update's norm, which the accountant does not count
+PUBLIC_UNDER_DP = ("client_id", "num_samples", "bytes_dense", "bytes_sent", "compute_seconds")
+
+
+def public_metrics(metrics: dict[str, Any], privacy: dict[str, Any] | None) -> dict[str, Any]:
+    """``metrics`` as a client may send them: all of them without noised DP, else ``PUBLIC_UNDER_DP``."""
+    if not privacy or not PrivacyConfig.from_dict(privacy).noised:
+        return metrics
+    return {k: v for k, v in metrics.items() if k in PUBLIC_UNDER_DP}
 
 
 def _floating(state: State, reference: State) -> list[str]:
@@ -135,6 +171,7 @@ class ExchangeProtection:
 
     clipping_norm: float
     noise_multiplier: float = 0.0
+    deterministic_noise: bool = False  # tests only: noise from the run seed, so the partner can remove it
 
     def __post_init__(self) -> None:
         if not self.clipping_norm > 0:

@@ -28,7 +28,7 @@ from flwr.supercore.differential_privacy import compute_stdv
 from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.local import derive_seed, norm_statistic_names
-from fedrs.federated.privacy import PrivacyConfig, epsilon_spent, private_aggregate
+from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, noise_generator, private_aggregate
 from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
@@ -163,15 +163,21 @@ def make_aggregator(cfg: FederatedConfig) -> PlainAggregator:
 
 def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
                     release: Callable[[PrivacyConfig, torch.Generator], dict[str, Any]]) -> None:
-    """One DP release: ``release`` draws its noise from the round's seeded generator and reports
-    what it clipped and added; the accountant counts it and the round's record carries ε so far."""
+    """One DP release: ``release`` draws its noise from a generator only the server knows
+    (``noise_generator``: the OS's CSPRNG) and reports what it clipped and added; the accountant
+    counts it and the round's record carries ε so far — none with deterministic (test) noise."""
     assert run.cfg.privacy is not None
     privacy = PrivacyConfig.from_dict(run.cfg.privacy)
-    noise = torch.Generator().manual_seed(derive_seed(run.cfg.seed, 9_001, record.round, len(run.privacy_releases)))
-    report = release(privacy, noise)
-    run.privacy_releases.append((privacy.noise_multiplier, sampling_rate))
+    seeded = derive_seed(run.cfg.seed, 9_001, record.round, len(run.privacy_releases))
+    report = release(privacy, noise_generator(seeded if privacy.deterministic_noise else None))
+    # the noise is σ·C per sum; one unit of privacy (the round protocol's) moves the sums by up to
+    # sensitivity·C, so for that unit the release is the Gaussian mechanism with σ / sensitivity
+    run.privacy_releases.append((privacy.noise_multiplier / run.protocol.sensitivity, sampling_rate))
     epsilon = epsilon_spent(run.privacy_releases, privacy.delta)
-    record.privacy = {**report, "epsilon": epsilon if np.isfinite(epsilon) else None}  # None: no guarantee
+    private = np.isfinite(epsilon) and not privacy.deterministic_noise
+    record.privacy = {**report, "epsilon": epsilon if private else None,  # None: no guarantee
+                      "unit": run.protocol.privacy_unit,
+                      **({"noise": DETERMINISTIC} if privacy.deterministic_noise else {})}
 
 
 def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:

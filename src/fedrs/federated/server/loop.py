@@ -48,15 +48,15 @@ class RunInterrupted(RuntimeError):
 def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> tuple[RunState, int]:
     """The run's state (fresh, or from the checkpoint when resuming) and its first round."""
     algorithm = get_algorithm(cfg.algorithm)
+    aggregator = make_aggregator(cfg)  # settings that cannot work fail before any client is asked
+    aggregator.check(cfg, algorithm)
+    if cfg.calibration is not None:
+        check_calibration(cfg, algorithm)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = algorithm.build_model(cfg.model)
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
-    aggregator = make_aggregator(cfg)
-    aggregator.check(cfg, algorithm)
-    if cfg.calibration is not None:
-        check_calibration(cfg, algorithm)
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)

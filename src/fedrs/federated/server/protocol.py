@@ -20,6 +20,10 @@ class RoundProtocol:
     """Uniform client sampling; nothing before the updates; one statistics pass."""
 
     statistics_passes = 1
+    # what client-level DP protects, and how far removing one such unit moves the released sums in
+    # units of the clipping norm C: one organisation, whose clipped update is at most C
+    privacy_unit = "organisation"
+    sensitivity = 1.0
 
     def sample(self, rng: np.random.Generator, eligible: list[int], k: int,
                clients: dict[int, dict[str, Any]]) -> list[int]:

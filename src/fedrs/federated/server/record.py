@@ -12,6 +12,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedrs.federated.aggregation import ClientUpdate, State
+from fedrs.federated.privacy import DETERMINISTIC
 from fedrs.federated.server.messaging import client_error
 
 # what clients report besides their training metrics (averaged per round into train_<key>)
@@ -124,7 +125,7 @@ class RoundRecord:
     def training_summary(self) -> dict[str, Any]:
         """The accepted updates' sample-weighted training loss and reported metrics (``train_<key>``)."""
         weight = sum(u.num_samples for u in self.accepted)
-        if not weight:
+        if not weight or not any("train_loss" in u.metrics for u in self.accepted):  # none, or DP kept them home
             return {"train_loss": None}
         reported = sorted({k for u in self.accepted for k in u.metrics} - NOT_TRAINING_METRICS)
         return {"train_loss": sum(float(u.metrics.get("train_loss", 0.0)) * u.num_samples for u in self.accepted)
@@ -148,10 +149,19 @@ class RoundRecord:
         out: dict[str, Any] = {}
         if self.privacy:
             out.update({"dp_epsilon": self.privacy["epsilon"], "dp_noise_std": self.privacy["noise_std_max"],
-                        "dp_clipped": self.privacy["clipped"],
-                        "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))})
+                        "dp_unit": self.privacy["unit"]})
+            if not self.privacy["noise_std_max"]:  # no noise, no guarantee: the norms are worth showing (tuning C)
+                out.update({"dp_clipped": self.privacy["clipped"],
+                            "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))})
         out.update({f"secagg_{k}": v for k, v in self.secure.items()})
+        if self.relayed:  # intermediate outputs of the clients' pixels crossed, outside any DP accountant
+            out["relayed_outputs"] = len(self.relayed)
         if self.exchange_protection:
             out.update({"exchange_noise_std": max(v[1] for v in self.exchange_protection.values()),
                         "exchange_clipped_fraction": float(np.mean([v[0] for v in self.exchange_protection.values()]))})
+        deterministic = [self.privacy.get("noise"),
+                         DETERMINISTIC if (self.exchange_protection and (self.settings.get("exchange_privacy") or {})
+                                           .get("deterministic_noise")) else None]
+        if DETERMINISTIC in deterministic:  # test noise: anyone with the run seed can remove it
+            out["noise"] = DETERMINISTIC
         return out
