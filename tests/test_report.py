@@ -170,3 +170,28 @@ def test_dp_sweeps_give_the_report_a_section_and_the_oa_against_epsilon_figure()
     (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
     assert list(line.get_xdata()) == [5.5, 31.1] and list(line.get_ydata()) == [0.05, 0.3]  # ε ascending
     assert any(ln.get_linestyle() == "--" and list(ln.get_ydata()) == [0.8, 0.8] for ln in ax.get_lines())
+
+
+def test_a_runs_dp_unit_what_its_epsilon_misses_and_deterministic_noise_reach_the_table_and_mlflow():
+    from fedrs.pipelines.evaluation.nodes import mlflow_metrics
+    from fedrs.report import table_columns
+
+    rounds = [{"round": 1, "test_oa": 0.4, "dp_epsilon": 3.5, "dp_unit": "site (its two organisations together)",
+               "relayed_outputs": 4},
+              {"round": 2, "test_oa": 0.5, "dp_epsilon": 5.25, "dp_unit": "site (its two organisations together)",
+               "relayed_outputs": 4}]
+    diffusion = {"algorithm": "feddiff_diffusion", "rounds": [], "stages": {"hsi": [{"round": 1}]}}
+    private = run_summary({"rounds": rounds, "earlier_stages": [diffusion]})
+    assert private["dp_unit"].startswith("site")
+    assert private["dp_not_covered"] == "feddiff_diffusion (hsi), the relayed branch outputs"
+    deterministic = {"round": 1, "test_oa": 0.5, "dp_epsilon": None, "noise": "deterministic — no privacy"}
+    testing = run_summary({"rounds": [deterministic]})
+    assert testing["noise"] == "deterministic — no privacy" and "dp_epsilon" not in testing
+    table = comparison_table({"feddiff": _metrics(0.5, run=private), "test": _metrics(0.6, run=testing),
+                              "plain": _metrics(0.7, run=run_summary({}))}, [])
+    columns = table_columns(table)
+    assert {"dp_unit", "dp_not_covered", "noise"} <= set(columns)
+    cells = markdown_table(table, {"algorithm": "algorithm", "noise": "noise"})
+    assert "| test | deterministic — no privacy |" in cells and "| plain | – |" in cells
+    assert not {"dp_unit", "noise"} & set(table_columns(table[table["algorithm"] == "plain"]))
+    assert mlflow_metrics({**_metrics(0.6), "run": testing}, {"rounds": []})["deterministic_noise"]["value"] == 1.0
