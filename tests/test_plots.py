@@ -1,12 +1,9 @@
 """The figures: what each panel plots, read back from the axes (not pixels)."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fedrs.plots import (  # noqa: E402
+from fedrs.plots import (
     class_colours,
     classification_map_figure,
     confusion_figure,

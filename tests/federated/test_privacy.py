@@ -162,7 +162,7 @@ def _released_round(fed, privacy, seed=5):
     return cfg, before, record, run.global_state
 
 
-def _seed_aware_denoise(cfg, before, released):
+def _seed_aware_denoise(cfg, released):
     """The attack of a participant holding the run's configuration (its seed travels in every
     message): regenerate the release's noise as a seed-derived generator gives it, and subtract it."""
     privacy = PrivacyConfig.from_dict(cfg.privacy)
@@ -189,7 +189,7 @@ def test_a_participant_who_knows_the_seed_cannot_remove_the_noise(tiny_federatio
     clean, _ = private_aggregate(before, record.accepted, get_algorithm("fedavg").owner,
                                  PrivacyConfig.from_dict({**privacy, "noise_multiplier": 0.0}),
                                  torch.Generator().manual_seed(0))
-    guess = _seed_aware_denoise(cfg, before, released)
+    guess = _seed_aware_denoise(cfg, released)
     error = max(float((guess[k] - clean[k].double()).abs().max()) for k in guess)
     std = 0.05 / 3
     if deterministic:
