@@ -19,10 +19,17 @@ from fedrs.federated.credentials import issue_ca, issue_server_certificate, node
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(taken: set[int] | None = None) -> int:
+    """A port nothing listens on now and not in ``taken``: the kernel may hand a just-released port
+    out again before the process it was meant for has bound it (two SuperNodes then collide)."""
+    taken = set() if taken is None else taken
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -42,9 +49,12 @@ class Loopback:
         self.logs: list[Path] = []
         home = root / "flwr_home"
         home.mkdir(parents=True, exist_ok=True)
+        # the SuperExec looks for a new message every 1 s by default; a ClientApp starts sooner at 0.1 s
         self.env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_UPDATE_CHECK": "1",
+                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
                     "FLWR_TELEMETRY_ENABLED": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.port = free_port()
+        self.ports: set[int] = set()
+        self.port = free_port(self.ports)
         if secure:
             self.ca, _ = issue_ca(root / "ca")
             self.server_cert, self.server_key = issue_server_certificate(root / "ca", ["127.0.0.1", "localhost"],
@@ -101,7 +111,8 @@ class Loopback:
             tls = ["--insecure"]
         extra = ["--max-retries", str(retries)] if retries is not None else []
         return self._start(["flower-supernode", *tls, "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
-                            "--port", str(free_port()), "--node-config", config, *extra], f"supernode-{name}.log")
+                            "--port", str(free_port(self.ports)), "--node-config", config, *extra],
+                           f"supernode-{name}.log")
 
     def tail(self, chars: int = 1500) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in self.logs if p.exists())

@@ -41,3 +41,31 @@ def test_a_failed_job_says_why_and_leaves_no_result(tiny_federation, tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and "min_clients is 9" in status["error"]
     assert not (out / "result.pt").exists()
+
+
+class _SlowGrid:
+    """A deployment grid stand-in: each reply becomes available after its own number of pulls."""
+
+    def __init__(self, ready_after: dict[str, int]):
+        self.ready_after, self.pulls, self.pushed = ready_after, 0, []
+
+    def push_messages(self, messages):
+        self.pushed.extend(messages)
+        return list(self.ready_after)
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        ready = [i for i in message_ids if self.ready_after[i] <= self.pulls]
+        return [type("Reply", (), {"metadata": type("Meta", (), {"reply_to_message_id": i})()})() for i in ready]
+
+
+def test_replies_are_collected_as_they_arrive_and_the_timeout_is_kept():
+    from fedrs.federated.deployment import PromptGrid
+
+    slow = _SlowGrid({"a": 1, "b": 3})
+    replies = PromptGrid(slow, poll_seconds=0.0).send_and_receive(["m1", "m2"])
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a", "b"] and slow.pulls == 3
+    assert slow.pushed == ["m1", "m2"]
+    never = _SlowGrid({"a": 1, "b": 10**9})  # one node never answers: back after the timeout with the other
+    replies = PromptGrid(never, poll_seconds=0.0).send_and_receive(["m1", "m2"], timeout=0.0)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]

@@ -34,18 +34,12 @@ from fedrs.feddiff.features import FeatureSettings, attach_features, compute_fea
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import class_feature_statistics
-from fedrs.federated.codec import CodecConfig, ErrorFeedback
+from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
-from fedrs.federated.privacy import (
-    ExchangeProtection,
-    PrivacyConfig,
-    clip_update,
-    noise_generator,
-    protect_exchange,
-    public_metrics,
-)
-from fedrs.federated.secure import PROTOCOL_RECORD, contribution, held_contribution, hold_update
-from fedrs.federated.wire import pack_tensors, pack_update, payload_bytes, unpack_tensors
+from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange
+from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution
+from fedrs.federated.upload import Outgoing, run_path, upload_path
+from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
 from fedrs.reproducible import torch_threads
 
 app = ClientApp()
@@ -354,34 +348,13 @@ def round_inputs(msg: Message, context: Context) -> RoundInputs:
 
 def upload(msg: Message, context: Context, job: RoundInputs, state: dict[str, torch.Tensor],
            metrics: dict[str, float], started: float) -> Message:
-    """The way up of a client's tensors, step by step: clipped (DP with client clipping), poisoned
-    (test hook), then held for the secure sums (SecAgg+), or through the codec, or dense."""
-    settings = job.settings
-    privacy = settings.get("privacy")
-    if privacy and PrivacyConfig.from_dict(privacy).clipping == "client":
-        # client-side clipping: the server never receives this client's unclipped update
-        state, metrics["update_norm"] = clip_update(state, job.received, PrivacyConfig.from_dict(privacy).clipping_norm)
-    if job.poison == "nan":
-        first = next(k for k, v in state.items() if torch.is_floating_point(v))
-        state[first] = torch.full_like(state[first], float("nan"))
-    # under noised DP the loss, the metrics and the update's norm stay here (the accountant does not count them)
-    reported: dict[str, int | float | list[int] | list[float]] = public_metrics(
-        {**{k: float(v) for k, v in metrics.items()}, "client_id": job.client_id}, privacy)
-    if settings.get("secure_aggregation") is not None:  # nothing goes up now: the secure sums will ask for it
-        hold_update(context, contribution(state, job.received, pooled_variances=not privacy), job.round,
-                    derive_seed(settings["seed"], 5_005, job.round, job.client_id))
-        return Message(RecordDict({"metrics": MetricRecord({
-            **reported, "bytes_dense": payload_bytes(state), "bytes_sent": 0,
-            "compute_seconds": time.perf_counter() - started})}), reply_to=msg)
-    if settings.get("compression"):
-        # the residual of error feedback stays on this node between rounds (Flower's node state)
-        stored = context.state.array_records.get("codec_residual")
-        feedback = ErrorFeedback.from_state(stored.to_torch_state_dict() if stored is not None else None)
-        arrays, consts, dense, sent = pack_update(state, job.received, CodecConfig.from_dict(settings["compression"]),
-                                                  feedback)
-        context.state["codec_residual"] = ArrayRecord.from_torch_state_dict(feedback.state())
-    else:
-        arrays, consts = ArrayRecord.from_torch_state_dict(state), ConfigRecord({})
-        dense = sent = payload_bytes(state)
-    reported.update({"bytes_dense": dense, "bytes_sent": sent, "compute_seconds": time.perf_counter() - started})
-    return Message(RecordDict({"arrays": arrays, "codec": consts, "metrics": MetricRecord(reported)}), reply_to=msg)
+    """The reply of a per-round handler: the client's tensors along this run's upload path
+    (``fedrs.federated.upload``)."""
+    steps = upload_path(job.settings, context, job.received, job.round,
+                        derive_seed(job.settings["seed"], 5_005, job.round, job.client_id), job.poison)
+    out = run_path(steps, Outgoing(state, {**metrics, "client_id": job.client_id}))
+    reported = {**out.metrics, "compute_seconds": time.perf_counter() - started}
+    records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {"metrics": MetricRecord(reported)}
+    if out.arrays is not None:
+        records.update({"arrays": out.arrays, "codec": out.codec})
+    return Message(RecordDict(records), reply_to=msg)
