@@ -81,11 +81,16 @@ def run_variant(env: str, name: str, overrides: dict[str, str], seed: int | None
     run = metrics["run"]
     return {"name": name, "seed": seed, "seconds": time.perf_counter() - started,
             "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
+            "val_oa_final": metrics.get("validation", {}).get("oa"),
             "train_loss": [r.get("train_loss") for r in run["rounds"]],
-            "test_oa": [r.get("test_oa") for r in run["rounds"]],
+            "val_oa": [r.get("val_oa") for r in run["rounds"]],
             "mb_sent": run["bytes_sent"] / 1e6, "mb_dense": run["bytes_dense"] / 1e6,
             "loss_growing_rounds": run["loss_growing_rounds"],
             **({"oa_before_calibration": run["oa_before_calibration"]} if "oa_before_calibration" in run else {})}
+
+
+def _val(row: dict) -> str:
+    return "–" if row.get("val_oa_final") is None else f"{row['val_oa_final']:.4f}"
 
 
 def trend(values: list[float]) -> str:
@@ -117,19 +122,21 @@ def main() -> None:
             before = (f" (before calibration {row['oa_before_calibration']:.4f})"
                       if "oa_before_calibration" in row else "")
             print(f"{name} (seed {seed}): OA {row['oa']:.4f}{before}, loss {trend(row['train_loss'])}, "
-                  f"OA per round {trend(row['test_oa'])}, {row['seconds']:.0f} s", flush=True)
+                  f"OA per round {trend(row['val_oa'])}, {row['seconds']:.0f} s", flush=True)
     markdown = [f"FedDiff's classifier stage on `{args.env}`, one setting changed per row (same DDPMs and "
-                "features); train loss and test OA per round as first → lowest → last.", "",
-                "| base | variant | what | seed | OA | AA | κ | train loss per round | test OA per round "
-                "| MB sent (dense) |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "features); a variant is chosen on its validation OA, the test scores are reported; train "
+                "loss and validation OA per round as first → lowest → last.", "",
+                "| base | variant | what | seed | validation OA | test OA | AA | κ | train loss per round "
+                "| validation OA per round | MB sent (dense) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
             continue
         what = VARIANTS.get(row["name"], ("",))[0]
         markdown.append(f"| {row.get('tag') or 'configured'} | {row['name']} | {what} | {row.get('seed') or 'conf'} | "
-                        f"{row['oa']:.4f} | {row['aa']:.4f} | {row['kappa']:.4f} | {trend(row['train_loss'])} | "
-                        f"{trend(row['test_oa'])} | {row['mb_sent']:,.0f} ({row['mb_dense']:,.0f}) |")
+                        f"{_val(row)} | {row['oa']:.4f} | {row['aa']:.4f} | {row['kappa']:.4f} | "
+                        f"{trend(row['train_loss'])} | "
+                        f"{trend(row['val_oa'])} | {row['mb_sent']:,.0f} ({row['mb_dense']:,.0f}) |")
     save(f"feddiff_ablations_{args.env}", {"env": args.env, "rows": rows}, markdown)
 
 

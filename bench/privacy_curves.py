@@ -59,6 +59,7 @@ def run(project: Path, env: str | None, algorithm: str, privacy: dict[str, Any] 
     norms = [r["dp_update_norm_median"] for r in history["rounds"] if r.get("dp_update_norm_median")]
     aggregated = sum(1 for r in history["rounds"] if r.get("aggregated"))
     return {"scene": scene, "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
+            "val_oa": metrics.get("validation", {}).get("oa"),
             "rounds_aggregated": f"{aggregated}/{len(history['rounds'])}",
             "epsilon": metrics["run"].get("dp_epsilon"), "update_norm_median": sorted(norms)[len(norms) // 2]
             if norms else None}
@@ -94,9 +95,10 @@ def main() -> None:
         f"{args.algorithm} on the {scene} scene, client-level DP (clipping norm C = the median update norm of the "
         f"unclipped run, {clip:.3g}; δ = {args.delta:g}; Opacus RDP ε over every released aggregate).",
         "",
-        "| setting | ε | OA | AA | κ | rounds aggregated |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r['setting']} | {'∞' if r['epsilon'] is None else format(r['epsilon'], '.2f')} | {r['oa']:.4f} | "
+        "| setting | ε | validation OA | test OA | AA | κ | rounds aggregated |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {r['setting']} | {'∞' if r['epsilon'] is None else format(r['epsilon'], '.2f')} | "
+          f"{'–' if r.get('val_oa') is None else format(r['val_oa'], '.4f')} | {r['oa']:.4f} | "
           f"{r['aa']:.4f} | {r['kappa']:.4f} | {r['rounds_aggregated']} |" for r in rows],
     ]
     sweep = {"algorithm": args.algorithm, "scene": scene, "rows": rows, "clipping_norm": clip, "delta": args.delta}

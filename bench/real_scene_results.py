@@ -1,12 +1,15 @@
 """Every algorithm on one environment's scene over several seeds, as a user runs them
-(``kedro run --env=E --pipelines=ALGO --params seed=S``), collected into one table: OA/AA/κ,
-traffic, wall time, and the mean over seeds. The figures behind the real-data results (README, docs/houston-dev.md).
+(``kedro run --env=E --pipelines=ALGO --params seed=S``), collected into one table: test OA/AA/κ
+and validation OA as mean ± standard deviation over seeds, traffic, wall time, and every algorithm
+against a reference, paired by seed, with a 95% interval (``fedrs.stats``: "level with" when it
+contains 0). The figures behind the real-data results (README, docs/houston-dev.md).
 
-    .venv/bin/python bench/real_scene_results.py --env houston2013 --algorithms fedavg,fedcmi --seeds 42,7,123
+    .venv/bin/python bench/real_scene_results.py --env houston2013 --algorithms feddiff,fedavg,fedcmi --seeds 1,2,3,4,5
 
 ``--no-maps`` stops each run at its evaluation (FedDiff's full-scene map of a Houston-size scene
 takes about half an hour on 2 cores). The seed drives partitions, sampling, noise and
-initialisation; the scene and its train/test split stay fixed.
+initialisation and which blob fold of the training ROIs is the validation split; the test split
+stays fixed. Settings are chosen on the validation OA; the test OA is reported, never chosen on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, save
+from fedrs.stats import format_mean_sd, paired_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,12 +44,13 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
     run_ = metrics.get("run", {})
     return {"algorithm": label or algorithm, "params": params, "seed": seed,
             "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
+            "val_oa_final": metrics.get("validation", {}).get("oa"),
             "per_class": metrics.get("per_class"), "variants": metrics.get("variants"),
             "mb_sent": run_.get("bytes_sent", 0) / 1e6, "mb_dense": run_.get("bytes_dense", 0) / 1e6,
             "train_loss": [r.get("train_loss") for r in run_.get("rounds", [])],
-            "test_oa": [r.get("test_oa") for r in run_.get("rounds", [])],
-            "test_oa_before_statistics": next((r["test_oa_before_statistics"] for r in run_.get("rounds", [])
-                                               if "test_oa_before_statistics" in r), None),
+            "val_oa": [r.get("val_oa") for r in run_.get("rounds", [])],
+            "val_oa_before_statistics": next((r["val_oa_before_statistics"] for r in run_.get("rounds", [])
+                                               if "val_oa_before_statistics" in r), None),
             "oa_before_calibration": run_.get("oa_before_calibration"),
             "loss_growing_rounds": run_.get("loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
             "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started}
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--no-maps", action="store_true")
     parser.add_argument("--params", default="", help="extra kedro --params (k=v,...) for a variant of one algorithm")
     parser.add_argument("--label", default="", help="the row name of such a variant, e.g. 'feddiff, stage 1 dense'")
+    parser.add_argument("--reference", default="feddiff", help="the row every other algorithm is compared with")
     args = parser.parse_args()
     scene = args.scene or args.env
     out = RESULTS / f"real_scene_{scene}.json"
@@ -73,24 +79,31 @@ def main() -> None:
             else:
                 print(f"{row['algorithm']} seed {seed}: OA {row['oa']:.4f} AA {row['aa']:.4f} κ {row['kappa']:.4f} "
                       f"({row['command_seconds']:.0f} s)", flush=True)
-            save(f"real_scene_{scene}", {"env": args.env, "rows": rows}, summary(rows, scene))
+            save(f"real_scene_{scene}", {"env": args.env, "rows": rows}, summary(rows, scene, args.reference))
 
 
-def summary(rows: list[dict], scene: str) -> list[str]:
-    lines = [f"Scene `{scene}`; per algorithm the mean over its seeds (single values in brackets).", "",
-             "| algorithm | seeds | OA | AA | κ | MB sent (dense) | training s |", "|---|---|---|---|---|---|---|"]
-    for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
-        ok = [r for r in rows if r["algorithm"] == algorithm and "error" not in r]
+def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[str]:
+    lines = [f"Scene `{scene}`; per algorithm mean ± standard deviation over its seeds.", "",
+             "| algorithm | seeds | test OA | test AA | test κ | validation OA | MB sent (dense) | training s |",
+             "|---|---|---|---|---|---|---|---|"]
+    ok_rows = {a: [r for r in rows if r["algorithm"] == a and "error" not in r]
+               for a in dict.fromkeys(r["algorithm"] for r in rows)}
+    for algorithm, ok in ok_rows.items():
         if not ok:
             continue
-        cells = []
-        for key in ("oa", "aa", "kappa"):
-            values = [r[key] for r in ok]
-            each = f" ({', '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{each}")
+        cells = [format_mean_sd([r[key] for r in ok]) for key in ("oa", "aa", "kappa")]
+        val = [r["val_oa_final"] for r in ok if r.get("val_oa_final") is not None]
+        cells.append(format_mean_sd(val) if val else "–")
         lines.append(f"| {algorithm} | {', '.join(str(r['seed']) for r in ok)} | {' | '.join(cells)} | "
                      f"{ok[0]['mb_sent']:,.0f} ({ok[0]['mb_dense']:,.0f}) | "
                      f"{statistics.mean(r['training_seconds'] or 0 for r in ok):,.0f} |")
+    if ok_rows.get(reference):
+        ref = {r["seed"]: r["oa"] for r in ok_rows[reference]}
+        lines += ["", f"Test OA, paired by seed against {reference}:", ""]
+        for algorithm, ok in ok_rows.items():
+            if algorithm != reference and ok and set(ref) & {r["seed"] for r in ok}:
+                other = {r["seed"]: r["oa"] for r in ok}
+                lines.append("- " + paired_interval(ref, other).describe(reference, algorithm))
     return lines
 
 

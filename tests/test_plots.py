@@ -11,6 +11,7 @@ from fedrs.plots import (
     curves_figure,
     rgb_bands,
     row_normalised,
+    split_figure,
 )
 
 
@@ -36,9 +37,25 @@ def test_the_map_shows_prediction_beside_the_ground_truth_and_curves_show_every_
     np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), [[1, 2]])
     assert fig.axes[0].get_title() == "fedavg: prediction"
     plt.close(fig)
-    rounds = [{"round": i, "train_loss": 1.0 / i, "test_oa": 0.1 * i, "test_aa": 0.1 * i, "bytes_up": 1e6}
+    rounds = [{"round": i, "train_loss": 1.0 / i, "val_oa": 0.1 * i, "val_aa": 0.1 * i, "bytes_up": 1e6}
               for i in (1, 2, 3)]
     fig = curves_figure({"algorithm": "fedavg", "rounds": rounds})
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [1.0, 0.5, 1 / 3])
     np.testing.assert_allclose(fig.axes[2].lines[0].get_xdata(), [1.0, 2.0, 3.0])
+    plt.close(fig)
+
+
+def test_the_split_figure_shows_each_split_with_its_pixel_count_and_how_it_was_carved():
+    train = np.zeros((6, 6), dtype=np.int16)
+    train[0, :3] = 1
+    validation = np.zeros_like(train)
+    validation[3, 3] = 2
+    test = np.zeros_like(train)
+    test[5, :] = 1
+    split = {"train_labels": train, "validation_labels": validation, "test_labels": test,
+             "validation_fraction": 0.2, "cv_fold": 3, "seed": 9}
+    fig = split_figure(split, ["water", "road"], "tiny")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["train (3 px)", "validation (1 px)", "test (6 px)"]
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), validation)
+    assert "blob fold 3" in fig._suptitle.get_text() and "seed 9" in fig._suptitle.get_text()
     plt.close(fig)

@@ -18,12 +18,13 @@ from fedrs.results import run_summary
 
 
 def _metrics(oa, modalities=("hsi", "lidar"), **extra):
-    return {"oa": oa, "aa": oa - 0.01, "kappa": oa - 0.05, "per_class_spread": 0.2, "modalities": list(modalities),
+    return {"oa": oa, "aa": oa - 0.01, "kappa": oa - 0.05, "validation": {"oa": oa + 0.02},
+            "per_class_spread": 0.2, "modalities": list(modalities),
             "per_class": {"Grass": oa, "Trees": oa - 0.1}, "confusion": [[3, 1], [0, 4]], **extra}
 
 
 def _round(n, up, up_dense):
-    return {"round": n, "test_oa": 0.5 + n / 10, "bytes_up": up, "bytes_up_dense": up_dense,
+    return {"round": n, "val_oa": 0.5 + n / 10, "bytes_up": up, "bytes_up_dense": up_dense,
             "bytes_down": 100, "bytes_down_dense": 100}
 
 
@@ -70,7 +71,7 @@ def test_pages_hold_every_algorithm_and_embed_every_figure():
     assert len(images) == 2 and base64.b64decode(images[0]) == png and png.startswith(b"\x89PNG")
     assert "<td>a</td>" in page and "<td>b</td>" in page and "src='http" not in page
     md = render_markdown("t", {"scene": "s"}, table, rows, {"Curves": "figures/curves.png"})
-    assert "![Curves](figures/curves.png)" in md and "| a | hsi+lidar | 0.7000 |" in md
+    assert "![Curves](figures/curves.png)" in md and "| a | hsi+lidar | 0.7200 | 0.7000 |" in md
     assert "HSI only, zero-filled" in md
 
 
@@ -81,9 +82,9 @@ def test_ordered_and_markdown_table():
 
 
 def test_runs_that_lost_clients_or_kept_raising_their_loss_are_marked():
-    rounds = [{"round": 1, "train_loss": 1.0, "test_oa": 0.5, "failed": [{"client_id": 3}], "dropped": []},
-              {"round": 2, "train_loss": 1.5, "test_oa": 0.5, "failed": [], "dropped": [{"client_id": 1}]},
-              {"round": 3, "train_loss": 2.0, "test_oa": 0.5, "failed": [], "dropped": [], "loss_growing_rounds": 2}]
+    rounds = [{"round": 1, "train_loss": 1.0, "val_oa": 0.5, "failed": [{"client_id": 3}], "dropped": []},
+              {"round": 2, "train_loss": 1.5, "val_oa": 0.5, "failed": [], "dropped": [{"client_id": 1}]},
+              {"round": 3, "train_loss": 2.0, "val_oa": 0.5, "failed": [], "dropped": [], "loss_growing_rounds": 2}]
     run = run_summary({"rounds": rounds, "wall_seconds": 1.0, "peak_rss_mb": 1.0, "compute": {"precision": "bf16"}})
     assert (run["clients_failed"], run["clients_dropped"], run["lost_clients"]) == (1, 1, True)
     metrics = {"shaky": _metrics(0.6, run=run), "fine": _metrics(0.7, run=run_summary({"rounds": rounds[:1]}) | {
@@ -100,11 +101,11 @@ def test_runs_that_lost_clients_or_kept_raising_their_loss_are_marked():
 def test_a_private_runs_budget_reaches_the_table_and_mlflow():
     from fedrs.pipelines.evaluation.nodes import mlflow_metrics
 
-    rounds = [{"round": 1, "train_loss": 1.0, "test_oa": 0.4, "dp_epsilon": 3.5},
-              {"round": 2, "train_loss": 0.9, "test_oa": 0.5, "dp_epsilon": 5.25}]
+    rounds = [{"round": 1, "train_loss": 1.0, "val_oa": 0.4, "dp_epsilon": 3.5},
+              {"round": 2, "train_loss": 0.9, "val_oa": 0.5, "dp_epsilon": 5.25}]
     private = run_summary({"rounds": rounds})
     assert private["dp_epsilon"] == 5.25 and [r["dp_epsilon"] for r in private["rounds"]] == [3.5, 5.25]
-    assert "dp_epsilon" not in run_summary({"rounds": [{"round": 1, "test_oa": 0.5}]})
+    assert "dp_epsilon" not in run_summary({"rounds": [{"round": 1, "val_oa": 0.5}]})
     table = comparison_table({"dp": _metrics(0.5, run=private), "plain": _metrics(0.7, run=run_summary({}))}, [])
     cells = markdown_table(table, {"algorithm": "algorithm", "dp_epsilon": "DP ε"})
     assert "| dp | 5.25 |" in cells and "| plain | – |" in cells
@@ -122,8 +123,8 @@ def test_secure_aggregations_cost_per_round_reaches_the_table_and_mlflow():
     from fedrs.pipelines.evaluation.nodes import mlflow_metrics
     from fedrs.report import table_columns
 
-    rounds = [{"round": 1, "test_oa": 0.4, "secagg_sums": 3, "secagg_seconds": 1.5},
-              {"round": 2, "test_oa": 0.5, "secagg_sums": 4, "secagg_seconds": 2.5}]
+    rounds = [{"round": 1, "val_oa": 0.4, "secagg_sums": 3, "secagg_seconds": 1.5},
+              {"round": 2, "val_oa": 0.5, "secagg_sums": 4, "secagg_seconds": 2.5}]
     secure = run_summary({"rounds": rounds})
     assert secure["secagg_seconds_per_round"] == 2.0 and [r["secagg_sums"] for r in secure["rounds"]] == [3, 4]
     table = comparison_table({"secure": _metrics(0.5, run=secure), "plain": _metrics(0.7, run=run_summary({}))}, [])
@@ -138,7 +139,7 @@ def test_a_calibrated_runs_oa_before_calibration_reaches_the_table_and_mlflow():
     from fedrs.pipelines.evaluation.nodes import mlflow_metrics
     from fedrs.report import table_columns
 
-    rounds = [{"round": 1, "test_oa": 0.4}, {"round": 2, "test_oa": 0.55, "test_oa_before_calibration": 0.5,
+    rounds = [{"round": 1, "val_oa": 0.4}, {"round": 2, "val_oa": 0.55, "val_oa_before_calibration": 0.5,
                                              "calibration_clients": 4}]
     calibrated = run_summary({"rounds": rounds})
     assert calibrated["oa_before_calibration"] == 0.5 and calibrated["rounds"][-1]["calibration_clients"] == 4
@@ -176,15 +177,15 @@ def test_a_runs_dp_unit_what_its_epsilon_misses_and_deterministic_noise_reach_th
     from fedrs.pipelines.evaluation.nodes import mlflow_metrics
     from fedrs.report import table_columns
 
-    rounds = [{"round": 1, "test_oa": 0.4, "dp_epsilon": 3.5, "dp_unit": "site (its two organisations together)",
+    rounds = [{"round": 1, "val_oa": 0.4, "dp_epsilon": 3.5, "dp_unit": "site (its two organisations together)",
                "relayed_outputs": 4},
-              {"round": 2, "test_oa": 0.5, "dp_epsilon": 5.25, "dp_unit": "site (its two organisations together)",
+              {"round": 2, "val_oa": 0.5, "dp_epsilon": 5.25, "dp_unit": "site (its two organisations together)",
                "relayed_outputs": 4}]
     diffusion = {"algorithm": "feddiff_diffusion", "rounds": [], "stages": {"hsi": [{"round": 1}]}}
     private = run_summary({"rounds": rounds, "earlier_stages": [diffusion]})
     assert private["dp_unit"].startswith("site")
     assert private["dp_not_covered"] == "feddiff_diffusion (hsi), the relayed branch outputs"
-    deterministic = {"round": 1, "test_oa": 0.5, "dp_epsilon": None, "noise": "deterministic — no privacy"}
+    deterministic = {"round": 1, "val_oa": 0.5, "dp_epsilon": None, "noise": "deterministic — no privacy"}
     testing = run_summary({"rounds": [deterministic]})
     assert testing["noise"] == "deterministic — no privacy" and "dp_epsilon" not in testing
     table = comparison_table({"feddiff": _metrics(0.5, run=private), "test": _metrics(0.6, run=testing),

@@ -22,15 +22,15 @@ def test_a_spec_takes_the_shapes_from_the_data():
 
 
 def test_the_summary_counts_every_stage_and_every_lost_client():
-    rounds = [{"round": 1, "train_loss": 2.0, "test_oa": 0.4, "bytes_up": 10, "bytes_down": 20, "bytes_up_dense": 40,
+    rounds = [{"round": 1, "train_loss": 2.0, "val_oa": 0.4, "bytes_up": 10, "bytes_down": 20, "bytes_up_dense": 40,
                "bytes_down_dense": 40, "failed": [{"client_id": 1}], "dropped": [], "rejected": [], "aggregated": True},
-              {"round": 2, "train_loss": 1.0, "test_oa": 0.6, "bytes_up": 10, "bytes_down": 20, "failed": [],
+              {"round": 2, "train_loss": 1.0, "val_oa": 0.6, "bytes_up": 10, "bytes_down": 20, "failed": [],
                "dropped": [{"client_id": 2}], "rejected": [], "aggregated": False, "loss_growing_rounds": 0,
-               "test_oa_before_calibration": 0.5}]
+               "val_oa_before_calibration": 0.5}]
     diffusion = {"rounds": [], "stages": {"hsi": [{"round": 1, "bytes_up": 5, "bytes_down": 5}]}, "wall_seconds": 3.0}
     history = {**run_history("feddiff", rounds, started=0.0), "earlier_stages": [diffusion]}
     summary = run_summary(history)
-    assert summary["num_rounds"] == 2 and [r["test_oa"] for r in summary["rounds"]] == [0.4, 0.6]
+    assert summary["num_rounds"] == 2 and [r["val_oa"] for r in summary["rounds"]] == [0.4, 0.6]
     assert summary["bytes_sent"] == 70 and summary["bytes_dense"] == 80 + 30 + 10
     assert summary["clients_failed"] == 1 and summary["clients_dropped"] == 1 and summary["lost_clients"]
     assert summary["rounds_not_aggregated"] == 1 and summary["oa_before_calibration"] == 0.5

@@ -74,6 +74,21 @@ def scene_overview_figure(scene: dict[str, Any], bands: list[int] | None = None)
     return fig
 
 
+def split_figure(split: dict[str, Any], class_names: list[str], scene_name: str = "") -> Figure:
+    """The training, validation (blob fold ``cv_fold`` of the training ROIs) and test pixels."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5), constrained_layout=True)
+    cmap = class_colours(len(class_names))
+    for ax, name in zip(axes, ("train", "validation", "test"), strict=True):
+        labels = split[f"{name}_labels"]
+        ax.imshow(labels, cmap=cmap, vmin=0, vmax=len(class_names), interpolation="nearest")
+        ax.set_title(f"{name} ({int((labels > 0).sum())} px)")
+        ax.set_axis_off()
+    add_class_legend(fig, cmap, class_names, loc="lower center", bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle(f"{scene_name}: validation = blob fold {int(split['cv_fold'])} of the training ROIs "
+                 f"(validation_fraction {float(split['validation_fraction']):g}, seed {int(split['seed'])})")
+    return fig
+
+
 def client_class_figure(manifest: dict[str, Any], class_names: list[str]) -> Figure:
     clients = manifest["clients"]
     counts = np.asarray([c["class_counts"] for c in clients])  # [clients, classes]
@@ -134,8 +149,8 @@ def curves_figure(history: dict[str, Any]) -> Figure:
     name = history.get("algorithm", "")
     if not rounds:  # local training has per-client results instead of rounds
         clients = history.get("clients", [])
-        axes[0].bar([str(c["client_id"]) for c in clients], [c["test_oa"] for c in clients])
-        axes[0].set_title(f"{name}: test OA per client")
+        axes[0].bar([str(c["client_id"]) for c in clients], [c["val_oa"] for c in clients])
+        axes[0].set_title(f"{name}: validation OA per client")
         axes[0].set_xlabel("client")
         for ax in axes[1:]:
             ax.set_axis_off()
@@ -143,12 +158,12 @@ def curves_figure(history: dict[str, Any]) -> Figure:
     r = [row["round"] for row in rounds]
     axes[0].plot(r, [row.get("train_loss") or np.nan for row in rounds], marker="o")
     axes[0].set_title("training loss")
-    axes[1].plot(r, [row["test_oa"] for row in rounds], marker="o", label="OA")
-    axes[1].plot(r, [row["test_aa"] for row in rounds], marker=".", label="AA")
-    axes[1].set_title("test accuracy")
+    axes[1].plot(r, [row["val_oa"] for row in rounds], marker="o", label="OA")
+    axes[1].plot(r, [row["val_aa"] for row in rounds], marker=".", label="AA")
+    axes[1].set_title("validation accuracy")
     axes[1].legend()
     sent = cumulative_mb_sent(rounds)
-    axes[2].plot(sent, [row["test_oa"] for row in rounds], marker="o")
+    axes[2].plot(sent, [row["val_oa"] for row in rounds], marker="o")
     axes[2].set_xlabel("cumulative MB sent (both directions)")
     axes[2].set_title("OA against traffic")
     for ax in axes[:2]:
@@ -158,19 +173,20 @@ def curves_figure(history: dict[str, Any]) -> Figure:
 
 
 def comparison_curves_figure(histories: dict[str, dict[str, Any]]) -> Figure:
-    """Test OA per round, and OA against cumulative bytes sent, one line per federated algorithm."""
+    """Validation OA per round, and OA against cumulative bytes sent, one line per federated algorithm."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
     for name, history in histories.items():
-        rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
+        rounds = [r for r in history.get("rounds") or [] if r.get("val_oa") is not None]
         if not rounds:
             continue
-        oa = [r["test_oa"] for r in rounds]
+        oa = [r["val_oa"] for r in rounds]
         axes[0].plot([r["round"] for r in rounds], oa, marker=".", label=name)
         sent = cumulative_mb_sent(rounds)
         if sent[-1] > 0:
             axes[1].plot(sent, oa, marker=".", label=name)
-    axes[0].set(xlabel="round", ylabel="test OA", title="test OA per round")
-    axes[1].set(xlabel="cumulative MB sent (both directions, log)", ylabel="test OA", title="OA against traffic")
+    axes[0].set(xlabel="round", ylabel="validation OA", title="validation OA per round")
+    axes[1].set(xlabel="cumulative MB sent (both directions, log)", ylabel="validation OA",
+                title="validation OA against traffic")
     if axes[1].lines:
         axes[1].set_xscale("log")
     for ax in axes:

@@ -1,4 +1,5 @@
-"""The MLflow model registry: the ``champion`` alias on each algorithm's best version by test OA, and
+"""The MLflow model registry: the ``champion`` alias on each algorithm's best version by validation OA
+(never the test OA: choosing a model is a choice, made on validation pixels), and
 a registered version turned back into the artefact that predicts a classification map.
 
     python -m fedrs.registry map models:/feddiff@champion [--env trento] [--out map.png]
@@ -20,9 +21,9 @@ CHAMPION = "champion"
 def promote_champion(client: MlflowClient, name: str, metric: str | None = None,
                      alias: str = CHAMPION) -> ModelVersion | None:
     """Point ``alias`` at the version of registered model ``name`` whose run scored the highest
-    ``metric`` (default ``<name>.oa``, the test OA); ties go to the newest version. Versions whose run
-    lacks the metric are skipped; returns the champion, or None when no version qualifies."""
-    metric = metric or f"{name}.oa"
+    ``metric`` (default ``<name>.val_oa``, the validation OA); ties go to the newest version. Versions
+    whose run lacks the metric are skipped; returns the champion, or None when no version qualifies."""
+    metric = metric or f"{name}.val_oa"
     scored = []
     for version in client.search_model_versions(f"name='{name}'"):
         value = client.get_run(version.run_id).data.metrics.get(metric) if version.run_id else None

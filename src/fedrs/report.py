@@ -15,15 +15,16 @@ from matplotlib.figure import Figure
 
 from fedrs.plots import cumulative_mb_sent
 
-TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "oa": "OA", "aa": "AA", "kappa": "κ",
+TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "val_oa": "validation OA", "oa": "test OA",
+                 "aa": "AA", "kappa": "κ",
                  "per_class_spread": "per-class spread", "rounds": "rounds", "mb_sent": "MB sent",
                  "mb_dense": "MB dense", "compression": "× fewer bytes", "wall_seconds": "wall s",
                  "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
                  "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round",
                  "dp_unit": "DP unit", "dp_not_covered": "not covered by ε",
-                 "oa_before_calibration": "OA before calibration", "noise": "noise"}
+                 "oa_before_calibration": "val. OA before calibration", "noise": "noise"}
 # columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run), the
-# last round's test OA before classifier calibration (a calibrated run), a run's deterministic (test) noise
+# last round's validation OA before classifier calibration (a calibrated run), a run's deterministic (test) noise
 OPTIONAL_COLUMNS = ("dp_epsilon", "dp_unit", "dp_not_covered", "secagg_seconds", "oa_before_calibration", "noise")
 
 
@@ -55,6 +56,7 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
         run = report.get("run") or {}
         sent, dense = run.get("bytes_sent", 0), run.get("bytes_dense", 0)
         row = {"algorithm": name, "modalities": "+".join(report.get("modalities", [])),
+               "val_oa": (report.get("validation") or {}).get("oa", np.nan),
                "oa": report["oa"], "aa": report["aa"], "kappa": report["kappa"],
                "per_class_spread": report.get("per_class_spread", np.nan),
                "rounds": run.get("num_rounds", 0), "mb_sent": sent / 1e6, "mb_dense": dense / 1e6,
@@ -79,14 +81,14 @@ def run_rounds(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def round_tables(histories: dict[str, dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """Per federated algorithm: round, train loss, test OA and cumulative MB sent (for DVC plots)."""
+    """Per federated algorithm: round, train loss, validation OA and cumulative MB sent (for DVC plots)."""
     tables = {}
     for name, history in histories.items():
-        rounds = [r for r in history.get("rounds") or [] if r.get("test_oa") is not None]
+        rounds = [r for r in history.get("rounds") or [] if r.get("val_oa") is not None]
         if rounds:
             tables[name] = pd.DataFrame({"round": [r["round"] for r in rounds],
                                          "train_loss": [r.get("train_loss", np.nan) for r in rounds],
-                                         "test_oa": [r["test_oa"] for r in rounds],
+                                         "val_oa": [r["val_oa"] for r in rounds],
                                          "mb_cumulative": cumulative_mb_sent(rounds)})
     return tables
 

@@ -54,14 +54,14 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
 
 
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
-              "train_infiltration_loss", "test_oa", "test_aa", "test_kappa", "test_l1", "lr", "bytes_up", "bytes_down",
-              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "test_oa_before_statistics",
+              "train_infiltration_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up", "bytes_down",
+              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
-              "secagg_sums", "secagg_seconds", "test_oa_before_calibration", "calibration_clients", "noise",
+              "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "noise",
               "dp_unit")
 
 # the per-round curves an MLflow run shows (step = round)
-MLFLOW_ROUND_KEYS = ("train_loss", "test_oa", "test_aa", "test_kappa", "bytes_down", "bytes_up", "dp_epsilon")
+MLFLOW_ROUND_KEYS = ("train_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon")
 # the run-summary values an MLflow run logs beside the final scores
 MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
                        "updates_rejected", "loss_growing_rounds", "dp_epsilon", "secagg_seconds_per_round",
@@ -121,8 +121,8 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
         summary["dp_epsilon"] = float(epsilons[-1])
         summary["dp_unit"] = rounds[-1].get("dp_unit", "organisation")
         summary["dp_not_covered"] = ", ".join(not_covered(history, stages)) or "–"
-    if rounds and rounds[-1].get("test_oa_before_calibration") is not None:  # what the calibration changed
-        summary["oa_before_calibration"] = float(rounds[-1]["test_oa_before_calibration"])
+    if rounds and rounds[-1].get("val_oa_before_calibration") is not None:  # what the calibration changed
+        summary["oa_before_calibration"] = float(rounds[-1]["val_oa_before_calibration"])
     flagged = [r["noise"] for r in rounds if r.get("noise")]
     if flagged:  # deterministic (test) noise: anyone with the run seed can remove it
         summary["noise"] = flagged[-1]

@@ -12,11 +12,11 @@ from fedrs.datasets import NpzDataset
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
 from fedrs.partition import ClientSpec, client_bundle
-from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation
 from fedrs.scene.assemble import assemble_scene
 from fedrs.scene.synthetic import generate_synthetic_scene
 from tests.conftest import REPO, TINY_SCENE
 from tests.federated.fake_grid import FakeGrid
+from tests.federated.tiny import train_and_held_out
 
 
 def default_classifier_stage() -> dict:
@@ -32,7 +32,7 @@ def class_disjoint_sites(tmp_path_factory) -> dict:
     features.mkdir()
     raw = generate_synthetic_scene({**TINY_SCENE, "train_per_class": 12})
     scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
-    train, test = build_patch_sets(scene, fit_normalisation(scene, {}), {"patch_size": 7})
+    train, test = train_and_held_out(scene, 7)
     k = int(train["num_classes"])
     site_of = (train["labels"] >= k // 2).astype(int)  # site 0: the first half of the classes, site 1 the rest
     rng = np.random.default_rng(0)
@@ -75,4 +75,4 @@ def test_the_default_recipe_lowers_the_loss_across_class_disjoint_sites(class_di
     assert all(r["accepted"] == [0, 1, 2, 3] for r in history)
     assert losses[-1] < 0.6 * losses[0], losses
     assert max(r["loss_growing_rounds"] for r in history) == 0, losses
-    assert history[-1]["test_oa"] > 2.0 / fed["spec"]["num_classes"]  # both sites' classes are learnt
+    assert history[-1]["val_oa"] > 2.0 / fed["spec"]["num_classes"]  # both sites' classes are learnt

@@ -154,7 +154,7 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     assert changed == {f"{layer}.weight", f"{layer}.bias"}  # the run itself is the same, the layer retrained
     last = calibrated["history"][-1]
     assert last["calibration_clients"] == 4 and last["calibration_loss_after"] < last["calibration_loss_before"]
-    assert last["test_oa_before_calibration"] == plain["history"][-1]["test_oa"]
+    assert last["val_oa_before_calibration"] == plain["history"][-1]["val_oa"]
     assert "calibration_clients" not in calibrated["history"][0]
     # what went up: per-class count, sum and outer-product sum of the 64 features, dense float64
     classes = fed["spec"]["num_classes"]

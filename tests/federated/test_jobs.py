@@ -22,14 +22,14 @@ def test_a_rounds_job_read_back_from_its_files_gives_the_same_result(tiny_federa
     settings = job.write(tmp_path)
     again = read_job(settings)
     assert isinstance(again, RoundsJob) and again.cfg == job.cfg and again.total_steps == 2
-    assert sorted(again.test) == sorted(job.test)
+    assert sorted(again.validation) == sorted(job.validation)
     progress = []
     n = tiny_federation["num_clients"]
     original = job.run(FakeGrid(n), n)
     replayed = again.run(FakeGrid(n), n, on_round=progress.append)
     assert [row["round"] for row in progress] == [1, 2]
     assert all(torch.equal(original["state"][k], replayed["state"][k]) for k in original["state"])
-    assert [r["test_oa"] for r in original["history"]] == [r["test_oa"] for r in replayed["history"]]
+    assert [r["val_oa"] for r in original["history"]] == [r["val_oa"] for r in replayed["history"]]
 
 
 def test_a_features_job_keeps_its_unets_and_settings_through_the_files(tmp_path):

@@ -266,7 +266,7 @@ def test_feddiffs_epsilon_is_for_a_site_and_says_what_it_does_not_cover(tiny_spl
     (row,) = result["history"]
     assert row["dp_epsilon"] == pytest.approx(epsilon_spent([(0.5, 1.0)], 1e-5)) and row["dp_unit"].startswith("site")
     assert row["dp_epsilon"] > epsilon_spent([(1.0, 1.0)], 1e-5)  # the organisation-level number was too low
-    diffusion = {"algorithm": "feddiff_diffusion", "rounds": [], "stages": {"hsi": [{"round": 1, "test_l1": 0.8}]}}
+    diffusion = {"algorithm": "feddiff_diffusion", "rounds": [], "stages": {"hsi": [{"round": 1, "val_l1": 0.8}]}}
     summary = run_summary({**run_history("feddiff", result["history"], 0.0), "earlier_stages": [diffusion]})
     assert summary["dp_unit"].startswith("site")
     assert summary["dp_not_covered"] == "feddiff_diffusion (hsi), the relayed branch outputs"

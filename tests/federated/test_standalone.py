@@ -25,7 +25,7 @@ def test_centralized_training_repeats_for_a_seed_and_records_every_round(tiny_fe
     again, _ = train_centralized(pooled, tiny_federation["test"], _cfg(tiny_federation))
     assert all(torch.equal(state[k], again[k]) for k in state)
     assert [r["round"] for r in history] == [1, 2]
-    assert all(r["bytes_up"] == 0 and r["bytes_down"] == 0 and 0 <= r["test_oa"] <= 1 for r in history)
+    assert all(r["bytes_up"] == 0 and r["bytes_down"] == 0 and 0 <= r["val_oa"] <= 1 for r in history)
     assert history[1]["lr"] < history[0]["lr"]  # the cosine schedule, as in the federated runs
     other, _ = train_centralized(pooled, tiny_federation["test"], _cfg(tiny_federation, seed=3))
     assert any(not torch.equal(state[k], other[k]) for k in state)
@@ -39,6 +39,6 @@ def test_local_clients_train_alone_and_are_summarised(tiny_federation):
     first = states[0]
     assert any(not torch.equal(first[k], states[1][k]) for k in first)  # each trained on its own pixels
     summary = summarise_local(results)
-    oas = [r["test_oa"] for r in results]
+    oas = [r["val_oa"] for r in results]
     assert summary["worst_oa"] == min(oas) and summary["best_oa"] == max(oas)
     assert summary["mean_oa"] == np.mean(oas) and summary["median_client"] in parts

@@ -40,10 +40,10 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
     client = mlflow.MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
-    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.hsi_zero_filled.oa", "fedavg.round.test_oa",
+    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.hsi_zero_filled.oa", "fedavg.round.val_oa",
                 "fedavg.round.bytes_up", "fedavg.wall_seconds"):
         assert key in run.data.metrics, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "fedavg.round.test_oa")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fedavg.round.val_oa")] == [1, 2]
     assert run.data.params["baseline.federated.num_rounds"] == "2"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "fedavg")}
     assert {"fedavg/confusion.png", "fedavg/classification_map.png", "fedavg/curves.png", "fedavg/MLmodel"} <= logged
@@ -64,7 +64,8 @@ def test_centralized_and_local_pipelines(tiny_baselines):
     central = json.loads(p("data/07_model_output/synthetic/centralized/history.json").read_text())
     assert len(central["rounds"]) == 2 and all(r["bytes_up"] == 0 for r in central["rounds"])
     local = json.loads(p("data/07_model_output/synthetic/local/history.json").read_text())
-    assert len(local["clients"]) == 3 and local["worst_oa"] <= local["mean_oa"] <= local["best_oa"]
+    assert len(local["clients"]) == 3
+    assert local["worst_oa"] <= local["mean_oa"] + 1e-12 and local["mean_oa"] <= local["best_oa"] + 1e-12
     for algorithm in ("centralized", "local"):
         assert json.loads(p(f"data/08_reporting/synthetic/{algorithm}/metrics.json").read_text())["num_samples"] > 0
 
@@ -110,7 +111,7 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert (traffic["payload"] == "statistics").sum() == 8 and history["rounds"][-1]["statistics_from"] == [0, 1, 2, 3]
     # classifier calibration (FedDiff's default) ended the run: every client's class statistics, head1 retrained
     assert (traffic["payload"] == "calibration").sum() == 4 and history["rounds"][-1]["calibration_clients"] == 4
-    assert "test_oa_before_calibration" in history["rounds"][-1]
+    assert "val_oa_before_calibration" in history["rounds"][-1]
     # stage 2 ran on the clients: each was sent its modality's U-Net and sent nothing back but shapes
     unets = traffic[traffic["payload"] == "unet"]
     assert sorted(unets["client_id"]) == [0, 1, 2, 3] and (unets["direction"] == "down").all()

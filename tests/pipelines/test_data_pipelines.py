@@ -3,6 +3,7 @@
 import json
 import sqlite3
 
+import mlflow
 import numpy as np
 import pytest
 
@@ -23,9 +24,15 @@ def test_data_pipelines_end_to_end(kedro_project):
     assert summary["train_pixels"] == 60 and len(summary["classes"]) == 10
 
     train = NpzDataset(str(p("data/04_feature/synthetic/train_patches.npz"))).load()
+    validation = NpzDataset(str(p("data/04_feature/synthetic/validation_patches.npz"))).load()
     test = NpzDataset(str(p("data/04_feature/synthetic/test_patches.npz"))).load()
-    assert train["hsi"].shape == (60, 16, 7, 7) and train["lidar"].shape == (60, 2, 7, 7)
+    # a fifth of the training ROIs, by blob, is the validation split; the test pixels are untouched
+    assert train["labels"].size + validation["labels"].size == 60 and 6 <= validation["labels"].size <= 18
+    assert train["hsi"].shape[1:] == (16, 7, 7) and train["lidar"].shape[1:] == (2, 7, 7)
     assert test["labels"].size == summary["test_pixels"]
+    split = NpzDataset(str(p("data/04_feature/synthetic/pixel_split.npz"))).load()
+    assert_disjoint(train, split, hidden=("validation", "test"))
+    assert_disjoint(validation, split, hidden=("test",))
     # normalisation comes from training pixels: their centre values span exactly [-1, 1]
     centre = train["hsi"][:, :, 3, 3]
     np.testing.assert_allclose(centre.min(axis=0), -1.0, atol=1e-5)
@@ -43,7 +50,7 @@ def test_data_pipelines_end_to_end(kedro_project):
             assert sorted(m for m in ("hsi", "lidar") if m in bundle) == sorted(entry["modalities"])
             assert bundle["labels"].size == entry["num_samples"]
             total += entry["num_samples"]
-        assert total == (120 if layout == "modality_split" else 60)  # both holders of a site count
+        assert total == 2 * train["labels"].size if layout == "modality_split" else train["labels"].size
         assert p(f"data/08_reporting/synthetic/{layout}_clients.png").stat().st_size > 10_000
     assert p("data/08_reporting/synthetic/scene_overview.png").is_file()
     # kedro-mlflow recorded the run in the project's SQLite store
@@ -51,10 +58,29 @@ def test_data_pipelines_end_to_end(kedro_project):
         assert db.execute("select count(*) from runs").fetchone()[0] >= 1
 
 
+def assert_disjoint(patches, split, hidden):
+    """Every window position of ``patches`` that falls on a pixel of a ``hidden`` split shows one
+    value per channel (the training mean), and no window shows a hidden pixel's own value."""
+    half = patches["patch_size"] // 2
+    masked = np.zeros(split["test_labels"].shape, dtype=bool)
+    for name in hidden:
+        masked |= split[f"{name}_labels"] > 0
+    seen = []
+    for i, (r, c) in enumerate(zip(patches["rows"], patches["cols"], strict=True)):
+        for dr in range(-half, half + 1):
+            for dc in range(-half, half + 1):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < masked.shape[0] and 0 <= cc < masked.shape[1] and masked[rr, cc]:
+                    seen.append(patches["hsi"][i, :, half + dr, half + dc])
+    assert seen, "the tiny scene should put hidden pixels inside some windows"
+    assert np.ptp(np.stack(seen), axis=0).max() == 0  # all equal: the fill, not the pixels' own spectra
+
+
 def _artefacts(project):
     out = {}
     for rel in (
         "data/04_feature/synthetic/train_patches.npz",
+        "data/04_feature/synthetic/validation_patches.npz",
         "data/04_feature/synthetic/test_patches.npz",
         "data/05_model_input/synthetic/horizontal/clients/client_003.npz",
     ):
@@ -79,6 +105,20 @@ def test_same_seed_same_arrays(kedro_project, tmp_path_factory, monkeypatch):
     assert first.keys() == second.keys()
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+
+
+def test_cv_fold_validates_on_another_blob_fold_of_the_same_training_rois(kedro_project):
+    split_path = "data/04_feature/synthetic/pixel_split.npz"
+    kedro_project.run(["ingest", "patches"])
+    first = NpzDataset(str(kedro_project.path(split_path))).load()
+    while mlflow.active_run() is not None:  # the next session opens its own MLflow run
+        mlflow.end_run()
+    kedro_project.run(["patches"], params={"cv_fold": 1})  # the README's `kedro run --params cv_fold=1`
+    second = NpzDataset(str(kedro_project.path(split_path))).load()
+    assert int(first["cv_fold"]) == 0 and int(second["cv_fold"]) == 1
+    assert not ((first["validation_labels"] > 0) & (second["validation_labels"] > 0)).any()
+    both = [np.maximum(s["train_labels"], s["validation_labels"]) for s in (first, second)]
+    np.testing.assert_array_equal(both[0], both[1])  # the same training ROIs, another fold held out
 
 
 def test_bad_input_writes_nothing(kedro_project):

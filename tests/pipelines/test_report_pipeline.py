@@ -21,7 +21,7 @@ def _write_results(project, scene, name, oa, rng, modalities=("hsi", "lidar"), r
               "confusion": (np.eye(k, dtype=int) * 5 + 1).tolist(),
               "variants": {"lidar_zero_filled": {"oa": oa / 2}} if len(modalities) == 2 else {}}
     history = {"algorithm": name, "wall_seconds": 12.5, "peak_rss_mb": 800.0,
-               "rounds": [{"round": r, "test_oa": oa * r / rounds, "test_aa": oa, "bytes_up": 1000, "bytes_down": 2000,
+               "rounds": [{"round": r, "val_oa": oa * r / rounds, "val_aa": oa, "bytes_up": 1000, "bytes_down": 2000,
                            "bytes_up_dense": 4000, "bytes_down_dense": 2000} for r in range(1, rounds + 1)]}
     report["run"] = run_summary(history)  # what the evaluation node writes beside the scores
     reporting = project.path("data/08_reporting/synthetic", name)

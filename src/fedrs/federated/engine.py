@@ -138,10 +138,10 @@ def run_on_simulation(job: Job, num_nodes: int, resources: SimulationResources =
     return box["result"]
 
 
-def run_simulation_engine(cfg: FederatedConfig, test: dict[str, Any], num_nodes: int,
+def run_simulation_engine(cfg: FederatedConfig, validation: dict[str, Any], num_nodes: int,
                           resources: SimulationResources = SimulationResources()) -> dict[str, Any]:
     """The round loop of ``cfg`` on the simulation engine."""
-    return run_on_simulation(RoundsJob(cfg, test), num_nodes, resources)
+    return run_on_simulation(RoundsJob(cfg, validation), num_nodes, resources)
 
 
 # ----------------------------------------------------------------------------- deployment

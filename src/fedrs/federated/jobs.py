@@ -44,7 +44,7 @@ class Job(Protocol):
 @dataclass
 class RoundsJob:
     cfg: FederatedConfig
-    test: dict[str, Any]
+    validation: dict[str, Any]  # what each round is scored on (never the test pixels)
     kind: str = "rounds"
 
     @property
@@ -56,16 +56,16 @@ class RoundsJob:
         return self.cfg.num_rounds
 
     def run(self, grid: Grid, expected_nodes: int, on_round: Progress | None = None) -> dict[str, Any]:
-        return run_rounds(grid, self.cfg, self.test, expected_nodes, on_round=on_round)
+        return run_rounds(grid, self.cfg, self.validation, expected_nodes, on_round=on_round)
 
     def write(self, directory: Path) -> dict[str, Any]:
-        path = directory / "test_patches.npz"
-        NpzDataset(str(path)).save(self.test)
-        return {"job": self.kind, "federated": asdict(self.cfg), "test_patches": str(path.resolve())}
+        path = directory / "validation_patches.npz"
+        NpzDataset(str(path)).save(self.validation)
+        return {"job": self.kind, "federated": asdict(self.cfg), "validation_patches": str(path.resolve())}
 
     @classmethod
     def read(cls, settings: dict[str, Any]) -> RoundsJob:
-        return cls(FederatedConfig.from_dict(settings["federated"]), NpzDataset(settings["test_patches"]).load())
+        return cls(FederatedConfig.from_dict(settings["federated"]), NpzDataset(settings["validation_patches"]).load())
 
 
 @dataclass

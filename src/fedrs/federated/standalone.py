@@ -18,13 +18,13 @@ from fedrs.federated.server.state import eval_subset
 from fedrs.federated.server.watch import loss_growth
 
 
-def train_centralized(train: dict[str, Any], test: dict[str, Any], cfg: FederatedConfig
+def train_centralized(train: dict[str, Any], validation: dict[str, Any], cfg: FederatedConfig
                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """``cfg.num_rounds`` local updates of one client holding every training pixel."""
     algorithm = get_algorithm(cfg.algorithm)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = algorithm.build_model(cfg.model)
-    test_round = eval_subset(test, cfg.eval_samples, cfg.seed)
+    validation_round = eval_subset(validation, cfg.eval_samples, cfg.seed)
     history: list[dict[str, Any]] = []
     base_lr = float(cfg.train.get("lr", 1e-3))
     carry: dict[str, Any] = {}  # e.g. the optimiser's state, with keep_optimizer_state
@@ -33,13 +33,13 @@ def train_centralized(train: dict[str, Any], test: dict[str, Any], cfg: Federate
         train_cfg = {**cfg.train, "lr": lr_at_round(base_lr, rnd, cfg.num_rounds, cfg.lr_schedule)}
         _, metrics = algorithm.client_update(model, train, algorithm.modalities, train_cfg,
                                              derive_seed(cfg.seed, rnd, 0), rnd, carry=carry)
-        scores = algorithm.evaluate(model, test_round, train_cfg)
+        scores = algorithm.evaluate(model, validation_round, train_cfg)
         history.append(
             {
                 "round": rnd,
                 "train_loss": metrics["train_loss"],
                 "lr": train_cfg["lr"],
-                **{f"test_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "num_samples"},
+                **{f"val_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "num_samples"},
                 "bytes_down": 0,
                 "bytes_up": 0,
                 "seconds": time.perf_counter() - t0,
@@ -50,9 +50,9 @@ def train_centralized(train: dict[str, Any], test: dict[str, Any], cfg: Federate
 
 
 def train_local(
-    partitions: dict[int, dict[str, Any]], test: dict[str, Any], cfg: FederatedConfig
+    partitions: dict[int, dict[str, Any]], validation: dict[str, Any], cfg: FederatedConfig
 ) -> tuple[list[dict[str, Any]], dict[int, dict[str, torch.Tensor]]]:
-    """Each client trains alone for as long as a federated run lasts; scored on the whole test set
+    """Each client trains alone for as long as a federated run lasts; scored on the whole validation split
     with the modalities it holds. Returns per-client results and states."""
     algorithm = get_algorithm(cfg.algorithm)
     results, states = [], {}
@@ -69,16 +69,16 @@ def train_local(
                 model, data, modalities, train_cfg, derive_seed(cfg.seed, rnd, cid), rnd
             )
         usable = tuple(m for m in algorithm.modalities if m in modalities)
-        scores = algorithm.evaluate(model, test, cfg.train, usable)
+        scores = algorithm.evaluate(model, validation, cfg.train, usable)
         results.append(
             {
                 "client_id": cid,
                 "modalities": list(modalities),
                 "num_samples": int(len(data["labels"])),
                 "train_loss": metrics["train_loss"],
-                "test_oa": scores["oa"],
-                "test_aa": scores["aa"],
-                "test_kappa": scores["kappa"],
+                "val_oa": scores["oa"],
+                "val_aa": scores["aa"],
+                "val_kappa": scores["kappa"],
                 "seconds": time.perf_counter() - t0,
             }
         )
@@ -87,7 +87,7 @@ def train_local(
 
 
 def summarise_local(results: list[dict[str, Any]]) -> dict[str, float]:
-    oa = np.array([r["test_oa"] for r in results])
+    oa = np.array([r["val_oa"] for r in results])
     return {
         "mean_oa": float(oa.mean()),
         "worst_oa": float(oa.min()),

@@ -19,7 +19,7 @@ def test_evaluate_and_record_write_the_row_and_the_checkpoint(tiny_federation, t
     evaluate_round(run, record)
     assert 0.0 <= record.scores["oa"] <= 1.0
     row = record_round(run, record)
-    assert row["test_oa"] == record.scores["oa"] and row["accepted"] == [0, 1, 2] and row["train_loss"] > 0
+    assert row["val_oa"] == record.scores["oa"] and row["accepted"] == [0, 1, 2] and row["train_loss"] > 0
     assert row["bytes_up"] > 0 and row["bytes_down"] > 0 and run.history == [row]
     assert (tmp_path / "checkpoint.pt").is_file()
 
@@ -52,7 +52,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_federation, tmp_path)
     resumed = run_rounds(FakeGrid(3), config(tiny_federation, checkpoint_dir=str(tmp_path / "b"), resume=True), test, 3)
     assert [r["round"] for r in resumed["history"]] == [1, 2, 3]
     assert [r["sampled"] for r in resumed["history"]] == [r["sampled"] for r in straight["history"]]
-    assert resumed["history"][-1]["test_oa"] == straight["history"][-1]["test_oa"]
+    assert resumed["history"][-1]["val_oa"] == straight["history"][-1]["val_oa"]
     for key, tensor in straight["state"].items():
         assert torch.equal(tensor, resumed["state"][key]), key
 
@@ -88,4 +88,4 @@ def test_compressed_uploads_and_downloads_send_fewer_bytes_and_still_learn(tiny_
     assert downs[(3, 1)]["bytes_sent"] == downs[(3, 1)]["bytes_dense"]
     assert downs[(3, 2)]["bytes_sent"] * 2 < downs[(3, 2)]["bytes_dense"]
     assert [r["accepted"] for r in rounds] == [[0, 1, 2], [0, 2], [0, 1, 2]]
-    assert rounds[-1]["test_oa"] > 1.5 / tiny_federation["spec"]["num_classes"]  # well above chance
+    assert rounds[-1]["val_oa"] > 1.5 / tiny_federation["spec"]["num_classes"]  # well above chance

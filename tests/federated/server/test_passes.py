@@ -25,7 +25,7 @@ def test_the_last_round_pools_the_batchnorm_statistics_of_the_final_model(tiny_f
     assert any(not torch.equal(plain["state"][k], pooled["state"][k]) for k in statistics)
     assert [r["statistics_from"] for r in pooled["history"]] == [[], [0, 1, 2]]
     assert plain["history"][-1]["statistics_from"] == []
-    assert pooled["history"][-1]["test_oa_before_statistics"] == plain["history"][-1]["test_oa"]
+    assert pooled["history"][-1]["val_oa_before_statistics"] == plain["history"][-1]["val_oa"]
     sent = [t for t in pooled["traffic"] if t["payload"] == "statistics"]
     buffers = dict(model.named_buffers())
     assert [t["client_id"] for t in sent] == [0, 1, 2] and all(t["round"] == 2 for t in sent)

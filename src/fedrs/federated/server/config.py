@@ -28,7 +28,7 @@ class FederatedConfig:
     lr_schedule: str = "cosine"            # per-round learning rate: cosine | constant
     outlier_factor: float = 10.0
     max_update_norm: float | None = None
-    eval_samples: int | None = 4000        # test pixels scored each round (seeded subset); None: all
+    eval_samples: int | None = 4000        # validation pixels scored each round (seeded subset); None: all
     failure_tolerance: int | None = 2      # consecutive rounds of the same failure that stop a run; None: never
     loss_growth_rounds: int = 3            # rounds of rising training loss that raise a warning
     checkpoint_dir: str | None = None

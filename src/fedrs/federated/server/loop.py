@@ -45,7 +45,8 @@ class RunInterrupted(RuntimeError):
     """Raised after the checkpoint of ``stop_after_round``: a deliberate, resumable stop."""
 
 
-def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int) -> tuple[RunState, int]:
+def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expected_nodes: int
+              ) -> tuple[RunState, int]:
     """The run's state (fresh, or from the checkpoint when resuming) and its first round."""
     algorithm = get_algorithm(cfg.algorithm)
     aggregator = make_aggregator(cfg)  # settings that cannot work fail before any client is asked
@@ -63,7 +64,7 @@ def start_run(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_n
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run = RunState(cfg, algorithm, aggregator, PROTOCOLS[algorithm.round_protocol](), model, initial,
                    np.random.default_rng(derive_seed(cfg.seed, 1)), clients, eligible,
-                   eval_subset(test, cfg.eval_samples, cfg.seed), downlink)
+                   eval_subset(validation, cfg.eval_samples, cfg.seed), downlink)
     return run, resume(run)
 
 
@@ -112,7 +113,8 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
                        "that climbs round after round is a divergence until shown otherwise", cfg.algorithm, grown,
                        run.history[-grown - 1]["train_loss"], row["train_loss"])
     headline = next(iter(record.scores.items()), ("score", float("nan")))
-    logger.info("%s round %d/%d: %d/%d updates used (%d failed, %d dropped, %d rejected), train loss %s, test %s %.4f",
+    logger.info("%s round %d/%d: %d/%d updates used (%d failed, %d dropped, %d rejected), train loss %s, "
+                "validation %s %.4f",
                 cfg.algorithm, record.round, cfg.num_rounds, len(record.accepted), len(record.sampled),
                 len(record.failed), len(record.dropped), len(record.rejected),
                 "–" if row["train_loss"] is None else f"{row['train_loss']:.4f}", *headline)
@@ -124,11 +126,11 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
     return row
 
 
-def run_rounds(grid: Grid, cfg: FederatedConfig, test: dict[str, Any], expected_nodes: int,
+def run_rounds(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expected_nodes: int,
                on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Drive ``cfg.num_rounds`` rounds over ``grid``; returns state, history, traffic and clients.
     ``on_round`` sees each round's history row (the deployment engine reports progress with it)."""
-    run, start_round = start_run(grid, cfg, test, expected_nodes)
+    run, start_round = start_run(grid, cfg, validation, expected_nodes)
     watch = FailureWatch(cfg.failure_tolerance, run.clients)
     rounds = tqdm(range(start_round, cfg.num_rounds + 1), desc=f"{cfg.algorithm} rounds", unit="round",
                   initial=start_round - 1, total=cfg.num_rounds, leave=False)

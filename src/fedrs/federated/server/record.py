@@ -110,7 +110,7 @@ class RoundRecord:
             "aggregated": self.aggregated,
             **self.training_summary(),
             "lr": self.lr,
-            **{f"test_{k}": v for k, v in self.scores.items()},
+            **{f"val_{k}": v for k, v in self.scores.items()},
             **self.traffic_sums(),
             "seconds": total,
             "wait_seconds": self.wait,
@@ -140,8 +140,8 @@ class RoundRecord:
 
     def pass_summary(self) -> dict[str, Any]:
         """What the passes after the last round changed: scores before each, calibration's report."""
-        return {**{f"test_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
-                **{f"test_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
+        return {**{f"val_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
+                **{f"val_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
                 **{f"calibration_{k}": v for k, v in self.calibration.items()}}
 
     def protection_summary(self) -> dict[str, Any]:

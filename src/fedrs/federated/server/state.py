@@ -32,7 +32,7 @@ class RunState:
     rng: np.random.Generator
     clients: dict[int, dict[str, Any]]
     eligible: list[int]
-    test: dict[str, Any]
+    validation: dict[str, Any]  # the pixels each round is scored on (a seeded subset of the validation split)
     downlink: Downlink
     history: list[dict[str, Any]] = field(default_factory=list)
     traffic: list[dict[str, Any]] = field(default_factory=list)
@@ -45,9 +45,9 @@ class RunState:
         return min(self.cfg.clients_per_round or len(self.eligible), len(self.eligible))
 
 
-def eval_subset(test: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
-    total = len(test["labels"])
+def eval_subset(patches: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
+    total = len(patches["labels"])
     if not n or n >= total:
-        return test
+        return patches
     idx = np.sort(np.random.default_rng(derive_seed(seed, 7_777)).choice(total, n, replace=False))
-    return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in test.items()}
+    return {k: (v[idx] if isinstance(v, np.ndarray) and len(v) == total else v) for k, v in patches.items()}

@@ -75,7 +75,7 @@ def aggregate_round(run: RunState, record: RoundRecord) -> None:
 
 def evaluate_round(run: RunState, record: RoundRecord) -> None:
     run.model.load_state_dict(run.global_state)
-    report = run.algorithm.evaluate(run.model, run.test, record.settings["train"])
+    report = run.algorithm.evaluate(run.model, run.validation, record.settings["train"])
     record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
 
 

@@ -14,13 +14,18 @@ from fedrs.federated.local import TrainConfig
 from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
 from fedrs.results import MLFLOW_ROUND_KEYS, MLFLOW_SUMMARY_KEYS, run_summary
 
+VALIDATION_KEYS = ("oa", "aa", "kappa", "num_samples")
 
-def evaluate(model: dict[str, Any], test_patches: dict[str, Any], history: dict[str, Any],
-             params: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, Figure]:
-    """The test scores, how they were computed, and a summary of the run that trained the model (so
-    the report can be rebuilt from the metrics files alone)."""
+
+def evaluate(model: dict[str, Any], test_patches: dict[str, Any], validation_patches: dict[str, Any],
+             history: dict[str, Any], params: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, Figure]:
+    """The test scores, the validation scores (what the registry's champion and every tuning bench
+    choose on), how they were computed, and a summary of the run that trained the model (so the
+    report can be rebuilt from the metrics files alone)."""
     inference = with_compute(params.get("inference"), compute)
     report = evaluate_artifact(model, test_patches, inference)
+    validation = evaluate_artifact(model, validation_patches, inference)
+    report["validation"] = {k: validation[k] for k in VALIDATION_KEYS}
     report["evaluation"] = TrainConfig.from_dict(inference_config(inference)).policy().describe()
     report["run"] = run_summary(history)
     return report, confusion_figure(report, list(test_patches["class_names"]))
@@ -45,6 +50,8 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
     metrics: dict[str, Any] = {
         k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")
     }
+    for key, value in report.get("validation", {}).items():
+        metrics[f"val_{key}"] = {"value": float(value), "step": 0}
     for name, acc in report["per_class"].items():
         if acc is not None:
             metrics[f"class_acc.{name.replace(' ', '_')}"] = {"value": float(acc), "step": 0}

@@ -75,17 +75,17 @@ def _store(feature_cache_dir: str, federation: dict[str, Any]) -> str:
 
 
 def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
-                    test_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any],
+                    validation_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any],
                     resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Stage 1: one federated DDPM per modality, over the clients that hold it."""
     started = time.perf_counter()
     unets, rounds = {}, {}
     for modality in MODALITIES:
-        spec = unet_spec(test_patches, modality, diffusion, patch_params)
+        spec = unet_spec(validation_patches, modality, diffusion, patch_params)
         cfg = _config(f"ddpm_{modality}", spec, diffusion, compute, partition_dir=partition_dir,
                       checkpoint_dir=f"{checkpoint_dir}/ddpm_{modality}")
-        result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
+        result = run_job(RoundsJob(cfg, validation_patches), int(manifest["num_clients"]), federation,
                          SimulationResources.from_dict(resources), deployment_dir)
         unets[modality] = {"spec": spec, "state": result["state"]}
         rounds[modality] = result["history"]
@@ -111,18 +111,21 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_
 
 def train_classifier(manifest: dict[str, Any], partition_dir: str, features_manifest: dict[str, Any],
                      checkpoint_dir: str, deployment_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
-                     test_patches: dict[str, Any], classifier: dict[str, Any],
+                     validation_patches: dict[str, Any], test_patches: dict[str, Any], classifier: dict[str, Any],
                      resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
-                     ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+                     ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Stage 3: federated classifier rounds with the compressed feature exchange; each client reads
     the features it computed in stage 2 (named by ``features_manifest``)."""
     started = time.perf_counter()
     # the features the clients computed in stage 2, as its manifest names them
-    spec = classifier_spec(test_patches, unets, classifier, features_manifest["timesteps"], features_manifest["seed"])
+    spec = classifier_spec(validation_patches, unets, classifier, features_manifest["timesteps"],
+                           features_manifest["seed"])
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
-    # the server holds the global U-Nets after stage 1, so it scores the global model centrally
-    test_inputs = get_algorithm(name).prepare(model_artifact, test_patches, with_compute({}, compute))
+    # the server holds the global U-Nets after stage 1, so it scores the global model centrally: each
+    # round on validation pixels, the final model once on the test pixels (the evaluation pipeline)
+    validation_inputs, test_inputs = (get_algorithm(name).prepare(model_artifact, patches, with_compute({}, compute))
+                                      for patches in (validation_patches, test_patches))
     digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
     if features_manifest["unets"] != digests:
         raise ValueError(f"the features manifest names U-Nets {features_manifest['unets']}, but stage 1's are "
@@ -130,7 +133,7 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
     client_features = features_manifest["settings"] if spec.get("use_diffusion", True) else None
     cfg = _config(name, spec, classifier, compute, partition_dir=partition_dir,
                   checkpoint_dir=f"{checkpoint_dir}/{name}", client_features=client_features)
-    result = run_job(RoundsJob(cfg, test_inputs), int(manifest["num_clients"]), federation,
+    result = run_job(RoundsJob(cfg, validation_inputs), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(resources), deployment_dir)
     model_artifact["state"] = result["state"]
     history = run_history(
@@ -143,7 +146,8 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
         layout=manifest["layout"],
         earlier_stages=[diffusion_history, features_stage(features_manifest)],
     )
-    return model_artifact, history, traffic_table(features_manifest["traffic"] + result["traffic"]), test_inputs
+    traffic = traffic_table(features_manifest["traffic"] + result["traffic"])
+    return model_artifact, history, traffic, validation_inputs, test_inputs
 
 
 def features_stage(features_manifest: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +161,7 @@ def features_stage(features_manifest: dict[str, Any]) -> dict[str, Any]:
 
 def train_diffusion_pooled(
     train_patches: dict[str, Any],
-    test_patches: dict[str, Any],
+    validation_patches: dict[str, Any],
     diffusion: dict[str, Any],
     patch_params: dict[str, Any],
     compute: dict[str, Any],
@@ -168,7 +172,7 @@ def train_diffusion_pooled(
     for modality in MODALITIES:
         spec = unet_spec(train_patches, modality, diffusion, patch_params)
         state, rounds[modality] = train_centralized(
-            train_patches, test_patches, _config(f"ddpm_{modality}", spec, diffusion, compute)
+            train_patches, validation_patches, _config(f"ddpm_{modality}", spec, diffusion, compute)
         )
         unets[modality] = {"spec": spec, "state": state}
     train = with_compute(diffusion.get("train"), compute)
@@ -179,21 +183,23 @@ def train_classifier_pooled(
     train_patches: dict[str, Any],
     unets: dict[str, Any],
     diffusion_history: dict[str, Any],
+    validation_patches: dict[str, Any],
     test_patches: dict[str, Any],
     classifier: dict[str, Any],
     features: dict[str, Any],
     compute: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
     started = time.perf_counter()
-    spec = classifier_spec(test_patches, unets, classifier, features["timesteps"], compute["seed"])
+    spec = classifier_spec(train_patches, unets, classifier, features["timesteps"], compute["seed"])
     name = classifier_algorithm(classifier, centralized=True)
     model_artifact = _artifact(name, spec, unets, {})
     algorithm = get_algorithm(name)
-    train_inputs = algorithm.prepare(model_artifact, train_patches, with_compute({}, compute))
-    test_inputs = algorithm.prepare(model_artifact, test_patches, with_compute({}, compute))
+    train_inputs, validation_inputs, test_inputs = (
+        algorithm.prepare(model_artifact, patches, with_compute({}, compute))
+        for patches in (train_patches, validation_patches, test_patches))
     cfg = _config(name, spec, classifier, compute)
-    state, rounds = train_centralized(train_inputs, test_inputs, cfg)
+    state, rounds = train_centralized(train_inputs, validation_inputs, cfg)
     model_artifact["state"] = state
     history = run_history(name, rounds, started, cfg.train, earlier_stages=[diffusion_history])
-    return model_artifact, history, traffic_table([]), test_inputs
+    return model_artifact, history, traffic_table([]), validation_inputs, test_inputs

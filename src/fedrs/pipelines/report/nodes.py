@@ -29,7 +29,7 @@ from fedrs.report import (
     single_modality_rows,
 )
 
-FIGURES = {"curves": "Test OA per round and against cumulative bytes sent",
+FIGURES = {"curves": "Validation OA per round and against cumulative bytes sent",
            "maps": "Classification maps beside the ground truth",
            "confusion": "Confusion matrices (row-normalised)",
            "modalities": "Single-modality ablations",

@@ -27,13 +27,13 @@ def federated_config(params: dict[str, Any], spec: dict[str, Any], compute: dict
 
 
 def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
-                    test_patches: dict[str, Any], baseline: dict[str, Any], training: dict[str, Any],
+                    validation_patches: dict[str, Any], baseline: dict[str, Any], training: dict[str, Any],
                     federation: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
-    spec = model_spec(test_patches, params.get("model", {}))
+    spec = model_spec(validation_patches, params.get("model", {}))
     cfg = federated_config(params, spec, compute, partition_dir, checkpoint_dir)
     started = time.perf_counter()
-    result = run_job(RoundsJob(cfg, test_patches), int(manifest["num_clients"]), federation,
+    result = run_job(RoundsJob(cfg, validation_patches), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(params.get("resources")), deployment_dir)
     modalities = list(get_algorithm(cfg.algorithm).modalities)
     history = run_history(cfg.algorithm, result["history"], started, cfg.train, clients=result["clients"],
@@ -41,27 +41,27 @@ def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
     return artifact(cfg.algorithm, spec, modalities, result["state"]), history, traffic_table(result["traffic"])
 
 
-def train_pooled(train_patches: dict[str, Any], test_patches: dict[str, Any], baseline: dict[str, Any],
+def train_pooled(train_patches: dict[str, Any], validation_patches: dict[str, Any], baseline: dict[str, Any],
                  training: dict[str, Any], compute: dict[str, Any]) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
     spec = model_spec(train_patches, params.get("model", {}))
     cfg = federated_config(params, spec, compute)
     started = time.perf_counter()
-    state, rounds = train_centralized(train_patches, test_patches, cfg)
+    state, rounds = train_centralized(train_patches, validation_patches, cfg)
     modalities = list(get_algorithm(cfg.algorithm).modalities)
     return (artifact(cfg.algorithm, spec, modalities, state), run_history(cfg.algorithm, rounds, started, cfg.train),
             traffic_table([]))
 
 
-def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any], test_patches: dict[str, Any],
+def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any], validation_patches: dict[str, Any],
                       baseline: dict[str, Any], training: dict[str, Any], compute: dict[str, Any]
                       ) -> tuple[dict, dict, pd.DataFrame]:
     params = merge(baseline, training)
-    spec = model_spec(test_patches, params.get("model", {}))
+    spec = model_spec(validation_patches, params.get("model", {}))
     cfg = federated_config(params, spec, compute)
     partitions = {int(entry["client_id"]): client_partitions[entry["partition"]]() for entry in manifest["clients"]}
     started = time.perf_counter()
-    results, states = train_local(partitions, test_patches, cfg)
+    results, states = train_local(partitions, validation_patches, cfg)
     summary = summarise_local(results)
     chosen = summary["median_client"]
     modalities = next(r["modalities"] for r in results if r["client_id"] == chosen)

@@ -17,22 +17,22 @@ OUTPUTS = ["model", "history", "traffic"]
 
 def _template(algorithm: str) -> Pipeline:
     if algorithm == "centralized":
-        return Pipeline([node(train_pooled, ["train_patches", "test_patches", "params:baseline", "params:training",
-                                                 "params:compute"],
+        return Pipeline([node(train_pooled, ["train_patches", "validation_patches", "params:baseline",
+                                             "params:training", "params:compute"],
                               OUTPUTS, name="train")])
     if algorithm == "local":
         return Pipeline([node(train_each_client, ["horizontal.federation_manifest", "horizontal.client_partitions",
-                                                  "test_patches", "params:baseline", "params:training",
+                                                  "validation_patches", "params:baseline", "params:training",
                                                   "params:compute"],
                               OUTPUTS, name="train")])
     return Pipeline([node(train_federated, ["horizontal.federation_manifest", "horizontal.client_partition_dir",
-                                            "checkpoint_dir", "deployment_dir", "test_patches", "params:baseline",
+                                            "checkpoint_dir", "deployment_dir", "validation_patches", "params:baseline",
                                             "params:training", "params:federation", "params:compute"],
                           OUTPUTS, name="train")])
 
 
 def create_pipeline(algorithm: str) -> Pipeline:
-    shared = {"train_patches", "test_patches", "horizontal.federation_manifest", "horizontal.client_partitions",
+    shared = {"train_patches", "validation_patches", "horizontal.federation_manifest", "horizontal.client_partitions",
               "horizontal.client_partition_dir"}
     template = _template(algorithm)
     return pipeline(template, namespace=algorithm, inputs=shared & set(template.inputs()),
