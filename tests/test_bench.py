@@ -52,3 +52,41 @@ def test_round_summary_splits_time_and_leaves_out_the_first_round():
     summary = _round_summary(rounds)
     assert summary["seconds"] == 1.0 and summary["first_round_seconds"] == 5.0
     assert summary["overhead_seconds"] == pytest.approx(0.2) and summary["overhead_share"] == pytest.approx(0.2)
+
+
+def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_path, monkeypatch):
+    """The SVM reference on the tiny scene's real patch sets: C and γ are the validation argmax of the
+    grid, and the test split is scored by the chosen model only."""
+    from fedrs.datasets import NpzDataset
+    from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation, split_training_pixels
+    from fedrs.scene.assemble import assemble_scene
+    from fedrs.scene.synthetic import generate_synthetic_scene
+    from tests.conftest import TINY_SCENE
+
+    sys.path.insert(0, str(REPO / "bench"))
+    monkeypatch.setenv("FEDRS_BENCH_RESULTS", str(tmp_path))
+    import classical_reference
+
+    raw = generate_synthetic_scene({**TINY_SCENE, "train_per_class": 12})
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    split, _ = split_training_pixels(scene, {"patch_size": 5}, {"seed": 1})
+    sets = build_patch_sets(scene, split, fit_normalisation(scene, split, {}), {"patch_size": 5})
+    for name, patches in zip(("train", "validation", "test"), sets, strict=True):
+        NpzDataset(str(tmp_path / f"{name}_patches.npz")).save(patches)
+    fits = []
+    original = classical_reference.SVC.fit
+    monkeypatch.setattr(classical_reference.SVC, "fit", lambda self, x, y: fits.append(len(x)) or original(self, x, y))
+    row = classical_reference.fit_and_score(tmp_path)
+    grid = len(classical_reference.GRID["C"]) * len(classical_reference.GRID["gamma_scale"])
+    assert len(fits) == grid and set(fits) == {len(sets[0]["labels"])}  # trained on training pixels only
+    assert row["C"] in classical_reference.GRID["C"] and 0 < row["val_oa"] <= 1 and 0 < row["oa"] <= 1
+    assert row["validation_pixels"] == len(sets[1]["labels"])
+    # the chosen setting is the grid's best on validation pixels (first of a tie)
+    x = {n: classical_reference.features(p) for n, p in zip(("train", "validation"), sets[:2], strict=True)}
+    mean, std = x["train"].mean(axis=0), x["train"].std(axis=0) + 1e-9
+    x = {n: (v - mean) / std for n, v in x.items()}
+    best = max((float((classical_reference.SVC(C=c, gamma=g / x["train"].shape[1]).fit(x["train"], sets[0]["labels"])
+                       .predict(x["validation"]) == sets[1]["labels"]).mean()), -i)
+               for i, (c, g) in enumerate((c, g) for c in classical_reference.GRID["C"]
+                                          for g in classical_reference.GRID["gamma_scale"]))
+    assert row["val_oa"] == best[0]

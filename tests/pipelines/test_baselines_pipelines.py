@@ -40,7 +40,8 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
     client = mlflow.MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
-    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.hsi_zero_filled.oa", "fedavg.round.val_oa",
+    for key in ("fedavg.oa", "fedavg.aa", "fedavg.kappa", "fedavg.val_oa", "fedavg.hsi_zero_filled.oa",
+                "fedavg.round.val_oa",
                 "fedavg.round.bytes_up", "fedavg.wall_seconds"):
         assert key in run.data.metrics, key
     assert [m.step for m in client.get_metric_history(run.info.run_id, "fedavg.round.val_oa")] == [1, 2]
@@ -54,6 +55,17 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     # the hook named the only version champion; the artefact beside it maps the scene again
     assert int(client.get_model_version_by_alias("fedavg", "champion").version) == 1
     assert load_registered_artifact("models:/fedavg@champion")["state"].keys() == artifact["state"].keys()
+
+    # a second registry run (another seed): the champion is the version whose run has the higher
+    # validation OA (ties: the newest), whatever the test OA says
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    project.run(["fedavg"], params={"seed": 3})
+    mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
+    scored = [(client.get_run(v.run_id).data.metrics["fedavg.val_oa"], int(v.version))
+              for v in client.search_model_versions("name='fedavg'")]
+    assert len(scored) == 2
+    assert int(client.get_model_version_by_alias("fedavg", "champion").version) == max(scored)[1]
     registry_main(["map", "models:/fedavg@champion", "--out", str(p("champion.png"))])
     assert p("champion.png").stat().st_size > 5_000
 
