@@ -20,16 +20,19 @@ def load_model(artifact: dict[str, Any]) -> tuple[ClassifierAlgorithm, torch.nn.
     return algorithm, model.eval()
 
 
-def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """OA/AA/κ/per-class on the test patches with the model's modalities, plus the algorithm's
-    single-modality variants (zero-filled; for FedCMI also through the infiltration projectors)."""
+def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: dict[str, Any],
+                      variants: bool = True) -> dict[str, Any]:
+    """OA/AA/κ/per-class on the test patches with the model's modalities, plus (``variants``) the
+    algorithm's single-modality variants (zero-filled; for FedCMI also through the infiltration
+    projectors)."""
     algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
     test = algorithm.prepare(artifact, test, config)
     report = algorithm.evaluate(model, test, config, modalities)
     report["algorithm"] = artifact["algorithm"]
     report["modalities"] = list(modalities)
-    report["variants"] = algorithm.evaluation_variants(model, test, config, modalities)
+    if variants:
+        report["variants"] = algorithm.evaluation_variants(model, test, config, modalities)
     return report
 
 

@@ -5,7 +5,6 @@ import torch
 from flwr.app import Context, RecordDict
 
 from fedrs.federated import upload
-from fedrs.federated.codec import CodecConfig
 from fedrs.federated.secure import HELD_UPDATE
 from fedrs.federated.wire import payload_bytes, unpack_update
 
@@ -95,4 +94,3 @@ def test_the_codec_sender_keeps_its_error_feedback_on_the_node_between_rounds(up
     assert residual and float(next(iter(residual.values())).abs().sum()) > 0  # what rank 1 left out waits here
     decoded = unpack_update(out.arrays, out.codec, received)
     assert torch.equal(decoded["b"], state["b"])  # small tensors travel dense
-    CodecConfig.from_dict(codec)  # the settings the test used are valid ones

@@ -352,7 +352,7 @@ def upload(msg: Message, context: Context, job: RoundInputs, state: dict[str, to
     (``fedrs.federated.upload``)."""
     steps = upload_path(job.settings, context, job.received, job.round,
                         derive_seed(job.settings["seed"], 5_005, job.round, job.client_id), job.poison)
-    out = run_path(steps, Outgoing(state, {**metrics, "client_id": job.client_id}))
+    out = run_path(steps, Outgoing(state, {**{k: float(v) for k, v in metrics.items()}, "client_id": job.client_id}))
     reported = {**out.metrics, "compute_seconds": time.perf_counter() - started}
     records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {"metrics": MetricRecord(reported)}
     if out.arrays is not None:

@@ -58,7 +58,7 @@ def published(privacy: dict[str, Any] | None) -> Step:
     """Under noised DP the loss, metrics and update norm stay here (the accountant does not count them)."""
 
     def step(out: Outgoing) -> Outgoing:
-        return replace(out, metrics=public_metrics({k: float(v) for k, v in out.metrics.items()}, privacy))
+        return replace(out, metrics=public_metrics(out.metrics, privacy))
 
     return step
 
@@ -98,9 +98,10 @@ def upload_path(settings: dict[str, Any], context: Context, received: State, rnd
                 poison: str | None = None) -> list[Step]:
     """The steps a reply takes under this run's settings, in order; the last one is the sender."""
     privacy = settings.get("privacy")
+    dp = PrivacyConfig.from_dict(privacy) if privacy else None
     steps: list[Step] = []
-    if privacy and PrivacyConfig.from_dict(privacy).clipping == "client":
-        steps.append(clipped_to(received, PrivacyConfig.from_dict(privacy).clipping_norm))
+    if dp is not None and dp.clipping == "client":
+        steps.append(clipped_to(received, dp.clipping_norm))
     if poison == "nan":
         steps.append(poisoned_with_nan)
     steps.append(published(privacy))

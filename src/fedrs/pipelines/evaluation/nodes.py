@@ -24,7 +24,7 @@ def evaluate(model: dict[str, Any], test_patches: dict[str, Any], validation_pat
     report can be rebuilt from the metrics files alone)."""
     inference = with_compute(params.get("inference"), compute)
     report = evaluate_artifact(model, test_patches, inference)
-    validation = evaluate_artifact(model, validation_patches, inference)
+    validation = evaluate_artifact(model, validation_patches, inference, variants=False)
     report["validation"] = {k: validation[k] for k in VALIDATION_KEYS}
     report["evaluation"] = TrainConfig.from_dict(inference_config(inference)).policy().describe()
     report["run"] = run_summary(history)

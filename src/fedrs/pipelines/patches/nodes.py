@@ -5,6 +5,7 @@ normalisation statistics, and the train / validation / test patch sets (spatiall
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,18 +46,17 @@ def fit_normalisation(scene: dict[str, Any], split: dict[str, Any], params: dict
 
 
 def visible_cubes(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any], disjoint: bool
-                  ) -> dict[str, dict[str, np.ndarray]]:
+                  ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """The normalised cubes each split's patches are cut from: with ``disjoint``, training patches
     see neither validation nor test pixels, validation patches no test pixel (both shown the
-    training mean); test patches see the whole scene, as a deployed model does."""
+    training mean); test patches see the whole scene, as a deployed model does. One split at a time:
+    a masked copy of a full-size scene's cube is held only while its patches are cut."""
     full = {m: apply_normaliser(scene[m], normalisation[m]) for m in ("hsi", "lidar")}
-    if not disjoint:
-        return {name: full for name in SPLITS}
     train = split["train_labels"] > 0
     test = split["test_labels"] > 0
-    hidden = {"train": test | (split["validation_labels"] > 0), "validation": test}
-    cubes = {name: {m: masked_cube(cube, train, hidden[name]) for m, cube in full.items()} for name in hidden}
-    return {**cubes, "test": full}
+    hidden = {"train": test | (split["validation_labels"] > 0), "validation": test, "test": np.zeros_like(test)}
+    for name in SPLITS:
+        yield name, {m: masked_cube(cube, train, hidden[name]) if disjoint else cube for m, cube in full.items()}
 
 
 def build_patch_sets(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any],
@@ -72,7 +72,7 @@ def build_patch_sets(scene: dict[str, Any], split: dict[str, Any], normalisation
         "disjoint": disjoint,
     }
     sets = []
-    for name, cubes in visible_cubes(scene, split, normalisation, disjoint).items():
+    for name, cubes in visible_cubes(scene, split, normalisation, disjoint):
         rows, cols, labels = labelled_pixels(split[f"{name}_labels"])
         patch_set = {"rows": rows, "cols": cols, "labels": labels, "split": name, **common}
         for modality, cube in cubes.items():
