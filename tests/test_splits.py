@@ -103,3 +103,20 @@ def test_hidden_pixels_show_the_training_mean_and_nothing_else_moves():
     # (5, 5) is two columns from the training block: a 5×5 window reaches column 3 (rows 3–7), a 7×7
     # columns 2–3 (rows 2–8); (0, 9) is six columns away
     assert [neighbours_within(train, hidden, p) for p in (3, 5, 7)] == [0, 5, 14]
+
+
+def test_nearest_fill_continues_the_visible_surroundings():
+    cube = np.arange(2 * 6 * 6, dtype=np.float32).reshape(2, 6, 6)
+    train = np.ones((6, 6), dtype=bool)
+    hidden = np.zeros((6, 6), dtype=bool)
+    hidden[2:4, :] = True  # a band two rows high: each hidden pixel's one nearest is above or below it
+    out = masked_cube(cube, train, hidden, "nearest")
+    assert np.array_equal(out[:, ~hidden], cube[:, ~hidden])
+    assert np.array_equal(out[:, 2], cube[:, 1]) and np.array_equal(out[:, 3], cube[:, 4])
+    # no hidden value survives anywhere, and no value comes from another hidden pixel
+    hidden_values = set(cube[0, hidden].tolist())
+    assert not hidden_values & set(out[0].ravel().tolist())
+    with pytest.raises(InputError, match="patches.fill is 'median'"):
+        masked_cube(cube, train, hidden, "median")
+    with pytest.raises(InputError, match="every pixel hidden"):
+        masked_cube(cube, train, np.ones_like(hidden), "nearest")

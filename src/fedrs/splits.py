@@ -15,8 +15,11 @@ pixels) stays in training: it could never be both learned and validated.
 
 Disjoint patches (``patches.disjoint``): a training patch must not see the values of a validation
 or test pixel, a validation patch not those of a test pixel. ``masked_cube`` replaces the hidden
-pixels by the per-channel mean of the training pixels (after normalisation), the value a model sees
-most; the classification map and the test patches read the whole scene, as at deployment.
+pixels (``patches.fill``) by the per-channel mean of the training pixels (after normalisation) or by
+the nearest visible pixel; the classification map and the test patches read the whole scene, as at
+deployment. The mean is one spectrum no real neighbourhood shows: where training and test pixels
+interleave (the synthetic scene), every training window of a class shows it where test windows show
+that class, and a model learns the fill.
 """
 
 from __future__ import annotations
@@ -95,14 +98,29 @@ def validation_split(train_labels: np.ndarray, validation_fraction: float, seed:
     return training, validation
 
 
-def masked_cube(cube: np.ndarray, visible_mean_of: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-    """``cube`` [C, H, W] with the ``hidden`` pixels replaced by the per-channel mean of the pixels
-    in ``visible_mean_of`` (bool [H, W]; the training pixels)."""
+FILLS = ("mean", "nearest")
+
+
+def masked_cube(cube: np.ndarray, visible_mean_of: np.ndarray, hidden: np.ndarray, fill: str = "mean"
+                ) -> np.ndarray:
+    """``cube`` [C, H, W] with the ``hidden`` pixels replaced: ``mean`` by the per-channel mean of
+    the pixels in ``visible_mean_of`` (bool [H, W]; the training pixels), ``nearest`` by the nearest
+    pixel that is not hidden (Euclidean distance; ties as ``scipy.ndimage.distance_transform_edt``
+    breaks them) — a hidden blob then continues its visible surroundings instead of showing one
+    spectrum no real neighbourhood has."""
+    if fill not in FILLS:
+        raise InputError(f"patches.fill is {fill!r}; expected one of {list(FILLS)}")
     if not hidden.any():
         return cube
-    fill = cube[:, visible_mean_of].mean(axis=1, dtype=np.float64).astype(cube.dtype)
     out = cube.copy()
-    out[:, hidden] = fill[:, None]
+    if fill == "mean":
+        value = cube[:, visible_mean_of].mean(axis=1, dtype=np.float64).astype(cube.dtype)
+        out[:, hidden] = value[:, None]
+        return out
+    if hidden.all():
+        raise InputError("patches.fill: nearest with every pixel hidden; expected some visible pixel")
+    _, (rows, cols) = ndimage.distance_transform_edt(hidden, return_indices=True)
+    out[:, hidden] = cube[:, rows[hidden], cols[hidden]]
     return out
 
 

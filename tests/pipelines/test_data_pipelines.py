@@ -76,6 +76,37 @@ def assert_disjoint(patches, split, hidden):
     assert np.ptp(np.stack(seen), axis=0).max() == 0  # all equal: the fill, not the pixels' own spectra
 
 
+def test_nearest_fill_shows_visible_pixels_in_place_of_hidden_ones():
+    """With ``fill: nearest`` no training window shows a validation or test pixel's own spectrum,
+    and every hidden position shows the spectrum of a visible pixel of the scene."""
+    from fedrs.patching import apply_normaliser
+    from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation, split_training_pixels
+    from fedrs.scene.assemble import assemble_scene
+    from tests.conftest import TINY_SCENE
+
+    raw = generate_synthetic_scene(TINY_SCENE)
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    split, _ = split_training_pixels(scene, {"validation_fraction": 0.25}, {"seed": 3})
+    params = {"patch_size": 5, "disjoint": True, "fill": "nearest"}
+    train, validation, test = build_patch_sets(scene, split, fit_normalisation(scene, split, {}), params)
+    hidden = (split["validation_labels"] > 0) | (split["test_labels"] > 0)
+    normalisation = fit_normalisation(scene, split, {})
+    _, _, whole = build_patch_sets(scene, split, normalisation, {**params, "disjoint": False})
+    cube = apply_normaliser(scene["hsi"], normalisation["hsi"])
+    visible = {tuple(v) for v in cube[:, ~hidden].T}
+    own = {tuple(v) for v in test["hsi"][:, :, 2, 2]} | {tuple(v) for v in validation["hsi"][:, :, 2, 2]}
+    shown = []
+    for i, (r, c) in enumerate(zip(train["rows"], train["cols"], strict=True)):
+        for dr in range(-2, 3):
+            for dc in range(-2, 3):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < hidden.shape[0] and 0 <= cc < hidden.shape[1] and hidden[rr, cc]:
+                    shown.append(tuple(train["hsi"][i, :, 2 + dr, 2 + dc]))
+    assert shown and not set(shown) & own and set(shown) <= visible
+    assert len(set(shown)) > 1  # not one fill value: the surroundings differ from place to place
+    assert np.array_equal(test["hsi"], whole["hsi"])  # test windows see the whole scene
+
+
 def _artefacts(project):
     out = {}
     for rel in (

@@ -45,24 +45,26 @@ def fit_normalisation(scene: dict[str, Any], split: dict[str, Any], params: dict
     return {m: fit_normaliser(scene[m], train_mask, method) for m in ("hsi", "lidar")}
 
 
-def visible_cubes(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any], disjoint: bool
-                  ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def visible_cubes(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any], disjoint: bool,
+                  fill: str = "mean") -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """The normalised cubes each split's patches are cut from: with ``disjoint``, training patches
-    see neither validation nor test pixels, validation patches no test pixel (both shown the
-    training mean); test patches see the whole scene, as a deployed model does. One split at a time:
-    a masked copy of a full-size scene's cube is held only while its patches are cut."""
+    see neither validation nor test pixels, validation patches no test pixel (both shown ``fill``:
+    the training mean or the nearest visible pixel); test patches see the whole scene, as a deployed
+    model does. One split at a time: a masked copy of a full-size scene's cube is held only while
+    its patches are cut."""
     full = {m: apply_normaliser(scene[m], normalisation[m]) for m in ("hsi", "lidar")}
     train = split["train_labels"] > 0
     test = split["test_labels"] > 0
     hidden = {"train": test | (split["validation_labels"] > 0), "validation": test, "test": np.zeros_like(test)}
     for name in SPLITS:
-        yield name, {m: masked_cube(cube, train, hidden[name]) if disjoint else cube for m, cube in full.items()}
+        yield name, {m: masked_cube(cube, train, hidden[name], fill) if disjoint else cube for m, cube in full.items()}
 
 
 def build_patch_sets(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any],
                      params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     size = int(params.get("patch_size", 7))
     disjoint = bool(params.get("disjoint", True))
+    fill = str(params.get("fill", "mean"))
     common = {
         "patch_size": size,
         "num_classes": len(scene["class_names"]),
@@ -72,7 +74,7 @@ def build_patch_sets(scene: dict[str, Any], split: dict[str, Any], normalisation
         "disjoint": disjoint,
     }
     sets = []
-    for name, cubes in visible_cubes(scene, split, normalisation, disjoint):
+    for name, cubes in visible_cubes(scene, split, normalisation, disjoint, fill):
         rows, cols, labels = labelled_pixels(split[f"{name}_labels"])
         patch_set = {"rows": rows, "cols": cols, "labels": labels, "split": name, **common}
         for modality, cube in cubes.items():
