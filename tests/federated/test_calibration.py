@@ -1,11 +1,14 @@
 """Classifier calibration: the clients' class statistics, their pooling, the retrained last layer,
 the features each algorithm captures, and the pass at the end of a federated run."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fedrs.datasets import NpzDataset
 from fedrs.feddiff.classifier import FedDiffClassifier
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import (
@@ -14,6 +17,7 @@ from fedrs.federated.calibration import (
     class_feature_statistics,
     class_gaussians,
     pool_statistics,
+    withhold_small_classes,
 )
 from fedrs.federated.local import TrainConfig
 from fedrs.federated.server.config import FederatedConfig
@@ -153,13 +157,15 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     changed = {k for k in plain["state"] if not torch.equal(plain["state"][k], calibrated["state"][k])}
     assert changed == {f"{layer}.weight", f"{layer}.bias"}  # the run itself is the same, the layer retrained
     last = calibrated["history"][-1]
-    assert last["calibration_clients"] == 4 and last["calibration_loss_after"] < last["calibration_loss_before"]
+    # one sender per site, each pixel once; a class a site holds fewer than 5 pixels of stays home
+    assert last["calibration_clients"] == 2 and last["calibration_loss_after"] < last["calibration_loss_before"]
+    assert last["calibration_pixels"] == sent_once_per_site(fed["dir"], minimum=5) > 0
     assert last["val_oa_before_calibration"] == plain["history"][-1]["val_oa"]
     assert "calibration_clients" not in calibrated["history"][0]
     # what went up: per-class count, sum and outer-product sum of the 64 features, dense float64
     classes = fed["spec"]["num_classes"]
     ups = [t for t in calibrated["traffic"] if t["payload"] == "calibration"]
-    assert len(ups) == 4 and all(t["bytes_sent"] == t["bytes_dense"] == classes * (1 + 64 + 64 * 64) * 8
+    assert len(ups) == 2 and all(t["bytes_sent"] == t["bytes_dense"] == classes * (1 + 64 + 64 * 64) * 8
                                  for t in ups)
     # the pass relays the partner outputs uncoded (dense_exchange), the rounds coded
     features = [t for t in calibrated["traffic"] if t["payload"] == "features" and t["round"] == 2]
@@ -177,6 +183,15 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     assert all(torch.equal(again["state"][k], calibrated["state"][k]) for k in calibrated["state"])
 
 
+def sent_once_per_site(partition_dir, minimum):
+    """The training pixels of every site's classes it holds at least ``minimum`` pixels of."""
+    per_site = {}
+    for path in sorted(Path(partition_dir).glob("client_*.npz")):
+        bundle = NpzDataset(str(path)).load()
+        per_site[int(bundle["site"])] = np.bincount(np.asarray(bundle["labels"]))
+    return float(sum(c[c >= minimum].sum() for c in per_site.values()))
+
+
 def test_a_horizontal_run_calibrates_from_its_multimodal_clients(tiny_federation):
     fed = tiny_federation
     cfg = FederatedConfig.from_dict(dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8},
@@ -192,6 +207,32 @@ def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_fed
     fed = tiny_split_federation
     with pytest.raises(ValueError, match="class statistics would reach the server unprotected"):
         start_run(FakeGrid(4), _feddiff_config(fed, calibration={}, **extra), fed["test"], 4)
+
+
+def test_calibration_refuses_noised_partner_outputs(tiny_split_federation):
+    fed = tiny_split_federation
+    protection = {"exchange_privacy": {"clipping_norm": 1.0, "noise_multiplier": 0.1}}
+    with pytest.raises(ValueError, match="noised partner outputs, which no test pixel sees"):
+        start_run(FakeGrid(4), _feddiff_config(fed, calibration={}, **protection), fed["test"], 4)
+
+
+def test_a_client_withholds_the_classes_it_holds_too_few_pixels_of():
+    """Two pixels of a class give both pixels back from count, sum and outer-product sum: such a
+    class must not leave the client; a class of five may."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+    raw = class_feature_statistics(z, labels, 3)
+    a, b = z[0], z[1]  # the attack on what would have gone up: mean ± the scatter's principal direction
+    mean = raw["sum"][0] / 2
+    values, vectors = torch.linalg.eigh(raw["outer"][0] - 2 * torch.outer(mean, mean))
+    half_gap = vectors[:, -1] * values[-1].clamp_min(0).sqrt() / 2 ** 0.5
+    found = {tuple((mean + half_gap).round(decimals=6).tolist()), tuple((mean - half_gap).round(decimals=6).tolist())}
+    assert found == {tuple(a.round(decimals=6).tolist()), tuple(b.round(decimals=6).tolist())}
+    sent = withhold_small_classes(raw, 5)
+    assert sent["count"].tolist() == [0.0, 5.0, 0.0]
+    assert not sent["sum"][0].any() and not sent["outer"][0].any()
+    assert torch.equal(sent["outer"][1], raw["outer"][1]) and torch.equal(sent["sum"][1], raw["sum"][1])
 
 
 def test_the_training_config_carries_no_operation_flags():

@@ -41,6 +41,14 @@ class PartnerRelay(RoundProtocol):
     def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
         exchange_features(grid, run, record)
 
+    def calibration_senders(self, run: RunState, record: RoundRecord) -> list[int]:
+        """One client per site (the lowest id whose partner's outputs arrived): both members hold the
+        same fused features of the same pixels, so a second sender would count every pixel twice."""
+        chosen: dict[Any, int] = {}
+        for cid in sorted(record.relayed):
+            chosen.setdefault(run.clients[cid]["site"], cid)
+        return sorted(chosen.values())
+
     def update_content(self, record: RoundRecord, cid: int) -> dict[str, Any]:
         """The partner's outputs only: the weights travelled with the exchange request."""
         content: dict[str, Any] = {}

@@ -6,9 +6,17 @@ average of those layers is biased against every class one site lacks (Houston: H
 one site only, is predicted as Road or Parking lot). The features before that layer stay
 separable — retraining only the last layer on every training pixel's features recovers the
 centralised boundary. The server has no pixels, so each client sends the per-class count, sum and
-sum of outer products of its features (never a feature of one pixel); the server pools them into
-one Gaussian per class, draws the same number of virtual features from each, and retrains the
-last layer on them.
+sum of outer products of its features; the server pools them into one Gaussian per class, draws the
+same number of virtual features from each, and retrains the last layer on them.
+
+What the server learns without SecAgg+ or DP: each sending client's class histogram (of the classes
+it sends) and each such class's feature mean and covariance over that client's pixels. With one
+pixel the sums are its features; with two, the mean and scatter give both (up to which is which);
+from three on they no longer pin down any single pixel without side knowledge (a party that knows
+all but one of a class's pixels recovers the last from the sum — only DP stops that). So a client
+withholds every class it holds fewer than ``min_client_pixels`` (default 5) pixels of, and with
+FedDiff only one client per site sends (both hold the same fused features of the same pixels: two
+senders would count every pixel twice, and a class of one real pixel would pass ``min_pixels``).
 
 Plain functions over tensors: the client's statistics, their pooling, and the retraining.
 """
@@ -33,10 +41,11 @@ class CalibrationConfig:
     lr: float = 0.01
     ridge: float = 1.0e-4         # added to every covariance's diagonal, relative to its mean variance
     min_pixels: int = 2           # a class with fewer pooled pixels keeps no virtual features
+    min_client_pixels: int = 5    # a client withholds the statistics of a class it holds fewer pixels of
     dense_exchange: bool = True   # FedDiff: the pass relays partner outputs uncoded, as the test pixels see them
 
     def __post_init__(self) -> None:
-        for name in ("virtual_per_class", "steps", "min_pixels"):
+        for name in ("virtual_per_class", "steps", "min_pixels", "min_client_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"calibration: {name} {getattr(self, name)!r}; expected a positive integer")
         if not self.lr > 0 or self.ridge < 0:
@@ -55,6 +64,14 @@ def class_feature_statistics(features: torch.Tensor, labels: torch.Tensor, num_c
     onehot = F.one_hot(y, num_classes).double()  # [N, C]
     return {"count": onehot.sum(0), "sum": onehot.T @ z,
             "outer": torch.einsum("nc,ni,nj->cij", onehot, z, z)}
+
+
+def withhold_small_classes(stats: dict[str, torch.Tensor], min_client_pixels: int) -> dict[str, torch.Tensor]:
+    """``stats`` with every class of fewer than ``min_client_pixels`` pixels zeroed (count, sum and
+    outer product alike): what a client may send."""
+    keep = (stats["count"] >= min_client_pixels).double()
+    return {"count": stats["count"] * keep, "sum": stats["sum"] * keep[:, None],
+            "outer": stats["outer"] * keep[:, None, None]}
 
 
 def pool_statistics(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

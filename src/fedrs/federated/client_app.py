@@ -33,7 +33,7 @@ from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.calibration import class_feature_statistics
+from fedrs.federated.calibration import CalibrationConfig, class_feature_statistics, withhold_small_classes
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange
@@ -286,13 +286,15 @@ def statistics(msg: Message, context: Context) -> Message:
 @reports_traceback
 def calibration(msg: Message, context: Context) -> Message:
     """Classifier calibration: per-class count, sum and outer-product sum of the last layer's inputs
-    on the client's pixels, dense (``fedrs.federated.calibration``)."""
+    on the client's pixels, dense, without the classes it holds too few pixels of
+    (``fedrs.federated.calibration``)."""
     started = time.perf_counter()
     job = round_inputs(msg, context)
     labels = torch.as_tensor(np.asarray(job.data["labels"]), dtype=torch.long)
     features = job.algorithm.client_features(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
     last = job.model.get_submodule(job.algorithm.require_calibration_layer())
-    sums = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
+    stats = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
+    sums = withhold_small_classes(stats, CalibrationConfig.from_dict(job.settings.get("calibration")).min_client_pixels)
     size = payload_bytes(sums)
     return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
                                "metrics": MetricRecord({"client_id": job.client_id, "num_samples": len(labels),

@@ -83,13 +83,14 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     layer = run.algorithm.require_calibration_layer()
     evaluate_round(run, record)
     record.scores_before_calibration = dict(record.scores)
-    settings = dict(record.settings)
+    settings = {**record.settings, "calibration": run.cfg.calibration}  # the clients' minimum count per class
     if cfg.dense_exchange:  # the statistics of features as a test pixel's are computed: without the codec's error
         settings["exchange_compression"] = None
     contributors = [c for c in run.eligible if run.algorithm.calibration_contributes(run.clients[c]["modalities"])]
     sub = RoundRecord(record.round, record.lr, settings, contributors, "calibration")
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
     run.protocol.before_updates(grid, run, sub)
+    sub.sampled = run.protocol.calibration_senders(run, sub)
     collect_updates(grid, run, sub)
     parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
     merge_pass(record, sub, "calibration")
@@ -97,9 +98,10 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s: no client sent class statistics; the last layer is not calibrated", run.cfg.algorithm)
         return
     weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
+    pooled = pool_statistics(parts)
     run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
-        weight, bias, pool_statistics(parts), cfg, derive_seed(run.cfg.seed, 7_007, record.round))
-    record.calibration = {"clients": float(len(parts)), **report}
+        weight, bias, pooled, cfg, derive_seed(run.cfg.seed, 7_007, record.round))
+    record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), **report}
     logger.info("%s: the last layer (%s) calibrated on %d virtual features of %d classes from %d clients' "
                 "statistics (loss %.3f → %.3f)", run.cfg.algorithm, layer, int(report["virtual_features"]),
                 int(report["classes"]), len(parts), report["loss_before"], report["loss_after"])
@@ -112,3 +114,7 @@ def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
     if cfg.privacy or cfg.secure:
         raise ValueError("calibration with privacy or secure_aggregation: the clients' class statistics would reach "
                          "the server unprotected; set calibration: null")
+    if cfg.exchange_privacy:
+        raise ValueError("calibration with exchange_privacy: the class statistics would be those of noised partner "
+                         "outputs, which no test pixel sees (and relaying them unprotected would undo the "
+                         "protection); set calibration: null")
