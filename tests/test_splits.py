@@ -96,10 +96,10 @@ def test_hidden_pixels_show_the_training_mean_and_nothing_else_moves():
     train[:, :4] = True
     hidden = np.zeros((10, 10), dtype=bool)
     hidden[5, 5] = hidden[0, 9] = True
-    out = masked_cube(cube, train, hidden)
+    out = masked_cube(cube, train, hidden, "mean")
     assert np.allclose(out[:, 5, 5], cube[:, train].mean(axis=1)) and np.array_equal(out[:, 5, 5], out[:, 0, 9])
     assert np.array_equal(out[:, ~hidden], cube[:, ~hidden]) and out is not cube
-    assert masked_cube(cube, train, np.zeros_like(hidden)) is cube
+    assert masked_cube(cube, train, np.zeros_like(hidden), "mean") is cube
     # (5, 5) is two columns from the training block: a 5×5 window reaches column 3 (rows 3–7), a 7×7
     # columns 2–3 (rows 2–8); (0, 9) is six columns away
     assert [neighbours_within(train, hidden, p) for p in (3, 5, 7)] == [0, 5, 14]

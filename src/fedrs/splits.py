@@ -101,8 +101,7 @@ def validation_split(train_labels: np.ndarray, validation_fraction: float, seed:
 FILLS = ("mean", "nearest")
 
 
-def masked_cube(cube: np.ndarray, visible_mean_of: np.ndarray, hidden: np.ndarray, fill: str = "mean"
-                ) -> np.ndarray:
+def masked_cube(cube: np.ndarray, visible_mean_of: np.ndarray, hidden: np.ndarray, fill: str) -> np.ndarray:
     """``cube`` [C, H, W] with the ``hidden`` pixels replaced: ``mean`` by the per-channel mean of
     the pixels in ``visible_mean_of`` (bool [H, W]; the training pixels), ``nearest`` by the nearest
     pixel that is not hidden (Euclidean distance; ties as ``scipy.ndimage.distance_transform_edt``

@@ -46,7 +46,7 @@ def fit_normalisation(scene: dict[str, Any], split: dict[str, Any], params: dict
 
 
 def visible_cubes(scene: dict[str, Any], split: dict[str, Any], normalisation: dict[str, Any], disjoint: bool,
-                  fill: str = "mean") -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+                  fill: str = "nearest") -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """The normalised cubes each split's patches are cut from: with ``disjoint``, training patches
     see neither validation nor test pixels, validation patches no test pixel (both shown ``fill``:
     the training mean or the nearest visible pixel); test patches see the whole scene, as a deployed
@@ -64,7 +64,7 @@ def build_patch_sets(scene: dict[str, Any], split: dict[str, Any], normalisation
                      params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     size = int(params.get("patch_size", 7))
     disjoint = bool(params.get("disjoint", True))
-    fill = str(params.get("fill", "mean"))
+    fill = str(params.get("fill", "nearest"))
     common = {
         "patch_size": size,
         "num_classes": len(scene["class_names"]),
