@@ -6,6 +6,10 @@ contains 0). The figures behind the real-data results (README, docs/houston-dev.
 
     .venv/bin/python bench/real_scene_results.py --env houston2013 --algorithms feddiff,fedavg,fedcmi --seeds 1,2,3,4,5
 
+``--folds 0,1,2,3,4`` runs k-fold cross-validation by blob instead of one split per seed: each
+fold of the training ROIs is the validation split once (``--params cv_fold=k``) and the row's
+``fold`` says which; the table then gives the fold mean and spread, and pairs runs by (seed, fold).
+
 ``--no-maps`` stops each run at its evaluation (FedDiff's full-scene map of a Houston-size scene
 takes about half an hour on 2 cores). The seed drives partitions, sampling, noise and
 initialisation and which blob fold of the training ROIs is the validation split; the test split
@@ -66,25 +70,44 @@ def main() -> None:
     parser.add_argument("--params", default="", help="extra kedro --params (k=v,...) for a variant of one algorithm")
     parser.add_argument("--label", default="", help="the row name of such a variant, e.g. 'feddiff, stage 1 dense'")
     parser.add_argument("--reference", default="feddiff", help="the row every other algorithm is compared with")
+    parser.add_argument("--folds", default="", help="k-fold cross-validation by blob: the cv_fold values to run")
+    parser.add_argument("--name", default="", help="the results file: real_scene_<name> (default: the scene)")
     args = parser.parse_args()
     scene = args.scene or args.env
-    out = RESULTS / f"real_scene_{scene}.json"
+    name = f"real_scene_{args.name or scene}"
+    out = RESULTS / f"{name}.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else [None]
     for algorithm in args.algorithms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            row = run(args.env, algorithm, seed, not args.no_maps, scene, args.params, args.label)
-            rows = [r for r in rows if (r["algorithm"], r["seed"]) != (row["algorithm"], seed)] + [row]
-            if "error" in row:
-                print(f"{row['algorithm']} seed {seed}: FAILED\n{row['error']}", flush=True)
-            else:
-                print(f"{row['algorithm']} seed {seed}: OA {row['oa']:.4f} AA {row['aa']:.4f} κ {row['kappa']:.4f} "
-                      f"({row['command_seconds']:.0f} s)", flush=True)
-            save(f"real_scene_{scene}", {"env": args.env, "rows": rows}, summary(rows, scene, args.reference))
+            for fold in folds:
+                params = ",".join(p for p in (args.params, "" if fold is None else f"cv_fold={fold}") if p)
+                row = run(args.env, algorithm, seed, not args.no_maps, scene, params, args.label)
+                row["fold"] = fold
+                rows = [r for r in rows if key(r) != key(row)] + [row]
+                where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")
+                if "error" in row:
+                    print(f"{row['algorithm']} {where}: FAILED\n{row['error']}", flush=True)
+                else:
+                    print(f"{row['algorithm']} {where}: OA {row['oa']:.4f} AA {row['aa']:.4f} κ {row['kappa']:.4f} "
+                          f"({row['command_seconds']:.0f} s)", flush=True)
+                save(name, {"env": args.env, "rows": rows}, summary(rows, scene, args.reference))
+
+
+def key(row: dict) -> tuple:
+    """What one run is: its algorithm (or variant label), seed and cross-validation fold."""
+    return row["algorithm"], row["seed"], row.get("fold")
+
+
+def unit(row: dict) -> str:
+    """How the table names a run: its seed, and its fold under cross-validation."""
+    return str(row["seed"]) if row.get("fold") is None else f"{row['seed']}/f{row['fold']}"
 
 
 def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[str]:
-    lines = [f"Scene `{scene}`; per algorithm mean ± standard deviation over its seeds.", "",
-             "| algorithm | seeds | test OA | test AA | test κ | validation OA | MB sent (dense) | training s |",
+    lines = [f"Scene `{scene}`; per algorithm mean ± standard deviation over its runs (seeds, or seed/fold "
+             "under cross-validation by blob).", "",
+             "| algorithm | runs | test OA | test AA | test κ | validation OA | MB sent (dense) | training s |",
              "|---|---|---|---|---|---|---|---|"]
     ok_rows = {a: [r for r in rows if r["algorithm"] == a and "error" not in r]
                for a in dict.fromkeys(r["algorithm"] for r in rows)}
@@ -94,16 +117,20 @@ def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[st
         cells = [format_mean_sd([r[key] for r in ok]) for key in ("oa", "aa", "kappa")]
         val = [r["val_oa_final"] for r in ok if r.get("val_oa_final") is not None]
         cells.append(format_mean_sd(val) if val else "–")
-        lines.append(f"| {algorithm} | {', '.join(str(r['seed']) for r in ok)} | {' | '.join(cells)} | "
+        lines.append(f"| {algorithm} | {', '.join(unit(r) for r in ok)} | {' | '.join(cells)} | "
                      f"{ok[0]['mb_sent']:,.0f} ({ok[0]['mb_dense']:,.0f}) | "
                      f"{statistics.mean(r['training_seconds'] or 0 for r in ok):,.0f} |")
     if ok_rows.get(reference):
-        ref = {r["seed"]: r["oa"] for r in ok_rows[reference]}
-        lines += ["", f"Test OA, paired by seed against {reference}:", ""]
+        ref = {unit(r): r["oa"] for r in ok_rows[reference]}
+        folds = any(r.get("fold") is not None for r in rows)
+        lines += ["", f"Test OA, paired by run against {reference}"
+                  + (" (cross-validation folds share training pixels, so these intervals are optimistic: "
+                     "Nadeau & Bengio, 2003)" if folds else "") + ":", ""]
         for algorithm, ok in ok_rows.items():
-            if algorithm != reference and ok and set(ref) & {r["seed"] for r in ok}:
-                other = {r["seed"]: r["oa"] for r in ok}
-                lines.append("- " + paired_interval(ref, other).describe(reference, algorithm))
+            if algorithm != reference and ok and set(ref) & {unit(r) for r in ok}:
+                other = {unit(r): r["oa"] for r in ok}
+                lines.append("- " + paired_interval(ref, other).describe(reference, algorithm,
+                                                                         runs="runs" if folds else "seeds"))
     return lines
 
 

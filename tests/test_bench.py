@@ -90,3 +90,22 @@ def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_
                for i, (c, g) in enumerate((c, g) for c in classical_reference.GRID["C"]
                                           for g in classical_reference.GRID["gamma_scale"]))
     assert row["val_oa"] == best[0]
+
+
+def test_the_real_scene_table_pairs_cross_validation_folds_by_seed_and_fold(monkeypatch, tmp_path):
+    """Under --folds every (seed, fold) is one run: the table lists them and pairs the algorithms
+    run by run; a fold that only one algorithm ran stays out of the pairing."""
+    sys.path.insert(0, str(REPO / "bench"))
+    monkeypatch.setenv("FEDRS_BENCH_RESULTS", str(tmp_path))
+    import real_scene_results
+
+    def row(algorithm, fold, oa):
+        return {"algorithm": algorithm, "seed": 1, "fold": fold, "oa": oa, "aa": oa, "kappa": oa, "val_oa_final": oa,
+                "mb_sent": 1.0, "mb_dense": 1.0, "training_seconds": 1.0}
+
+    rows = [row("feddiff", f, 0.8 + 0.01 * f) for f in range(3)] + [row("fedavg", f, 0.7) for f in range(4)]
+    lines = real_scene_results.summary(rows, "tiny")
+    table = "\n".join(lines)
+    assert "| feddiff | 1/f0, 1/f1, 1/f2 |" in table and "1/f3" in table
+    assert "feddiff is better than fedavg (+11.0 points" in table and "3 runs)" in table and "optimistic" in table
+    assert real_scene_results.key(rows[0]) != real_scene_results.key(rows[1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scipy import stats as scipy_stats
 
@@ -49,15 +50,16 @@ class PairedComparison:
             return "worse than"
         return "level with"
 
-    def describe(self, a: str, b: str, scale: float = 100.0, unit: str = " points") -> str:
-        """E.g. "feddiff is level with fedavg (+1.8 points, 95% interval −2.1 … +5.7, 5 seeds)"."""
+    def describe(self, a: str, b: str, scale: float = 100.0, unit: str = " points", runs: str = "seeds") -> str:
+        """E.g. "feddiff is level with fedavg (+1.8 points, 95% interval −2.1 … +5.7, 5 seeds)";
+        ``runs`` names what was paired (seeds, or runs of seed × cross-validation fold)."""
         if self.n < 2:
-            return f"{a} against {b}: {self.mean * scale:+.1f}{unit} on one seed (no interval)"
+            return f"{a} against {b}: {self.mean * scale:+.1f}{unit} on one {runs.rstrip('s')} (no interval)"
         return (f"{a} is {self.verdict} {b} ({self.mean * scale:+.1f}{unit}, {self.confidence:.0%} interval "
-                f"{self.low * scale:+.1f} … {self.high * scale:+.1f}, {self.n} seeds)")
+                f"{self.low * scale:+.1f} … {self.high * scale:+.1f}, {self.n} {runs})")
 
 
-def paired_interval(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -> PairedComparison:
+def paired_interval(a: dict[Any, float], b: dict[Any, float], confidence: float = 0.95) -> PairedComparison:
     """The mean of ``a[s] − b[s]`` over the seeds ``s`` present in both, with its two-sided Student-t
     ``confidence`` interval (n − 1 degrees of freedom)."""
     seeds = sorted(set(a) & set(b))
