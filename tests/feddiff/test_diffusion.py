@@ -39,3 +39,29 @@ def test_diffusion_loss_and_seeded_features():
     assert f1.shape == (4, 3 * 16, 4, 4) and torch.equal(f1, f2)
     with pytest.raises(ValueError, match="outside"):
         diffusion_features(unet, s, x0, [50], seed=1)
+
+
+def test_the_denoising_measure_is_zero_for_no_learning_and_grows_with_knowledge_of_the_signal():
+    from fedrs.feddiff.diffusion import denoising_report, probe_timesteps
+
+    schedule = LinearSchedule(100)
+    x0 = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    steps = probe_timesteps(schedule.steps)
+    assert steps == [2, 10, 30, 60]
+
+    class Nothing(torch.nn.Module):  # predicts no noise: the baseline of the gain
+        def forward(self, xt, t):
+            return torch.zeros_like(xt)
+
+    class Knows(torch.nn.Module):  # knows the clean signal, so recovers the noise exactly
+        def forward(self, xt, t):
+            a = schedule.sqrt_alphas_cumprod[t].float().view(-1, 1, 1, 1)
+            b = schedule.sqrt_one_minus_alphas_cumprod[t].float().view(-1, 1, 1, 1)
+            return (xt - a * x0) / b
+
+    nothing = denoising_report(Nothing(), schedule, x0, steps, torch.Generator().manual_seed(1))
+    knows = denoising_report(Knows(), schedule, x0, steps, torch.Generator().manual_seed(1))
+    assert all(abs(nothing[f"psnr_gain_t{s}"]) < 1e-9 for s in steps)
+    assert all(knows[f"psnr_gain_t{s}"] > 20 for s in steps)
+    # more noise, lower PSNR for the model that learned nothing
+    assert [nothing[f"psnr_t{s}"] for s in steps] == sorted((nothing[f"psnr_t{s}"] for s in steps), reverse=True)

@@ -104,6 +104,15 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert set(diffusion["stages"]) == {"hsi", "lidar"} and all(len(r) == 1 for r in diffusion["stages"].values())
     # stage 1 federated each U-Net over the holders of its modality only (clients 0, 2 hold HSI)
     assert diffusion["stages"]["hsi"][0]["accepted"] == [0, 2] and diffusion["stages"]["lidar"][0]["accepted"] == [1, 3]
+    # each DDPM round is scored on validation patches: the noise loss and the denoising gain per timestep,
+    # in the history and in MLflow (T = 50: t = 1, 5, 15, 30)
+    first = diffusion["stages"]["hsi"][0]
+    assert {f"val_psnr_gain_t{t}" for t in (1, 5, 15, 30)} <= set(first) and "val_l1" in first
+    mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
+    curves = {"feddiff.diffusion.hsi.round.val_psnr_gain_t5", "feddiff.diffusion.lidar.round.val_l1"}
+    assert curves <= set(run.data.metrics)
     features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
     assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4
     assert (

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from fedrs.compute import ComputePolicy
-from fedrs.feddiff.diffusion import LinearSchedule, diffusion_features, diffusion_loss
+from fedrs.feddiff.diffusion import (
+    LinearSchedule,
+    denoising_report,
+    diffusion_features,
+    diffusion_loss,
+    probe_timesteps,
+)
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.algorithm_base import Algorithm, Modalities
 from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches
@@ -72,10 +78,15 @@ class DiffusionAlgorithm(Algorithm):
 
     def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                  modalities: Modalities | None = None) -> dict[str, Any]:
-        """Held-out denoising error (L1) on up to 2,048 test patches, with fixed noise."""
+        """Held-out denoising on up to 2,048 patches (the validation split's, each round), with fixed
+        noise: the L1 noise loss, and the x0-reconstruction PSNR and its gain over predicting no
+        noise at a few timesteps (``denoising_report``)."""
         assert isinstance(model, DiffusionUNet)
         model.eval()
         x0 = unet_input(np.asarray(test[self.modality])[:2048], model.spec.size)
         schedule = schedule_of(model.spec)
         with torch.inference_mode():
-            return {"l1": float(diffusion_loss(model, schedule, x0, torch.Generator().manual_seed(0)))}
+            report = {"l1": float(diffusion_loss(model, schedule, x0, torch.Generator().manual_seed(0)))}
+            report.update(denoising_report(model, schedule, x0, probe_timesteps(schedule.steps),
+                                           torch.Generator().manual_seed(1)))
+        return report

@@ -46,7 +46,8 @@ def curves(history: dict[str, Any]) -> Figure:
 
 
 def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
-    """Final scores at step 0 and per-round curves with the round as step, for kedro-mlflow."""
+    """Final scores at step 0 and per-round curves with the round as step, for kedro-mlflow (FedDiff:
+    its DDPMs' rounds too, ``diffusion.<modality>.round.<key>``)."""
     metrics: dict[str, Any] = {
         k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")
     }
@@ -63,6 +64,13 @@ def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str,
         points = [{"value": float(r[key]), "step": int(r["round"])} for r in rounds if r.get(key) is not None]
         if points:
             metrics[f"round.{key}"] = points
+    for stage in history.get("earlier_stages") or []:  # FedDiff's DDPMs: loss and denoising per round
+        for modality, stage_rounds in (stage.get("stages") or {}).items():
+            for key in sorted({k for r in stage_rounds for k in r if k == "train_loss" or k.startswith("val_")}):
+                points = [{"value": float(r[key]), "step": int(r["round"])} for r in stage_rounds
+                          if isinstance(r.get(key), int | float)]
+                if points:
+                    metrics[f"diffusion.{modality}.round.{key}"] = points
     run = report.get("run", {})
     for key in MLFLOW_SUMMARY_KEYS:
         if key in run:
