@@ -157,6 +157,15 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert left["deterministic test noise (`deterministic_noise: true`)"] < 1e-3
     assert left["noise from the victim's OS (as run)"] > 1.2
     assert all(-1.0 <= r["correlation"] <= 1.0 for r in attack["rows"])
+    # the linear probe of what the diffusion models know runs on the same run (bench/diffusion_probe.py)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "diffusion_probe.py"), "--project", str(p()),
+                           "--scene", "synthetic", "--label", "tiny"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    probed = json.loads(p("bench/diffusion_probe_synthetic.json").read_text())["rows"]
+    inputs = {(r["modality"], r["input"]) for r in probed}
+    assert ("hsi", "diffusion t=20, flattened") in inputs and ("lidar", "raw, centre pixel") in inputs
+    assert len(inputs) == 2 * (2 + 2 * 2) and all(0.0 <= r["val_oa"] <= 1.0 for r in probed)
 
 
 def test_centralized_feddiff_pipeline(tiny_baselines):
