@@ -41,7 +41,10 @@ TINY_FEDDIFF = {"feddiff": {
     "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
                   "federated": {"num_rounds": 1, "eval_samples": 64}},
     "features": {"timesteps": [5, 20]},
-    "classifier": {"train": {"epochs": 1, "batch_size": 16}, "federated": {"num_rounds": 2, "eval_samples": 300}},
+    # the tiny scene's sites hold 2–4 training pixels of a class: below the default minimum of 5 no class
+    # would be calibrated (tests/federated/test_calibration.py covers the minimum itself)
+    "classifier": {"train": {"epochs": 1, "batch_size": 16},
+                   "federated": {"num_rounds": 2, "eval_samples": 300, "calibration": {"min_client_pixels": 2}}},
     "resources": {"total_cpus": 2},
 }}
 

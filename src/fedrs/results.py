@@ -57,7 +57,8 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "train_infiltration_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up", "bytes_down",
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
-              "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "noise",
+              "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "calibration_pixels",
+              "calibration_classes", "noise",
               "dp_unit")
 
 # the per-round curves an MLflow run shows (step = round)

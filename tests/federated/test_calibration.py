@@ -88,6 +88,19 @@ def test_calibration_repairs_a_last_layer_biased_against_a_class():
         calibrate_layer(torch.zeros(3, 4), bias, pooled, cfg, seed=3)
 
 
+def test_a_class_nobody_sent_keeps_its_row_of_the_last_layer():
+    """Without statistics of class 2 (every client withheld it), calibration must not train its logit
+    down: its weights and bias stay, the other classes' move."""
+    z, y, weight, bias = _biased_problem()
+    keep = y != 2
+    pooled = pool_statistics([class_feature_statistics(z[keep], y[keep], 3)])
+    cfg = CalibrationConfig(virtual_per_class=100, steps=100, lr=0.5)
+    new_w, new_b, report = calibrate_layer(weight, bias, pooled, cfg, seed=3)
+    assert report["classes"] == 2
+    assert torch.equal(new_w[2], weight[2]) and torch.equal(new_b[2], bias[2])
+    assert not torch.equal(new_w[0], weight[0]) and not torch.equal(new_w[1], weight[1])
+
+
 def test_bad_calibration_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="virtual_per_class 0"):
         CalibrationConfig(virtual_per_class=0)
@@ -199,6 +212,12 @@ def test_a_horizontal_run_calibrates_from_its_multimodal_clients(tiny_federation
                                          eval_samples=200, calibration={"steps": 20}))
     out = run_rounds(FakeGrid(3), cfg, fed["test"], 3)
     assert out["history"][-1]["calibration_clients"] == 3
+    # when every client withholds every class, the run still ends, uncalibrated, and says so
+    withheld = {**cfg.__dict__, "calibration": {"min_client_pixels": 10**6}}
+    none = run_rounds(FakeGrid(3), FederatedConfig.from_dict(withheld), fed["test"], 3)
+    plain = run_rounds(FakeGrid(3), FederatedConfig.from_dict({**cfg.__dict__, "calibration": None}), fed["test"], 3)
+    assert none["history"][-1]["calibration_classes"] == 0 and none["history"][-1]["calibration_pixels"] == 0
+    assert all(torch.equal(none["state"][k], plain["state"][k]) for k in plain["state"])
 
 
 @pytest.mark.parametrize("extra", [{"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}},

@@ -124,6 +124,9 @@ def calibrate_layer(weight: torch.Tensor, bias: torch.Tensor, pooled: dict[str, 
     z, y = virtual_features(gaussians, cfg.virtual_per_class, generator)
     w = weight.detach().float().reshape(len(weight), dim).clone().requires_grad_(True)
     b = bias.detach().float().clone().requires_grad_(True)
+    # a class nobody sent statistics of keeps its row: with no virtual feature of its own, training
+    # would only push its logit down everywhere and the class would never be predicted again
+    absent = torch.tensor([c not in gaussians for c in range(len(weight))])
     optimiser = torch.optim.Adam([w, b], lr=cfg.lr)
     with torch.no_grad():
         before = float(F.cross_entropy(z @ w.T + b, y))
@@ -131,6 +134,10 @@ def calibrate_layer(weight: torch.Tensor, bias: torch.Tensor, pooled: dict[str, 
         optimiser.zero_grad()
         loss = F.cross_entropy(z @ w.T + b, y)
         loss.backward()
+        if absent.any():
+            assert w.grad is not None and b.grad is not None
+            w.grad[absent] = 0.0
+            b.grad[absent] = 0.0
         optimiser.step()
     with torch.no_grad():
         after = float(F.cross_entropy(z @ w.T + b, y))

@@ -10,7 +10,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fedrs.federated.algorithm_base import Algorithm
-from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, pool_statistics
+from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, class_gaussians, pool_statistics
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
@@ -99,6 +99,11 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         return
     weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
     pooled = pool_statistics(parts)
+    if not class_gaussians(pooled, cfg):  # a run's training is not thrown away for want of statistics
+        logger.warning("%s: no class has %d pooled pixels (clients withhold classes of fewer than %d); the last "
+                       "layer is not calibrated", run.cfg.algorithm, max(cfg.min_pixels, 2), cfg.min_client_pixels)
+        record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), "classes": 0.0}
+        return
     run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
         weight, bias, pooled, cfg, derive_seed(run.cfg.seed, 7_007, record.round))
     record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), **report}
