@@ -83,8 +83,8 @@ def main() -> None:
                          "dims": int(per_split["train"][name].shape[1])})
             print(f"{modality:5s} {name:32s} validation OA {oa:.3f} ({rows[-1]['dims']} values)", flush=True)
         print(f"{modality}: {time.perf_counter() - started:.0f} s", flush=True)
-    name = f"diffusion_probe_{args.scene}"
-    out = RESULTS / f"{name}.json"
+    result_name = f"diffusion_probe_{args.scene}"
+    out = RESULTS / f"{result_name}.json"
     previous = json.loads(out.read_text())["rows"] if out.exists() else []
     rows = [r for r in previous if r.get("label") != args.label] + rows
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -92,11 +92,11 @@ def main() -> None:
                 "trained on the training pixels; columns are runs.", "",
                 "| modality | input | values | " + " | ".join(labels or ["run"]) + " |",
                 "|---|---|---|" + "---|" * max(len(labels), 1)]
-    for modality, name, dims in dict.fromkeys((r["modality"], r["input"], r["dims"]) for r in rows):
+    for modality, source, dims in dict.fromkeys((r["modality"], r["input"], r["dims"]) for r in rows):
         cells = [next((f"{r['val_oa']:.3f}" for r in rows if (r["label"], r["modality"], r["input"]) ==
-                       (label, modality, name)), "–") for label in labels]
-        markdown.append(f"| {modality} | {name} | {dims} | " + " | ".join(cells) + " |")
-    save(name, {"scene": args.scene, "rows": rows}, markdown)
+                       (label, modality, source)), "–") for label in labels]
+        markdown.append(f"| {modality} | {source} | {dims} | " + " | ".join(cells) + " |")
+    save(result_name, {"scene": args.scene, "rows": rows}, markdown)
 
 
 if __name__ == "__main__":

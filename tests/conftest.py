@@ -37,6 +37,9 @@ TINY_BASELINES = {"baseline": {
     "resources": {"total_cpus": 2},
 }}
 TINY_FEDCMI = {"fedcmi": {"training": {"model": {"dim": 16}}}}
+# the pipeline tests' federated runs go through the in-process engine (no Ray start-up, ~25 s a run on
+# 2 cores); tests/federated/test_simulation.py and the FedAvg pipeline test run Flower's simulation engine
+INPROCESS = {"federation": {"engine": "inprocess"}}
 TINY_FEDDIFF = {"feddiff": {
     "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
                   "federated": {"num_rounds": 1, "eval_samples": 64}},

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fedrs.federated.algorithms import ALGORITHMS, BASELINES, HORIZONTAL
-from tests.conftest import REPO, TINY_BASELINES, TINY_PARTITION, TINY_SCENE
+from tests.conftest import INPROCESS, REPO, TINY_BASELINES, TINY_PARTITION, TINY_SCENE
 
 pytestmark = pytest.mark.integration
 STAGES = ["ingest", "patches", "partition", *(f"train_eval@{a}" for a in BASELINES), *HORIZONTAL,
@@ -71,7 +71,8 @@ def test_dvc_repro_runs_skips_and_reruns_only_dependents(tmp_path):
     mlflow_conf = yaml.safe_load((REPO / "conf" / "base" / "mlflow.yml").read_text())
     mlflow_conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     tiny = {"globals.yml": {"synthetic_scene": dict(TINY_SCENE)}, "mlflow.yml": mlflow_conf,
-            "parameters_partition.yml": TINY_PARTITION, "parameters_baselines.yml": TINY_BASELINES}
+            "parameters_partition.yml": TINY_PARTITION, "parameters_baselines.yml": TINY_BASELINES,
+            "parameters_federation.yml": INPROCESS}
     for name, content in tiny.items():
         (local / name).write_text(yaml.safe_dump(content, sort_keys=False))
 

@@ -4,7 +4,8 @@ behaviour (resume, too few updates, compression) is tested on the in-process gri
 import pytest
 import torch
 
-from fedrs.federated.engine import SimulationResources, run_simulation_engine
+from fedrs.federated.engine import SimulationResources, run_job, run_simulation_engine
+from fedrs.federated.jobs import RoundsJob
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
 from tests.federated.fake_grid import FakeGrid
@@ -42,6 +43,10 @@ def test_failures_lost_replies_and_nan_updates_are_survived(tiny_federation):
     # traffic: three downloads per round, uploads only from clients whose reply arrived
     ups = [t for t in result["traffic"] if t["direction"] == "up"]
     assert len([t for t in result["traffic"] if t["direction"] == "down"]) == 6 and len(ups) == 4
+    # the in-process engine (what the pipeline tests run on) gives the same model, bit for bit, faults and all
+    inprocess = run_job(RoundsJob(cfg, tiny_federation["test"]), 3, {"engine": "inprocess"})
+    assert [r["accepted"] for r in inprocess["history"]] == [r["accepted"] for r in result["history"]]
+    assert all(torch.equal(inprocess["state"][k], v) for k, v in result["state"].items())
 
 
 def test_secure_aggregation_on_the_simulation_engine_matches_the_plain_run(tiny_federation):

@@ -1,8 +1,9 @@
-"""Tiny configuration for algorithm pipelines: 3 IID multimodal clients, 2 rounds, a small model."""
+"""Tiny configuration for algorithm pipelines: 3 IID multimodal clients, 2 rounds, a small model;
+FedDiff's on the in-process engine (the deployment test swaps in its SuperLink)."""
 
 import pytest
 
-from tests.conftest import TINY_BASELINES, TINY_FEDDIFF, TINY_PARTITION
+from tests.conftest import INPROCESS, TINY_BASELINES, TINY_FEDDIFF, TINY_PARTITION
 
 
 @pytest.fixture
@@ -15,4 +16,5 @@ def tiny_baselines(kedro_project):
 @pytest.fixture
 def tiny_feddiff(tiny_baselines):
     tiny_baselines.write_conf("local", "parameters_feddiff.yml", TINY_FEDDIFF)
+    tiny_baselines.write_conf("local", "parameters_federation.yml", INPROCESS)
     return tiny_baselines

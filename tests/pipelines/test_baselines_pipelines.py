@@ -1,5 +1,6 @@
-"""Baseline pipelines through KedroSession: a real Flower simulation (3 clients, 2 rounds, tiny
-model), evaluation outputs, and what kedro-mlflow put in the SQLite store."""
+"""Algorithm pipelines through KedroSession: a real Flower simulation (FedAvg: 3 clients, 2 rounds,
+tiny model; the other runs on the in-process engine), evaluation outputs, and what kedro-mlflow put
+in the SQLite store."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from fedrs.datasets import TorchArtifactDataset
 from fedrs.registry import load_registered_artifact
 from fedrs.registry import main as registry_main
-from tests.conftest import REPO, TINY_FEDCMI
+from tests.conftest import INPROCESS, REPO, TINY_FEDCMI
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +61,7 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     # validation OA (ties: the newest), whatever the test OA says
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    project.write_conf("local", "parameters_federation.yml", INPROCESS)  # the first run was Flower's simulation
     project.run(["fedavg"], params={"seed": 3})
     mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
     scored = [(client.get_run(v.run_id).data.metrics["fedavg.val_oa"], int(v.version))
@@ -84,6 +86,7 @@ def test_centralized_and_local_pipelines(tiny_baselines):
 
 def test_fedcmi_pipeline_end_to_end(tiny_baselines):
     tiny_baselines.write_conf("local", "parameters_fedcmi.yml", TINY_FEDCMI)
+    tiny_baselines.write_conf("local", "parameters_federation.yml", INPROCESS)
     tiny_baselines.run(["fedcmi"])
     p = tiny_baselines.path
     history = json.loads(p("data/07_model_output/synthetic/fedcmi/history.json").read_text())
@@ -162,6 +165,7 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
                            "--scene", "synthetic", "--label", "tiny"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "validation OA" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     probed = json.loads(p("bench/diffusion_probe_synthetic.json").read_text())["rows"]
     inputs = {(r["modality"], r["input"]) for r in probed}
     assert ("hsi", "diffusion t=20, flattened") in inputs and ("lidar", "raw, centre pixel") in inputs

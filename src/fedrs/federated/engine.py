@@ -1,4 +1,4 @@
-"""Run a federated job (``fedrs.federated.jobs``) on one of Flower's two engines.
+"""Run a federated job (``fedrs.federated.jobs``) on one of Flower's two engines, or in process.
 
 - ``simulation``: one machine. The ServerApp runs in the caller's process (a Kedro node), the
   ClientApps in Ray actors; the result comes back through a closure because ``run_simulation``
@@ -10,6 +10,8 @@
   ServerApp (``fedrs.federated.deployment``) runs on the SuperLink's machine and writes its result
   into the same run folder, so Kedro runs where the SuperLink's files are (the coordinator).
   ``flwr run`` exits 0 even when the ServerApp fails: the run's status and the status file decide.
+- ``inprocess``: the ClientApp's handlers called in the caller's process, one message at a time
+  (``fedrs.federated.inprocess``): no Ray start-up, a debugger and a profiler see every step.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fedrs.federated.server.config import FederatedConfig
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("simulation", "deployment")
+ENGINES = ("simulation", "deployment", "inprocess")
 CONNECTION = "fedrs"  # the connection name in the private FLWR_HOME of a submission
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -90,6 +92,11 @@ def run_job(job: Job, num_nodes: int, federation: dict[str, Any] | None = None,
             resources: SimulationResources = SimulationResources(), run_dir: str | None = None) -> dict[str, Any]:
     """The job on the engine ``federation.engine`` names; the same result dict from either."""
     fed = FederationConfig.from_dict(federation)
+    if fed.engine == "inprocess":
+        from fedrs.federated.inprocess import InProcessGrid
+
+        logger.info("in-process engine: %d nodes, %s", num_nodes, job.label)
+        return job.run(InProcessGrid(num_nodes), num_nodes)
     if fed.engine == "deployment":
         if not run_dir:
             raise ValueError("the deployment engine needs a run folder (the catalog's <algo>.deployment_dir)")

@@ -70,8 +70,9 @@ def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], compute
 
 
 def _store(feature_cache_dir: str, federation: dict[str, Any]) -> str:
-    """Simulated clients keep their features in the project's store; deployed ones in their own."""
-    return feature_cache_dir if FederationConfig.from_dict(federation).engine == "simulation" else ""
+    """Simulated (and in-process) clients keep their features in the project's store; deployed ones
+    in their own."""
+    return feature_cache_dir if FederationConfig.from_dict(federation).engine != "deployment" else ""
 
 
 def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir: str, deployment_dir: str,
