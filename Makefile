@@ -44,11 +44,16 @@ run: install
 	FEDRS_REPRODUCIBLE=$(REPRODUCIBLE) $(BIN)/kedro run --pipelines=report
 	@$(BIN)/python -m fedrs.outputs --pipelines=$(PIPELINES),report
 
+CHECKS_LOG := $(VENV)/.test-checks.log
+
+# types and the docs site are checked beside the suite, which waits on Flower and the SuperLink at times;
+# their output follows the suite's, and either failing fails the target
 test: install
 	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy
-	$(BIN)/mkdocs build --strict --quiet --site-dir site
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	@{ $(BIN)/mypy && $(BIN)/mkdocs build --strict --quiet --site-dir site; } > $(CHECKS_LOG) 2>&1 & checks=$$!; \
+	status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || status=$$?; \
+	if wait $$checks; then cat $(CHECKS_LOG); else cat $(CHECKS_LOG); echo "make test: mypy or the docs build failed"; \
+	status=1; fi; exit $$status
 
 test-fast: install
 	$(BIN)/ruff check src tests bench
