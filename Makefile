@@ -51,7 +51,7 @@ CHECKS_LOG := $(VENV)/.test-checks.log
 test: install
 	$(BIN)/ruff check src tests bench
 	@{ $(BIN)/mypy && $(BIN)/mkdocs build --strict --quiet --site-dir site; } > $(CHECKS_LOG) 2>&1 & checks=$$!; \
-	status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || status=$$?; \
+	trap 'kill $$checks 2>/dev/null || true' INT TERM; status=0; $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || status=$$?; \
 	if wait $$checks; then cat $(CHECKS_LOG); else cat $(CHECKS_LOG); echo "make test: mypy or the docs build failed"; \
 	status=1; fi; exit $$status
 

@@ -71,10 +71,12 @@ def main() -> None:
     parser.add_argument("--label", default="", help="the row name of such a variant, e.g. 'feddiff, stage 1 dense'")
     parser.add_argument("--reference", default="feddiff", help="the row every other algorithm is compared with")
     parser.add_argument("--folds", default="", help="k-fold cross-validation by blob: the cv_fold values to run")
-    parser.add_argument("--name", default="", help="the results file: real_scene_<name> (default: the scene)")
+    parser.add_argument("--name", default="", help="the results file: real_scene_<name> (default: the scene, "
+                        "<scene>_cv with --folds)")
     args = parser.parse_args()
     scene = args.scene or args.env
-    name = f"real_scene_{args.name or scene}"
+    # a fold-0 run is the same run as a plain one of that seed: cross-validation keeps a file of its own
+    name = f"real_scene_{args.name or scene}" + ("_cv" if args.folds and not args.name else "")
     out = RESULTS / f"{name}.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     folds = [int(f) for f in args.folds.split(",")] if args.folds else [None]

@@ -165,8 +165,14 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     fed = tiny_split_federation
     cal = {"virtual_per_class": 20, "steps": 50}
     plain = run_rounds(FakeGrid(4), _feddiff_config(fed), fed["test"], 4)
-    calibrated = run_rounds(FakeGrid(4), _feddiff_config(fed, calibration=cal), fed["test"], 4)
+    grid = FakeGrid(4)
+    calibrated = run_rounds(grid, _feddiff_config(fed, calibration=cal), fed["test"], 4)
     layer = "head1.net.7"
+    # the withholding happens on the client: what left each sender has no class of 1–4 pixels in it
+    sent = [m for m in grid.received if "arrays" in m.content and "count" in m.content.array_records["arrays"]]
+    counts = [m.content.array_records["arrays"]["count"].numpy() for m in sent]
+    assert len(counts) == 2 and all(((c == 0) | (c >= 5)).all() for c in counts) and any(c.any() for c in counts)
+    assert any(0 < n < 5 for c in site_class_counts(fed["dir"]).values() for n in c)  # there was one to withhold
     changed = {k for k in plain["state"] if not torch.equal(plain["state"][k], calibrated["state"][k])}
     assert changed == {f"{layer}.weight", f"{layer}.bias"}  # the run itself is the same, the layer retrained
     last = calibrated["history"][-1]
@@ -196,13 +202,18 @@ def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_fede
     assert all(torch.equal(again["state"][k], calibrated["state"][k]) for k in calibrated["state"])
 
 
-def sent_once_per_site(partition_dir, minimum):
-    """The training pixels of every site's classes it holds at least ``minimum`` pixels of."""
+def site_class_counts(partition_dir):
+    """Training pixels per class at each site (both members of a site hold the same pixels)."""
     per_site = {}
     for path in sorted(Path(partition_dir).glob("client_*.npz")):
         bundle = NpzDataset(str(path)).load()
         per_site[int(bundle["site"])] = np.bincount(np.asarray(bundle["labels"]))
-    return float(sum(c[c >= minimum].sum() for c in per_site.values()))
+    return per_site
+
+
+def sent_once_per_site(partition_dir, minimum):
+    """The training pixels of every site's classes it holds at least ``minimum`` pixels of."""
+    return float(sum(c[c >= minimum].sum() for c in site_class_counts(partition_dir).values()))
 
 
 def test_a_horizontal_run_calibrates_from_its_multimodal_clients(tiny_federation):
