@@ -45,9 +45,9 @@ TINY_FEDDIFF = {"feddiff": {
                   "federated": {"num_rounds": 1, "eval_samples": 64}},
     "features": {"timesteps": [5, 20]},
     # the tiny scene's sites hold 2–4 training pixels of a class: below the default minimum of 5 no class
-    # would be calibrated (tests/federated/test_calibration.py covers the minimum itself)
+    # would be calibrated; 3 is the floor (tests/federated/test_calibration.py covers the minimum itself)
     "classifier": {"train": {"epochs": 1, "batch_size": 16},
-                   "federated": {"num_rounds": 2, "eval_samples": 300, "calibration": {"min_client_pixels": 2}}},
+                   "federated": {"num_rounds": 2, "eval_samples": 300, "calibration": {"min_client_pixels": 3}}},
     "resources": {"total_cpus": 2},
 }}
 

@@ -16,6 +16,7 @@ from fedrs.federated.calibration import (
     calibrate_layer,
     class_feature_statistics,
     class_gaussians,
+    client_minimum,
     pool_statistics,
     withhold_small_classes,
 )
@@ -106,6 +107,17 @@ def test_bad_calibration_settings_are_refused_by_name():
         CalibrationConfig(virtual_per_class=0)
     with pytest.raises(ValueError, match="lr -1"):
         CalibrationConfig(lr=-1)
+
+
+def test_a_server_cannot_lower_the_clients_minimum_below_the_floor():
+    """The minimum is the client's: a server asking for classes of one or two pixels is refused
+    (the client replies with an error, sending nothing), and an organisation's node config may only
+    raise what the server asks for."""
+    for hostile in (1, 2):
+        with pytest.raises(ValueError, match=f"min_client_pixels {hostile}; expected at least 3"):
+            client_minimum({"min_client_pixels": hostile})
+    assert client_minimum(None) == 5 and client_minimum({"min_client_pixels": 3}) == 3
+    assert client_minimum({"min_client_pixels": 5}, node_floor=12) == 12 and client_minimum({}, node_floor=2) == 5
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedcmi"])

@@ -14,9 +14,13 @@ it sends) and each such class's feature mean and covariance over that client's p
 pixel the sums are its features; with two, the mean and scatter give both (up to which is which);
 from three on they no longer pin down any single pixel without side knowledge (a party that knows
 all but one of a class's pixels recovers the last from the sum — only DP stops that). So a client
-withholds every class it holds fewer than ``min_client_pixels`` (default 5) pixels of, and with
-FedDiff only one client per site sends (both hold the same fused features of the same pixels: two
-senders would count every pixel twice, and a class of one real pixel would pass ``min_pixels``).
+withholds every class it holds fewer than ``min_client_pixels`` (default 5, never below 3 whatever
+a server asks; a SuperNode may raise it with ``calibration-min-pixels``) pixels of, and with FedDiff
+only one client per site sends (both hold the same fused features of the same pixels: two senders
+would count every pixel twice, and a class of one real pixel would pass ``min_pixels``). FedDiff's
+server has the side knowledge: it relays every pixel's branch outputs and holds the weights, so it
+computes each pixel's features itself, and the class sums then tell it which pixel carries which
+label (docs/privacy.md).
 
 Plain functions over tensors: the client's statistics, their pooling, and the retraining.
 """
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from fedrs.config import from_mapping
 
 STATISTICS = ("count", "sum", "outer")
+CLIENT_PIXELS_FLOOR = 3  # the fewest pixels of a class a client ever sends statistics of
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,12 @@ class CalibrationConfig:
     dense_exchange: bool = True   # FedDiff: the pass relays partner outputs uncoded, as the test pixels see them
 
     def __post_init__(self) -> None:
-        for name in ("virtual_per_class", "steps", "min_pixels", "min_client_pixels"):
+        for name in ("virtual_per_class", "steps", "min_pixels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"calibration: {name} {getattr(self, name)!r}; expected a positive integer")
+        if int(self.min_client_pixels) < CLIENT_PIXELS_FLOOR:
+            raise ValueError(f"calibration: min_client_pixels {self.min_client_pixels!r}; expected at least "
+                             f"{CLIENT_PIXELS_FLOOR} (with two pixels of a class its sums give both pixels back)")
         if not self.lr > 0 or self.ridge < 0:
             raise ValueError(f"calibration: lr {self.lr!r} and ridge {self.ridge!r}; expected lr > 0 and ridge ≥ 0")
 
@@ -64,6 +72,13 @@ def class_feature_statistics(features: torch.Tensor, labels: torch.Tensor, num_c
     onehot = F.one_hot(y, num_classes).double()  # [N, C]
     return {"count": onehot.sum(0), "sum": onehot.T @ z,
             "outer": torch.einsum("nc,ni,nj->cij", onehot, z, z)}
+
+
+def client_minimum(requested: dict[str, Any] | None, node_floor: int = 0) -> int:
+    """The fewest pixels of a class this client sends statistics of: what the server asks for, never
+    below ``CLIENT_PIXELS_FLOOR`` (a request below it is refused — the client is not the server's to
+    lower), raised to the organisation's own ``node_floor`` (its node config) where that is higher."""
+    return max(CalibrationConfig.from_dict(requested).min_client_pixels, int(node_floor))
 
 
 def withhold_small_classes(stats: dict[str, torch.Tensor], min_client_pixels: int) -> dict[str, torch.Tensor]:

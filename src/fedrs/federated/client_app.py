@@ -33,7 +33,7 @@ from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.calibration import CalibrationConfig, class_feature_statistics, withhold_small_classes
+from fedrs.federated.calibration import class_feature_statistics, client_minimum, withhold_small_classes
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange
@@ -294,10 +294,14 @@ def calibration(msg: Message, context: Context) -> Message:
     features = job.algorithm.client_features(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
     last = job.model.get_submodule(job.algorithm.require_calibration_layer())
     stats = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
-    sums = withhold_small_classes(stats, CalibrationConfig.from_dict(job.settings.get("calibration")).min_client_pixels)
+    # the minimum is checked here, not trusted to the server: a request below the floor is refused
+    # (CalibrationConfig), and the organisation's own node config may raise it
+    minimum = client_minimum(job.settings.get("calibration"), int(context.node_config.get("calibration-min-pixels", 0)))
+    sums = withhold_small_classes(stats, minimum)
     size = payload_bytes(sums)
+    sent = int(sums["count"].sum())  # not len(labels): that would tell how many pixels were withheld
     return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
-                               "metrics": MetricRecord({"client_id": job.client_id, "num_samples": len(labels),
+                               "metrics": MetricRecord({"client_id": job.client_id, "num_samples": sent,
                                                         "bytes_dense": size, "bytes_sent": size,
                                                         "compute_seconds": time.perf_counter() - started})}),
                    reply_to=msg)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -36,11 +38,17 @@ class InProcessGrid(Grid):
                          for node in range(FIRST_NODE, FIRST_NODE + num_nodes)}
 
     def deliver(self, msg: Message) -> Message | None:
-        """The reply of the message's node (None: no reply)."""
+        """The reply of the message's node (None: no reply). The handlers seed torch's and NumPy's
+        global generators, which a real node does in its own process: here the server's are put back
+        afterwards, so the server draws what it would draw beside Flower's engines."""
+        numpy_state = np.random.get_state()
         try:
-            return HANDLERS[msg.metadata.message_type](msg, self.contexts[msg.metadata.dst_node_id])
+            with torch.random.fork_rng(devices=[]):
+                return HANDLERS[msg.metadata.message_type](msg, self.contexts[msg.metadata.dst_node_id])
         except Exception as exc:  # what Flower does with a ClientApp exception
             return Message(Error(code=0, reason=f"{type(exc)}:<'{exc}'>"), reply_to=msg)
+        finally:
+            np.random.set_state(numpy_state)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return [reply for reply in map(self.deliver, messages) if reply is not None]

@@ -103,6 +103,7 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s: no class has %d pooled pixels (clients withhold classes of fewer than %d); the last "
                        "layer is not calibrated", run.cfg.algorithm, max(cfg.min_pixels, 2), cfg.min_client_pixels)
         record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), "classes": 0.0}
+        record.scores_before_calibration = {}  # nothing was calibrated: no "before" to report
         return
     run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
         weight, bias, pooled, cfg, derive_seed(run.cfg.seed, 7_007, record.round))
