@@ -10,6 +10,12 @@ contains 0). The figures behind the real-data results (README, docs/houston-dev.
 fold of the training ROIs is the validation split once (``--params cv_fold=k``) and the row's
 ``fold`` says which; the table then gives the fold mean and spread, and pairs runs by (seed, fold).
 
+``--nodes`` runs only the named nodes of the pipeline: FedDiff without its diffusion features
+(``--params feddiff.classifier.model.use_diffusion=false``) needs neither stage 1 nor stage 2, so
+``--nodes`` with the data nodes, ``feddiff.train_classifier`` and ``feddiff.evaluate`` skips them (the
+classifier's artefact still carries the last run's U-Nets, which a model without diffusion features
+never calls).
+
 ``--no-maps`` stops each run at its evaluation (FedDiff's full-scene map of a Houston-size scene
 takes about half an hour on 2 cores). The seed drives partitions, sampling, noise and
 initialisation and which blob fold of the training ROIs is the validation split; the test split
@@ -33,10 +39,13 @@ from fedrs.stats import format_mean_sd, paired_interval
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str = "", label: str = "") -> dict:
+def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str = "", label: str = "",
+        nodes: str = "") -> dict:
     cmd = [str(Path(sys.executable).parent / "kedro"), "run", f"--env={env}", f"--pipelines={algorithm}",
            f"--params=seed={seed}" + (f",{params}" if params else "")]
-    if not maps:
+    if nodes:
+        cmd.append(f"--nodes={nodes}")
+    elif not maps:
         cmd.append(f"--to-nodes={algorithm}.evaluate")
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -69,6 +78,7 @@ def main() -> None:
     parser.add_argument("--no-maps", action="store_true")
     parser.add_argument("--params", default="", help="extra kedro --params (k=v,...) for a variant of one algorithm")
     parser.add_argument("--label", default="", help="the row name of such a variant, e.g. 'feddiff, stage 1 dense'")
+    parser.add_argument("--nodes", default="", help="run only these nodes (comma-separated kedro --nodes)")
     parser.add_argument("--reference", default="feddiff", help="the row every other algorithm is compared with")
     parser.add_argument("--folds", default="", help="k-fold cross-validation by blob: the cv_fold values to run")
     parser.add_argument("--name", default="", help="the results file: real_scene_<name> (default: the scene, "
@@ -84,7 +94,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             for fold in folds:
                 params = ",".join(p for p in (args.params, "" if fold is None else f"cv_fold={fold}") if p)
-                row = run(args.env, algorithm, seed, not args.no_maps, scene, params, args.label)
+                row = run(args.env, algorithm, seed, not args.no_maps, scene, params, args.label, args.nodes)
                 row["fold"] = fold
                 rows = [r for r in rows if key(r) != key(row)] + [row]
                 where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")

@@ -62,6 +62,35 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, start the long tests (``@pytest.mark.heavy(seconds)``, measured alone on 2
+    cores) first and spread over the workers: xdist gives each worker a contiguous slice of the
+    collection and idle workers steal from the tail of a busy one's slice, so a long test collected in
+    the middle would start late and the suite would wait for it alone. Only the order changes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    heavy = sorted((i for i in items if i.get_closest_marker("heavy")),
+                   key=lambda i: -float(i.get_closest_marker("heavy").args[0]))  # type: ignore[union-attr]
+    light = [i for i in items if not i.get_closest_marker("heavy")]
+    sizes, left = [], len(items)  # the slice sizes xdist's work-stealing scheduler deals out
+    for k in range(workers, 0, -1):
+        sizes.append(left // k)
+        left -= sizes[-1]
+    slices: list[list[pytest.Item]] = [[] for _ in sizes]
+    load = [0.0] * workers
+    for item in heavy:  # longest first, each to the least-loaded slice with room
+        room = [w for w in range(workers) if len(slices[w]) < sizes[w]]
+        w = min(room, key=lambda w: load[w])
+        slices[w].append(item)
+        load[w] += float(item.get_closest_marker("heavy").args[0])  # type: ignore[union-attr]
+    for w in range(workers):
+        take = sizes[w] - len(slices[w])
+        slices[w].extend(light[:take])
+        light = light[take:]
+    items[:] = [item for part in slices for item in part]
+
+
 def requires_shared(*parts: str) -> pytest.MarkDecorator:
     path = SHARED_DATASETS.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"real dataset files not found at {path}")
@@ -129,13 +158,19 @@ def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProje
 
 @pytest.fixture(autouse=True)
 def isolate_mlflow(monkeypatch):
-    """A session that fails mid-run can leave an MLflow run active in this process; end it."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    import mlflow
+    """A session that fails mid-run can leave an MLflow run active in this process; end it. A Kedro
+    session also leaves its experiment active (``mlflow.set_experiment`` sets a module global and
+    ``MLFLOW_EXPERIMENT_ID``), which names an experiment the next test's fresh database lacks."""
+    import mlflow.tracking.fluent
 
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    yield
     while mlflow.active_run() is not None:
         mlflow.end_run("FAILED")
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # set during the test, when absent before
+        os.environ.pop(name, None)
 
 
 # the tiny federations of tests/federated/tiny.py, built once per test session (federated and FedDiff tests)

@@ -52,6 +52,7 @@ def _ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+@pytest.mark.heavy(120)
 def test_dvc_repro_runs_skips_and_reruns_only_dependents(tmp_path):
     """DVC's bookkeeping on a real sub-chain of dvc.yaml (scene → patches → partition → FedProx on the
     simulation engine): every stage on the way runs, a second repro skips them all, a parameter

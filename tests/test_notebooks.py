@@ -35,6 +35,7 @@ def _text(outputs):
     return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
 
 
+@pytest.mark.heavy(35)
 def test_notebooks_execute_top_to_bottom(kedro_project):
     kedro_project.write_conf(
         "local",

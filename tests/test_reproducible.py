@@ -90,6 +90,7 @@ STRICT_RUNS = {"fedavg": "acbab9c05225f485", "fedavg_dp": "a45cf24b1126ea89", "f
 
 
 @pytest.mark.integration
+@pytest.mark.heavy(15)
 def test_strict_federated_runs_give_the_committed_digests_on_this_cpu():
     env = {k: v for k, v in os.environ.items() if k not in {*CAPS, *STRICT_ENV, "FEDRS_THREADS"}}
     env["FEDRS_REPRODUCIBLE"] = "1"

@@ -58,6 +58,7 @@ def class_disjoint_sites(tmp_path_factory) -> dict:
     return {"dir": str(root), "features": str(features), "test": test, "spec": spec}
 
 
+@pytest.mark.heavy(50)
 def test_the_default_recipe_lowers_the_loss_across_class_disjoint_sites(class_disjoint_sites):
     fed = class_disjoint_sites
     stage = default_classifier_stage()

@@ -173,6 +173,7 @@ def _feddiff_config(fed, **overrides):
     return FederatedConfig.from_dict({**base, **overrides})
 
 
+@pytest.mark.heavy(18)
 def test_a_federated_run_ends_by_calibrating_only_the_last_layer(tiny_split_federation):
     fed = tiny_split_federation
     cal = {"virtual_per_class": 20, "steps": 50}

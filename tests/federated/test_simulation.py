@@ -20,6 +20,7 @@ def config(fed, **overrides):
     return FederatedConfig.from_dict({**base, **overrides})
 
 
+@pytest.mark.heavy(30)
 def test_failures_lost_replies_and_nan_updates_are_survived(tiny_federation):
     # faults are keyed by round, and the statistics pass belongs to the last round: off, so that
     # each fault strikes once (test_server covers the pass). The lost reply is dropped as a reply that
@@ -49,6 +50,7 @@ def test_failures_lost_replies_and_nan_updates_are_survived(tiny_federation):
     assert all(torch.equal(inprocess["state"][k], v) for k, v in result["state"].items())
 
 
+@pytest.mark.heavy(30)
 def test_secure_aggregation_on_the_simulation_engine_matches_the_plain_run(tiny_federation):
     """SecAgg+ through Flower's own engine (Ray actors, node state kept between messages): the same
     model as the plain run up to the protocol's quantisation, and the protocol's traffic logged."""

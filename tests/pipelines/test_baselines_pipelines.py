@@ -19,6 +19,7 @@ from tests.conftest import INPROCESS, REPO, TINY_FEDCMI
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.heavy(35)
 def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     project = tiny_baselines
     project.run(["fedavg"])
@@ -100,6 +101,7 @@ def test_fedcmi_pipeline_end_to_end(tiny_baselines):
     assert artifact["spec"]["dim"] == 16 and artifact["algorithm"] == "fedcmi"
 
 
+@pytest.mark.heavy(60)
 def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     tiny_feddiff.run(["feddiff"])
     p = tiny_feddiff.path
@@ -172,6 +174,7 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert len(inputs) == 2 * (2 + 2 * 2) and all(0.0 <= r["val_oa"] <= 1.0 for r in probed)
 
 
+@pytest.mark.heavy(25)
 def test_centralized_feddiff_pipeline(tiny_baselines):
     tiny_baselines.write_conf(
         "local",

@@ -33,6 +33,7 @@ def _write_results(project, scene, name, oa, rng, modalities=("hsi", "lidar"), r
     NpzDataset(str(output / "prediction.npz")).save({"prediction": noisy.astype(np.int16)})
 
 
+@pytest.mark.heavy(20)
 def test_report_compares_every_algorithm_with_results(kedro_project):
     with pytest.raises(Exception) as nothing:  # no algorithm has run yet
         kedro_project.run(["ingest", "report"])
