@@ -41,6 +41,40 @@ def test_pieces_are_connected_same_class_regions_cut_to_the_share_of_a_fold():
     assert np.array_equal(np.sort(np.concatenate(pieces)), np.flatnonzero(mask))
 
 
+def test_by_roi_a_class_of_several_rois_keeps_each_whole_and_a_class_of_one_is_cut():
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[1:3, 1:3] = True            # 4 pixels
+    mask[8:10, 0:12] = True          # 24 pixels: cut into strips by default, whole by ROI
+    assert sorted(p.size for p in blob_pieces(mask, max_pixels=10)) == [4, 8, 8, 8]
+    assert sorted(p.size for p in blob_pieces(mask, max_pixels=10, by="rois")) == [4, 24]
+    single = np.zeros((12, 12), dtype=bool)
+    single[8:10, 0:12] = True        # one ROI: strips, or the class could never be validated
+    assert sorted(p.size for p in blob_pieces(single, max_pixels=10, by="rois")) == [8, 8, 8]
+    with pytest.raises(InputError, match="validation_by is 'pixels'"):
+        blob_pieces(mask, 10, by="pixels")
+
+
+def test_by_roi_no_validation_pixel_shares_an_roi_with_a_training_pixel(rng):
+    labels = _rois(rng)
+    for seed in range(3):
+        train, validation = validation_split(labels, 0.2, seed=seed, by="rois")
+        assert np.array_equal(np.maximum(train, validation), labels) and (validation > 0).any()
+        for klass in range(1, int(labels.max()) + 1):
+            components, n = ndimage.label(labels == klass, structure=np.ones((3, 3)))
+            if n < 2:
+                continue
+            for component in range(1, n + 1):  # each ROI of such a class lies wholly on one side
+                sides = {bool(v) for v in validation[components == component] > 0}
+                assert len(sides) == 1, (seed, klass, component)
+    # strips (the default) do cut ROIs of such classes: what rois avoids
+    train, validation = validation_split(labels, 0.2, seed=0)
+    cut = 0
+    for klass in range(1, int(labels.max()) + 1):
+        components, n = ndimage.label(labels == klass, structure=np.ones((3, 3)))
+        cut += sum(len({bool(v) for v in validation[components == c] > 0}) == 2 for c in range(1, n + 1))
+    assert cut > 0
+
+
 def test_folds_are_whole_pieces_stratified_by_class_and_seeded(rng):
     labels = _rois(rng)
     folds = blob_folds(labels, 5, seed=3)

@@ -7,6 +7,12 @@ generalisation (Nalepa et al., IEEE GRSL 2019). A blob is a connected component 
 of same-class training pixels; a blob larger than one fold's share of its class is cut into strips
 along its longer axis, so that every class with at least two pieces can appear on both sides.
 
+``by="rois"`` keeps every ROI (connected component) whole wherever its class has two or more: a
+validation ROI then lies away from every training pixel of its class, as the test ROIs of the real
+scenes do, while a strip of a training ROI is a near-copy of its neighbours. Its folds are less
+even (a class of two ROIs is validated on one of them, or not at all, in a given fold); a class of
+one ROI is still cut into strips, the only way it can be validated.
+
 Folds are stratified by class: each class's pieces, in a seeded random order, go one by one to the
 fold holding the fewest of that class's pixels so far. ``validation_fraction`` f gives
 k = round(1/f) folds; the validation split is fold ``cv_fold`` (0 … k−1), so running the k values
@@ -32,15 +38,21 @@ from fedrs.errors import InputError
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
-def blob_pieces(labels: np.ndarray, max_pixels: int) -> list[np.ndarray]:
+PIECES = ("strips", "rois")
+
+
+def blob_pieces(labels: np.ndarray, max_pixels: int, by: str = "strips") -> list[np.ndarray]:
     """The flat indices of each piece of one class's mask ``labels`` (bool [H, W]): its connected
-    components, each cut into strips of at most ``max_pixels`` along its longer axis."""
+    components, each cut into strips of at most ``max_pixels`` along its longer axis — or, ``by``
+    "rois", whole wherever there are two or more of them."""
+    if by not in PIECES:
+        raise InputError(f"patches.validation_by is {by!r}; expected one of {list(PIECES)}")
     components, count = ndimage.label(labels, structure=EIGHT_NEIGHBOURS)
     pieces = []
     width = labels.shape[1]
     for component in range(1, count + 1):
         flat = np.flatnonzero(components.ravel() == component)
-        if flat.size <= max_pixels:
+        if flat.size <= max_pixels or (by == "rois" and count >= 2):
             pieces.append(flat)
             continue
         rows, cols = flat // width, flat % width
@@ -51,7 +63,7 @@ def blob_pieces(labels: np.ndarray, max_pixels: int) -> list[np.ndarray]:
     return pieces
 
 
-def blob_folds(train_labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def blob_folds(train_labels: np.ndarray, folds: int, seed: int, by: str = "strips") -> np.ndarray:
     """The fold (0 … folds−1) of every training pixel, −1 off the training ROIs and −2 for the pixels
     of a class that stays in training (a single piece)."""
     if folds < 2:
@@ -60,7 +72,7 @@ def blob_folds(train_labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     assignment = np.full(train_labels.size, -1, dtype=np.int64)
     for klass in np.unique(train_labels[train_labels > 0]):
         mask = train_labels == klass
-        pieces = blob_pieces(mask, max(1, int(np.ceil(mask.sum() / folds))))
+        pieces = blob_pieces(mask, max(1, int(np.ceil(mask.sum() / folds))), by)
         if len(pieces) < 2:
             for piece in pieces:
                 assignment[piece] = -2
@@ -81,15 +93,15 @@ def folds_for(validation_fraction: float) -> int:
     return max(2, int(round(1.0 / validation_fraction)))
 
 
-def validation_split(train_labels: np.ndarray, validation_fraction: float, seed: int, cv_fold: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(train_labels: np.ndarray, validation_fraction: float, seed: int, cv_fold: int = 0,
+                     by: str = "strips") -> tuple[np.ndarray, np.ndarray]:
     """(training labels, validation labels): fold ``cv_fold`` of the blob folds moved to validation.
     Both are label rasters like the input (0 = unlabelled)."""
     folds = folds_for(validation_fraction)
     if not 0 <= cv_fold < folds:
         raise InputError(f"cv_fold is {cv_fold}; with validation_fraction {validation_fraction} there are {folds} "
                          f"folds, so expected 0 … {folds - 1}")
-    assignment = blob_folds(train_labels, folds, seed)
+    assignment = blob_folds(train_labels, folds, seed, by)
     validation = np.where(assignment == cv_fold, train_labels, 0).astype(train_labels.dtype)
     training = np.where(assignment == cv_fold, 0, train_labels).astype(train_labels.dtype)
     if not (validation > 0).any():

@@ -58,13 +58,13 @@ def class_disjoint_sites(tmp_path_factory) -> dict:
     return {"dir": str(root), "features": str(features), "test": test, "spec": spec}
 
 
-@pytest.mark.heavy(50)
+@pytest.mark.heavy(40)
 def test_the_default_recipe_lowers_the_loss_across_class_disjoint_sites(class_disjoint_sites):
     fed = class_disjoint_sites
     stage = default_classifier_stage()
     cfg = FederatedConfig.from_dict({**stage["federated"], "algorithm": "feddiff",
                                      "model": {**fed["spec"], **stage["model"]}, "train": stage["train"],
-                                     "num_rounds": 8, "seed": 3, "partition_dir": fed["dir"],
+                                     "num_rounds": 6, "seed": 3, "partition_dir": fed["dir"],
                                      "client_data_dirs": [fed["features"]], "eval_samples": 400,
                                      "statistics_pass": True})  # off by default for FedDiff; exercised here
     result = run_rounds(FakeGrid(4), cfg, fed["test"], 4)

@@ -6,6 +6,7 @@ import sqlite3
 import mlflow
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from fedrs.datasets import NpzDataset, Raster, RasterDataset
 from fedrs.scene.synthetic import generate_synthetic_scene
@@ -152,6 +153,18 @@ def test_cv_fold_validates_on_another_blob_fold_of_the_same_training_rois(kedro_
     assert not ((first["validation_labels"] > 0) & (second["validation_labels"] > 0)).any()
     both = [np.maximum(s["train_labels"], s["validation_labels"]) for s in (first, second)]
     np.testing.assert_array_equal(both[0], both[1])  # the same training ROIs, another fold held out
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    # patches.validation_by: rois — every ROI of a class with two or more lies wholly on one side
+    kedro_project.write_conf("local", "parameters_patches.yml", {"patches": {"validation_by": "rois"}})
+    kedro_project.run(["patches"])
+    third = NpzDataset(str(kedro_project.path(split_path))).load()
+    np.testing.assert_array_equal(np.maximum(third["train_labels"], third["validation_labels"]), both[0])
+    assert (third["validation_labels"] > 0).any()
+    for klass in np.unique(both[0][both[0] > 0]):
+        components, n = ndimage.label(both[0] == klass, structure=np.ones((3, 3)))
+        for component in range(1, n + 1) if n >= 2 else ():
+            assert np.unique(third["validation_labels"][components == component] > 0).size == 1
 
 
 def test_bad_input_writes_nothing(kedro_project):

@@ -1,10 +1,11 @@
 """``kedro run --pipelines=feddiff`` against a real federation on 127.0.0.1: a SuperLink with TLS
-(a throw-away CA) and SuperNode authentication, two registered SuperNodes (one site: an HSI holder and a
-LiDAR holder — the two-site relay and aggregation are tested in one process), each reading only its own partition file and keeping its diffusion features in its
-own store. All three FedDiff stages run as jobs on the SuperLink; evaluation, MLflow and the
-registry work as after a simulation — and give the same metrics as a run in one process. One federation serves the
-whole test (each Flower message starts a ClientApp process, so a FedDiff run costs minutes here).
-Every process started is stopped by its process group."""
+(a throw-away CA) and SuperNode authentication, two registered SuperNodes (one site: an HSI holder
+and a LiDAR holder — the two-site relay and aggregation are tested in one process), each reading
+only its own partition file and keeping its diffusion features in its own store. All three FedDiff
+stages run as jobs on the SuperLink; evaluation, MLflow and the registry work as after a
+simulation — and give the same metrics as a run in one process. One federation serves the whole
+test (each Flower message starts a ClientApp process, so a FedDiff run costs minutes here). Every
+process started is stopped by its process group."""
 
 from __future__ import annotations
 

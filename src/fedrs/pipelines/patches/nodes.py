@@ -26,12 +26,13 @@ def split_training_pixels(scene: dict[str, Any], params: dict[str, Any], compute
     validation split (seeded by the run's seed); the test labels are the scene's, untouched."""
     check_scene(scene)
     fraction, fold = float(params.get("validation_fraction", 0.2)), int(params.get("cv_fold", 0))
-    train, validation = validation_split(scene["train_labels"], fraction, int(compute["seed"]), fold)
+    by = str(params.get("validation_by", "strips"))
+    train, validation = validation_split(scene["train_labels"], fraction, int(compute["seed"]), fold, by)
     size = int(params.get("patch_size", 7))
     counts = {name: int((labels > 0).sum()) for name, labels in
               (("train", train), ("validation", validation), ("test", scene["test_labels"]))}
-    logger.info("pixels: %d training, %d validation (fold %d, by blob), %d test; %d training pixels have a "
-                "validation or test pixel in their %d×%d window", counts["train"], counts["validation"], fold,
+    logger.info("pixels: %d training, %d validation (fold %d, by blob: %s), %d test; %d training pixels have a "
+                "validation or test pixel in their %d×%d window", counts["train"], counts["validation"], fold, by,
                 counts["test"], neighbours_within(train > 0, (validation > 0) | (scene["test_labels"] > 0), size),
                 size, size)
     split = {"train_labels": train, "validation_labels": validation, "test_labels": scene["test_labels"],
