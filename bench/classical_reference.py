@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--env", default="houston2013")
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--disjoint", default="true,false", help="which patches.disjoint settings to run")
+    parser.add_argument("--params", default="", help="extra kedro --params (k=v,...), e.g. patches.validation_by=rois")
+    parser.add_argument("--tag", default="", help="names the results file of such a variant: ..._<tag>")
     args = parser.parse_args()
     kedro = str(Path(sys.executable).parent / "kedro")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": os.environ.get(
@@ -74,13 +76,16 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             started = time.perf_counter()
             subprocess.run([kedro, "run", f"--env={args.env}", "--pipelines=ingest,patches",
-                            f"--params=seed={seed},patches.disjoint={disjoint}"], cwd=ROOT, env=env, check=True,
+                            f"--params=seed={seed},patches.disjoint={disjoint}" + (f",{args.params}" if args.params
+                                                                                 else "")],
+                           cwd=ROOT, env=env, check=True,
                            capture_output=True)
             row = {"disjoint": disjoint == "true", "seed": seed, **fit_and_score(ROOT / "data/04_feature" / scene),
                    "seconds": time.perf_counter() - started}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    markdown = [f"RBF-SVM on centre spectrum + DSM window, `{args.env}`; C, γ chosen on validation OA; "
+    markdown = [f"RBF-SVM on centre spectrum + DSM window, `{args.env}`"
+                + (f" with `{args.params}`" if args.params else "") + "; C, γ chosen on validation OA; "
                 "mean ± standard deviation over seeds.", "",
                 "| disjoint patches | seeds | validation OA | test OA | test AA | test κ |",
                 "|---|---|---|---|---|---|"]
@@ -90,7 +95,8 @@ def main() -> None:
             markdown.append(f"| {'yes' if disjoint else 'no'} | {', '.join(str(r['seed']) for r in ok)} | "
                             + " | ".join(format_mean_sd([r[k] for r in ok]) for k in ("val_oa", "oa", "aa", "kappa"))
                             + " |")
-    save(f"classical_reference_{scene}", {"env": args.env, "rows": rows}, markdown)
+    save(f"classical_reference_{scene}" + (f"_{args.tag}" if args.tag else ""),
+         {"env": args.env, "params": args.params, "rows": rows}, markdown)
 
 
 if __name__ == "__main__":
