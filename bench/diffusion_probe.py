@@ -11,8 +11,9 @@ logistic regression per input (standardised on training pixels, C = 1, the same 
 
 - ``diffusion t=…``: the U-Net's middle-block features at one timestep, averaged over their 4×4
   positions (2C values), and flattened (2C·16);
-- ``raw``: the patch at the U-Net's input size, averaged over positions (bands values), and the
-  centre pixel (bands values) — what a probe gets without any diffusion model.
+- ``raw``: the patch at the U-Net's input size, averaged over positions (bands values) and flattened
+  (bands·size² values: everything the U-Net sees), and the centre pixel (bands values) — what a probe
+  gets without any diffusion model.
 
 A diffusion feature earns its place when its probe beats the raw probes of the same modality.
 """
@@ -46,7 +47,8 @@ def inputs(unet: DiffusionUNet, patches: np.ndarray, timesteps: list[int], seed:
     """Every probe input of one modality's patches: raw (pooled, centre) and per-timestep features."""
     half = patches.shape[-1] // 2
     resized = unet_input(patches, unet.spec.size).numpy()
-    out = {"raw, pooled over the window": resized.mean(axis=(2, 3)), "raw, centre pixel": patches[:, :, half, half]}
+    out = {"raw, pooled over the window": resized.mean(axis=(2, 3)), "raw, window flattened": resized.reshape(
+        len(resized), -1), "raw, centre pixel": patches[:, :, half, half]}
     bundle = diffusion_feature_bundle(unet, patches, timesteps, seed)
     width = bundle.shape[1] // len(timesteps)
     for i, t in enumerate(timesteps):

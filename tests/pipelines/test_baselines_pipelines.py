@@ -171,7 +171,8 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     probed = json.loads(p("bench/diffusion_probe_synthetic.json").read_text())["rows"]
     inputs = {(r["modality"], r["input"]) for r in probed}
     assert ("hsi", "diffusion t=20, flattened") in inputs and ("lidar", "raw, centre pixel") in inputs
-    assert len(inputs) == 2 * (2 + 2 * 2) and all(0.0 <= r["val_oa"] <= 1.0 for r in probed)
+    assert ("lidar", "raw, window flattened") in inputs
+    assert len(inputs) == 2 * (3 + 2 * 2) and all(0.0 <= r["val_oa"] <= 1.0 for r in probed)
 
 
 @pytest.mark.heavy(25)
