@@ -75,11 +75,9 @@ def main() -> None:
     for disjoint in args.disjoint.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             started = time.perf_counter()
-            subprocess.run([kedro, "run", f"--env={args.env}", "--pipelines=ingest,patches",
-                            f"--params=seed={seed},patches.disjoint={disjoint}" + (f",{args.params}" if args.params
-                                                                                 else "")],
-                           cwd=ROOT, env=env, check=True,
-                           capture_output=True)
+            params = ",".join(p for p in (f"seed={seed}", f"patches.disjoint={disjoint}", args.params) if p)
+            subprocess.run([kedro, "run", f"--env={args.env}", "--pipelines=ingest,patches", f"--params={params}"],
+                           cwd=ROOT, env=env, check=True, capture_output=True)
             row = {"disjoint": disjoint == "true", "seed": seed, **fit_and_score(ROOT / "data/04_feature" / scene),
                    "seconds": time.perf_counter() - started}
             rows.append(row)

@@ -62,33 +62,38 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, start the long tests (``@pytest.mark.heavy(seconds)``, measured alone on 2
-    cores) first and spread over the workers: xdist gives each worker a contiguous slice of the
-    collection and idle workers steal from the tail of a busy one's slice, so a long test collected in
-    the middle would start late and the suite would wait for it alone. Only the order changes."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers < 2:
-        return
-    heavy = sorted((i for i in items if i.get_closest_marker("heavy")),
-                   key=lambda i: -float(i.get_closest_marker("heavy").args[0]))  # type: ignore[union-attr]
-    light = [i for i in items if not i.get_closest_marker("heavy")]
-    sizes, left = [], len(items)  # the slice sizes xdist's work-stealing scheduler deals out
+def slices_for_workers(costs: list[float | None], workers: int) -> list[int]:
+    """The order (indices into ``costs``) that starts the long tests first, spread over ``workers``:
+    xdist's work-stealing scheduler deals each worker a contiguous slice (the first ``n // workers``
+    items, then ``n // (workers − 1)`` of the rest, …) and idle workers steal from the tail of a busy
+    one's slice, so a long test collected mid-list would start late and the suite would wait on it
+    alone. Long tests (a cost) go longest first to the least-loaded slice with room, at its head; the
+    others (None) fill the slices in their own order."""
+    sizes, left = [], len(costs)
     for k in range(workers, 0, -1):
         sizes.append(left // k)
         left -= sizes[-1]
-    slices: list[list[pytest.Item]] = [[] for _ in sizes]
+    slices: list[list[int]] = [[] for _ in sizes]
     load = [0.0] * workers
-    for item in heavy:  # longest first, each to the least-loaded slice with room
-        room = [w for w in range(workers) if len(slices[w]) < sizes[w]]
-        w = min(room, key=lambda w: load[w])
-        slices[w].append(item)
-        load[w] += float(item.get_closest_marker("heavy").args[0])  # type: ignore[union-attr]
+    for i in sorted((i for i, c in enumerate(costs) if c is not None), key=lambda i: -float(costs[i] or 0)):
+        w = min((w for w in range(workers) if len(slices[w]) < sizes[w]), key=lambda w: load[w])
+        slices[w].append(i)
+        load[w] += float(costs[i] or 0)
+    light = iter(i for i, c in enumerate(costs) if c is None)
     for w in range(workers):
-        take = sizes[w] - len(slices[w])
-        slices[w].extend(light[:take])
-        light = light[take:]
-    items[:] = [item for part in slices for item in part]
+        slices[w].extend(next(light) for _ in range(sizes[w] - len(slices[w])))
+    return [i for part in slices for i in part]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the long tests (``@pytest.mark.heavy(seconds)``, measured alone on 2 cores)
+    start first, spread over the workers (``slices_for_workers``). Only the order changes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    marks = [item.get_closest_marker("heavy") for item in items]
+    order = slices_for_workers([float(m.args[0]) if m else None for m in marks], workers)
+    items[:] = [items[i] for i in order]
 
 
 def requires_shared(*parts: str) -> pytest.MarkDecorator:

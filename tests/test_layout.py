@@ -1,7 +1,7 @@
 """tests/ mirrors src/fedrs/: each module has tests/<package>/test_<module>.py, each pipeline a test
 in tests/pipelines that runs it — except the modules named here, each with where it is tested."""
 
-from tests.conftest import REPO
+from tests.conftest import REPO, slices_for_workers
 
 SRC = REPO / "src" / "fedrs"
 ELSEWHERE = {
@@ -38,3 +38,17 @@ def test_every_pipeline_is_run_by_a_pipeline_test():
     packages = sorted(p.name for p in (SRC / "pipelines").iterdir() if (p / "pipeline.py").is_file())
     covered = {node.func.__module__.split(".")[2] for name in run for node in register_pipelines()[name].nodes}
     assert run and not sorted(set(packages) - covered), sorted(set(packages) - covered)
+
+
+def test_long_tests_start_first_at_the_head_of_each_workers_slice():
+    """xdist deals worker w the w-th contiguous slice; each slice must open with its share of the
+    long tests (longest first, balanced), the others keeping their collected order behind them."""
+    costs = [None, None, 30.0, None, 200.0, None, 120.0, None, None, 60.0, None]
+    order = slices_for_workers(costs, 2)
+    assert sorted(order) == list(range(len(costs)))  # a permutation: nothing lost or run twice
+    first, second = order[:5], order[5:]  # 11 // 2 = 5, then the remaining 6
+    assert first[0] == 4 and second[:3] == [6, 9, 2]  # 200 against 120 + 60 + 30
+    assert costs[first[1]] is None
+    light = [i for i in order if costs[i] is None]
+    assert light == sorted(light)
+    assert slices_for_workers([None, 5.0], 1) == [1, 0]
