@@ -94,6 +94,7 @@ def main() -> None:
         partitions = catalog.load("modality_split.client_partitions")
         codec = catalog.load("params:feddiff.classifier")["federated"].get("exchange_compression")
         run_seed = int(catalog.load("params:compute")["seed"])
+        scene = str(catalog.load("params:report")["scene_name"])
     algorithm = get_algorithm(artifact["algorithm"])
     model = algorithm.build_model(artifact["spec"])
     model.load_state_dict(artifact["state"])
@@ -123,7 +124,8 @@ def main() -> None:
 
     rows = [{"condition": "floor: the attacker's mean patch",
              **scores(own_patch.mean(0, keepdim=True).expand_as(vic_patch), vic_patch)},
-            {"condition": "raw branch outputs", **attack(lambda outputs, _: outputs)}]
+            {"condition": "raw branch outputs (as the calibration pass relays them: uncoded)",
+             **attack(lambda outputs, _: outputs)}]
     if codec:
         cfg = CodecConfig.from_dict(codec)
         arrays, consts, dense, sent = pack_tensors(vic_out, cfg)
@@ -162,7 +164,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['condition']}: PSNR {row['psnr_db']:.1f} dB, correlation {row['correlation']:.3f}")
     markdown = [
-        f"Decoder (MLP) from the relayed {args.modality.upper()} branch outputs to the {tuple(vic_patch.shape[1:])} "
+        f"{scene} scene. Decoder (MLP) from the relayed {args.modality.upper()} branch outputs to the "
+        f"{tuple(vic_patch.shape[1:])} "
         f"patch, fitted on the attacker's {len(own_patch)} pixels (the {args.modality} holder of the other site) "
         f"with the trained global model; scored on the victim's {len(vic_patch)} pixels. Median per-pixel output "
         f"norm {typical:.2f}.",
@@ -172,8 +175,8 @@ def main() -> None:
         *[f"| {r['condition']} | {r['psnr_db']:.1f} | {r['correlation']:.3f} | "
           f"{'–' if 'noise_left' not in r else format(r['noise_left'], '.2f')} |" for r in rows],
     ]
-    save(f"exchange_attack_{args.modality}", {"rows": rows, "attacker_pixels": len(own_patch),
-                                              "victim_pixels": len(vic_patch)}, markdown)
+    name = f"exchange_attack_{args.modality}" + ("" if scene == "synthetic" else f"_{scene}")
+    save(name, {"rows": rows, "attacker_pixels": len(own_patch), "victim_pixels": len(vic_patch)}, markdown)
 
 
 if __name__ == "__main__":

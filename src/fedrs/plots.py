@@ -273,7 +273,7 @@ def privacy_curve_figure(sweeps: dict[str, dict[str, Any]]) -> Figure:
         if plain is not None:
             ax.axhline(plain, color=colour, linestyle="--", linewidth=1, label=f"{name}, no DP")
     ax.set(xscale="log", xlabel="ε (δ as in each sweep; smaller is more private)", ylabel="test OA", ylim=(0, 1),
-           title="client-level differential privacy: accuracy against ε")
+           title="differential privacy: accuracy against ε")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig

@@ -126,8 +126,10 @@ def single_modality_rows(metrics: dict[str, dict[str, Any]], order: list[str]) -
 
 
 PRIVACY_NOTE = ("Sweeps of bench/privacy_curves.py on this scene (data/08_reporting/<scene>/privacy/): each "
-                "algorithm without DP, with the DP aggregation but neither clipping nor noise, then one run per "
-                "noise multiplier σ with C = the median unclipped update norm; ε by Opacus' RDP accountant.")
+                "algorithm without DP, with the DP mechanism but neither clipping nor noise, then one run per "
+                "noise multiplier σ with C = the median unclipped norm; ε by Opacus' RDP accountant. <algo>: "
+                "client-level DP (one organisation's update); <algo>_record: record-level DP-SGD (one training "
+                "record; FedDiff: one pixel of a site, relayed outputs counted).")
 
 # how the comparison's columns read; anything else: 4 decimals below 1.5, else one
 FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",

@@ -59,13 +59,15 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
               "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "calibration_pixels",
               "calibration_classes", "noise",
-              "dp_unit")
+              "dp_unit", "dp_record_epsilon", "dp_record_unit")
 
 # the per-round curves an MLflow run shows (step = round)
-MLFLOW_ROUND_KEYS = ("train_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon")
+MLFLOW_ROUND_KEYS = ("train_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon",
+                     "dp_record_epsilon")
 # the run-summary values an MLflow run logs beside the final scores
 MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
-                       "updates_rejected", "loss_growing_rounds", "dp_epsilon", "secagg_seconds_per_round",
+                       "updates_rejected", "loss_growing_rounds", "dp_epsilon", "dp_record_epsilon",
+                       "secagg_seconds_per_round",
                        "oa_before_calibration", "deterministic_noise")
 
 
@@ -78,16 +80,17 @@ def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds_not_aggregated": sum(1 for r in rounds if r.get("aggregated") is False)}
 
 
-def not_covered(history: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
-    """What of a private run trains on or releases the clients' pixels outside its ε: an earlier
-    stage trained without DP (FedDiff's DDPMs), and outputs relayed between clients (FedDiff's
-    exchange; ``exchange_privacy`` is a measured defence, not an accountant's guarantee)."""
+def not_covered(history: dict[str, Any], stages: list[dict[str, Any]], key: str = "dp_epsilon") -> list[str]:
+    """What of a private run trains on or releases the clients' pixels outside its ε (``key``: the
+    client-level or the record-level one): an earlier stage trained without that DP (FedDiff's
+    DDPMs), and — client-level — outputs relayed between clients (FedDiff's exchange;
+    ``exchange_privacy`` is a measured defence there; the record-level accountant counts it)."""
     out = []
     for stage in stages[1:]:
         for name, rounds in (stage.get("stages") or {}).items():
-            if rounds and any(r.get("dp_epsilon") is None for r in rounds):
+            if rounds and any(r.get(key) is None for r in rounds):
                 out.append(f"{stage.get('algorithm', 'an earlier stage')} ({name})")
-    if any(r.get("relayed_outputs") for r in history.get("rounds") or []):
+    if key == "dp_epsilon" and any(r.get("relayed_outputs") for r in history.get("rounds") or []):
         out.append("the relayed branch outputs")
     return out
 
@@ -117,11 +120,12 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean_oa", "worst_oa", "best_oa"):
         if key in history:
             summary[key] = history[key]
-    epsilons = [r["dp_epsilon"] for r in rounds if r.get("dp_epsilon") is not None]
-    if epsilons:  # client-level DP: the budget of this stage, for its unit, and what it does not cover
-        summary["dp_epsilon"] = float(epsilons[-1])
-        summary["dp_unit"] = rounds[-1].get("dp_unit", "organisation")
-        summary["dp_not_covered"] = ", ".join(not_covered(history, stages)) or "–"
+    for level in ("", "_record"):  # client-level DP, record-level DP: the stage's budget, unit, what it misses
+        epsilons = [r[f"dp{level}_epsilon"] for r in rounds if r.get(f"dp{level}_epsilon") is not None]
+        if epsilons:
+            summary[f"dp{level}_epsilon"] = float(epsilons[-1])
+            summary[f"dp{level}_unit"] = rounds[-1].get(f"dp{level}_unit", "organisation")
+            summary[f"dp{level}_not_covered"] = ", ".join(not_covered(history, stages, f"dp{level}_epsilon")) or "–"
     if rounds and rounds[-1].get("val_oa_before_calibration") is not None:  # what the calibration changed
         summary["oa_before_calibration"] = float(rounds[-1]["val_oa_before_calibration"])
     flagged = [r["noise"] for r in rounds if r.get("noise")]

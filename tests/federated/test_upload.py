@@ -43,7 +43,7 @@ def test_the_settings_choose_the_steps_and_exactly_one_sender(update):
 def test_a_path_without_a_sender_is_refused(update):
     state, _ = update
     with pytest.raises(RuntimeError, match="must end with a sender"):
-        upload.run_path([upload.published(None)], upload.Outgoing(state, {}))
+        upload.run_path([upload.published({})], upload.Outgoing(state, {}))
 
 
 def test_client_clipping_bounds_the_update_and_noised_dp_keeps_its_norm_and_loss_home(update):

@@ -2,10 +2,10 @@
 (a throw-away CA) and SuperNode authentication, two registered SuperNodes (one site: an HSI holder
 and a LiDAR holder — the two-site relay and aggregation are tested in one process), each reading
 only its own partition file and keeping its diffusion features in its own store. All three FedDiff
-stages run as jobs on the SuperLink; evaluation, MLflow and the registry work as after a
-simulation — and give the same metrics as a run in one process. One federation serves the whole
-test (each Flower message starts a ClientApp process, so a FedDiff run costs minutes here). Every
-process started is stopped by its process group."""
+stages run as jobs on the SuperLink, the classifier's updates summed by Flower's SecAgg+; evaluation,
+MLflow and the registry work as after a simulation — and give the same metrics as a run in one
+process. One federation serves the whole test (each Flower message starts a ClientApp process, so a
+FedDiff run costs minutes here). Every process started is stopped by its process group."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
         conf["feddiff"][stage]["federated"]["statistics_pass"] = False
     conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 1
     conf["feddiff"]["classifier"]["federated"]["calibration"] = None
+    # the classifier's updates through Flower's SecAgg+ (its four stages are train messages between the
+    # SuperLink and the SuperNodes); uploads go dense, as secure sums need — the exchange keeps its codec
+    conf["feddiff"]["classifier"]["federated"]["secure_aggregation"] = {}
+    conf["feddiff"]["classifier"]["federated"]["compression"] = None
     project.write_conf("local", "parameters_feddiff.yml", conf)
     one_site = json.loads(json.dumps(TINY_PARTITION))
     one_site["modality_split"]["partition"]["num_sites"] = 1  # half the SuperNodes, half the ClientApp processes
@@ -75,6 +79,12 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
     history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1], loopback.tail()
     assert all(r["accepted"] == [0, 1] for r in history["rounds"])
+    # one site: the fusion and heads are one secure sum over both organisations; each branch has one holder,
+    # which no secure sum can hide, so its tensors keep their global values (as the docs say)
+    (row,) = history["rounds"]
+    assert row["secagg_sums"] == 1 and row["secagg_sums_skipped"] == 2 and row["secagg_sums_failed"] == 0
+    uploads = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    assert (uploads[(uploads["payload"] == "weights") & (uploads["direction"] == "up")]["bytes_sent"] == 0).all()
     diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
     assert diffusion["stages"]["hsi"][0]["accepted"] == [0] and diffusion["stages"]["lidar"][0]["accepted"] == [1]
     # stage 2 ran at the organisations: each store holds its own features, the project's store none

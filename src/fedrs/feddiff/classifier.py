@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.feddiff.unet import group_norm
+from fedrs.models.norms import NORMS, norm_layer
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,13 @@ class FedDiffSpec:
         return from_mapping(cls, d, tuples=("modalities", "timesteps"))
 
 
-NORMS = ("batch", "group")
-
-
 def _conv_bn(cin: int, cout: int, k: int, norm: str = "batch") -> list[nn.Module]:
     """A convolution and its normalisation: BatchNorm as in FedFusion's code, or GroupNorm — which
     keeps no running statistics, so clients of class-disjoint sites average nothing site-specific
     and a model behaves the same in training and evaluation."""
     if norm not in NORMS:
         raise ValueError(f"FedDiff classifier norm {norm!r}; expected one of {NORMS}")
-    return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout) if norm == "batch" else group_norm(cout)]
+    return [nn.Conv2d(cin, cout, k, padding=k // 2), norm_layer(norm, cout)]
 
 
 class PatchBranch(nn.Module):

@@ -29,6 +29,8 @@ class PartnerRelay(RoundProtocol):
     # clipped updates move the released sums by up to 2C (the accountant sees σ/2 per release)
     privacy_unit = "site (its two organisations together)"
     sensitivity = 2.0
+    # a site's pixel is a record at both of its organisations (each modality's patch, the same label)
+    record_unit = "pixel of a site (its patches at both organisations and its label)"
 
     def sample(self, rng: np.random.Generator, eligible: list[int], k: int,
                clients: dict[int, dict[str, Any]]) -> list[int]:
@@ -37,6 +39,13 @@ class PartnerRelay(RoundProtocol):
         per_site = max(1, round(k * len(sites) / max(len(eligible), 1)))
         chosen = {int(s) for s in rng.choice(sites, size=min(per_site, len(sites)), replace=False)}
         return sorted(c for c in eligible if clients[c]["site"] in chosen)
+
+    def record_groups(self, run: RunState) -> list[list[int]]:
+        """The two organisations of each site: one pixel's records at both spend one budget."""
+        sites: dict[Any, list[int]] = {}
+        for c in run.eligible:
+            sites.setdefault(run.clients[c]["site"], []).append(c)
+        return list(sites.values())
 
     def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
         exchange_features(grid, run, record)
@@ -78,8 +87,9 @@ def exchange_features(grid: Grid, run: RunState, record: RoundRecord) -> None:
             record.log_traffic(cid, "up", "features", *payload_counts(reply))
             metrics = reply.content.metric_records["metrics"]
             if "exchange_noise_std" in metrics:  # what the protection did, reported with the round
-                record.exchange_protection[cid] = (float(str(metrics["exchange_clipped_fraction"])),
-                                                   float(str(metrics["exchange_noise_std"])))
+                record.exchange_protection[cid] = (float(str(metrics.get("exchange_clipped_fraction", "nan"))),
+                                                   float(str(metrics["exchange_noise_std"])),
+                                                   float(str(metrics.get("exchange_norm_median", "nan"))))
     for cid in list(delivered):
         partners = [p for p in delivered if p != cid and clients[p]["site"] == clients[cid]["site"]]
         if not partners:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrs.config import from_mapping
+from fedrs.models.norms import group_norm
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,6 @@ class UNetSpec:
     @classmethod
     def from_dict(cls, d: dict) -> UNetSpec:
         return from_mapping(cls, d, tuples=("channel_mult",))
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """32 groups as in guided-diffusion when the width allows, fewer for narrow CPU-sized models."""
-    for groups in (32, 16, 8, 4, 2):
-        if channels % groups == 0 and channels // groups >= 2:
-            return nn.GroupNorm(groups, channels)
-    return nn.GroupNorm(1, channels)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:

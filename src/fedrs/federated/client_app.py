@@ -36,7 +36,7 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import class_feature_statistics, client_minimum, withhold_small_classes
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
-from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange
+from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange, public_metrics
 from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
@@ -237,6 +237,7 @@ def exchange(msg: Message, context: Context) -> Message:
         # the noise only this client knows (the run seed is in every message: the partner could remove it)
         noise = noise_generator(seeded if protection.deterministic_noise else None)
         outputs, reported = protect_exchange(outputs, protection, noise)
+        reported = public_metrics(reported, settings)  # under noised DP the clipped fraction stays here
     codec = settings.get("exchange_compression")
     arrays, consts, dense, sent = pack_tensors(outputs, CodecConfig.from_dict(codec) if codec else None)
     return Message(

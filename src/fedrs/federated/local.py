@@ -22,6 +22,15 @@ from torch import nn
 
 from fedrs.compute import ComputePolicy, compute_policy
 from fedrs.config import from_mapping
+from fedrs.federated.privacy import noise_generator
+from fedrs.federated.record_privacy import (
+    RecordPrivacy,
+    clipped_gradient_sum,
+    noised_mean_gradient,
+    poisson_batches,
+    refuse_batch_norm,
+    sampling_rate,
+)
 
 MODALITIES = ("hsi", "lidar")
 
@@ -40,6 +49,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
     decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
+    record_privacy: dict[str, Any] | None = None  # DP-SGD per record (fedrs.federated.record_privacy); None: off
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
@@ -125,18 +135,36 @@ class LocalTrainer:
                       for key, lam in (cfg.decoupled_decay or {}).items()
                       if (key == "conv" and p.ndim == 4) or (key != "conv" and n.startswith(key))]
 
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if n in self.names]
+
     def step(self, loss: torch.Tensor) -> float:
         if self.reference:
             loss = loss + 0.5 * self.cfg.proximal_mu * proximal_term(self.model, self.reference, self.names)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._advance()
+        return float(loss.detach())
+
+    def step_with(self, gradients: list[torch.Tensor]) -> None:
+        """A step along given gradients of ``params`` (DP-SGD's noised estimate); the FedProx term's
+        gradient μ·(w − w_start) is added here — it depends on no record."""
+        self.optimizer.zero_grad(set_to_none=True)
+        for (name, p), g in zip(((n, p) for n, p in self.model.named_parameters() if n in self.names), gradients,
+                                strict=True):
+            p.grad = g.to(p.dtype)
+            if name in self.reference:
+                p.grad.add_(p.detach() - self.reference[name], alpha=self.cfg.proximal_mu)
+        self._advance()
+
+    def _advance(self) -> None:
         self.optimizer.step()
         if self.decay:  # the gradient of λ‖w‖², applied outside the optimiser's normalisation
             lr = self.optimizer.param_groups[0]["lr"]
             with torch.no_grad():
                 for p, lam in self.decay:
                     p.mul_(1.0 - 2.0 * lr * lam)
-        return float(loss.detach())
 
     def close(self) -> None:
         for p in self.model.parameters():
@@ -218,6 +246,8 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
     ``trainable``. Returns the sample-weighted mean loss (FedProx term included), the sample count
     and the batch mean of any metrics the batch loss reports. Batches smaller than ``min_batch``
     are skipped (BatchNorm cannot normalise a batch of one)."""
+    if cfg.record_privacy:
+        return private_local_training(model, num_samples, batch_loss, cfg, seed, trainable, carry)
     policy = cfg.policy()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -242,6 +272,41 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
         trainer.close()
     return {"train_loss": total / max(seen, 1), "num_samples": num_samples,
             **{k: v / max(batches, 1) for k, v in extras.items()}}
+
+
+def private_local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cfg: TrainConfig, seed: int,
+                           trainable: set[str] | None = None, carry: dict[str, Any] | None = None) -> dict[str, float]:
+    """``local_training`` as DP-SGD (``fedrs.federated.record_privacy``): Poisson batches and noise
+    from a generator only this client knows, each record's gradient clipped, the noised mean
+    stepped. The loss it returns is data-dependent and stays on the client (``public_metrics``)."""
+    privacy = RecordPrivacy.from_dict(cfg.record_privacy or {})
+    refuse_batch_norm(model)
+    policy = cfg.policy()
+    torch.manual_seed(seed)
+    secret = noise_generator(derive_seed(seed, 4_242) if privacy.deterministic_noise else None)
+    model.to(policy.device).train()
+    trainer = LocalTrainer(model, cfg, trainable, carry)
+    expected = sampling_rate(num_samples, cfg.batch_size) * num_samples
+
+    def record_loss(index: np.ndarray) -> torch.Tensor:
+        with policy.autocast():
+            out = batch_loss(Batch(index, policy.device, secret))
+        return (out[0] if isinstance(out, tuple) else out).float()
+
+    total, steps, all_norms = 0.0, 0, list[float]()
+    try:
+        for idx in poisson_batches(num_samples, cfg.batch_size, cfg.epochs, secret):
+            sums, norms, losses = clipped_gradient_sum(trainer.params, idx, record_loss, privacy.clipping_norm)
+            trainer.step_with(noised_mean_gradient(sums, privacy, expected, secret))
+            all_norms += norms
+            total += sum(losses)
+            steps += 1
+    finally:
+        trainer.close()
+    seen = np.asarray(all_norms)  # the norms tell how to choose C (reported only without noise)
+    return {"train_loss": total / max(seen.size, 1), "num_samples": num_samples, "dp_steps": steps,
+            "dp_clipped_fraction": float((seen > privacy.clipping_norm).mean()) if seen.size else 0.0,
+            "dp_record_norm_median": float(np.median(seen)) if seen.size else 0.0}
 
 
 @dataclass

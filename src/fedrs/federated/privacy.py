@@ -41,6 +41,7 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, compu
 
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, Owner, State, holders_of, unaveraged
+from fedrs.federated.record_privacy import RecordPrivacy, check_gaussian
 
 CLIPPING_SITES = ("server", "client")
 DETERMINISTIC = "deterministic — no privacy"  # what a run with deterministic noise says of itself
@@ -65,12 +66,7 @@ class PrivacyConfig:
     def __post_init__(self) -> None:
         if self.clipping not in CLIPPING_SITES:
             raise ValueError(f"privacy.clipping is {self.clipping!r}; expected one of {list(CLIPPING_SITES)}")
-        if not self.clipping_norm > 0:
-            raise ValueError(f"privacy.clipping_norm must be > 0, got {self.clipping_norm}")
-        if self.noise_multiplier < 0:
-            raise ValueError(f"privacy.noise_multiplier must be ≥ 0, got {self.noise_multiplier}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"privacy.delta must lie in (0, 1), got {self.delta}")
+        check_gaussian("privacy", self.noise_multiplier, self.clipping_norm, self.delta)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrivacyConfig:
@@ -85,12 +81,22 @@ class PrivacyConfig:
 
 # what a client's reply may say of its round under DP with noise: counts, sizes and time — not its
 # loss, its metrics or its update's norm, which the accountant does not count
-PUBLIC_UNDER_DP = ("client_id", "num_samples", "bytes_dense", "bytes_sent", "compute_seconds")
+PUBLIC_UNDER_DP = ("client_id", "num_samples", "bytes_dense", "bytes_sent", "compute_seconds", "dp_steps",
+                   "exchange_noise_std")
 
 
-def public_metrics(metrics: dict[str, Any], privacy: dict[str, Any] | None) -> dict[str, Any]:
-    """``metrics`` as a client may send them: all of them without noised DP, else ``PUBLIC_UNDER_DP``."""
-    if not privacy or not PrivacyConfig.from_dict(privacy).noised:
+def noised_releases(settings: dict[str, Any]) -> bool:
+    """Whether a run's releases carry DP noise — client-level (``privacy``) or record-level
+    (``train.record_privacy``): then a client's replies carry only ``PUBLIC_UNDER_DP``."""
+    privacy, record = settings.get("privacy"), (settings.get("train") or {}).get("record_privacy")
+    return bool(privacy and PrivacyConfig.from_dict(privacy).noised) or bool(
+        record and RecordPrivacy.from_dict(record).noise_multiplier > 0)
+
+
+def public_metrics(metrics: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` as a client may send them under the run's ``settings``: all of them without
+    noised DP, else ``PUBLIC_UNDER_DP``."""
+    if not noised_releases(settings):
         return metrics
     return {k: v for k, v in metrics.items() if k in PUBLIC_UNDER_DP}
 
@@ -146,18 +152,17 @@ def private_aggregate(global_state: State, updates: list[ClientUpdate], owner: O
     return new_state, report
 
 
-def epsilon_spent(releases: list[tuple[float, float]], delta: float) -> float:
-    """ε after the released aggregates ``[(noise multiplier, sampling rate), …]`` at ``delta``
-    (Opacus' RDP accountant); infinite when any release carried no noise."""
+def epsilon_spent(releases: list[tuple[float, float]] | list[tuple[float, float, int]], delta: float) -> float:
+    """ε after the releases ``[(noise multiplier, sampling rate[, steps]), …]`` at ``delta``
+    (Opacus' RDP accountant; steps default to 1); infinite when any release carried no noise."""
     if not releases:
         return 0.0
-    if any(sigma <= 0 for sigma, _ in releases):
+    if any(r[0] <= 0 for r in releases):
         return float("inf")
     from opacus.accountants import RDPAccountant
 
     accountant = RDPAccountant()
-    for sigma, rate in releases:
-        accountant.step(noise_multiplier=sigma, sample_rate=rate)
+    accountant.history = [(float(r[0]), float(r[1]), int(r[2]) if len(r) > 2 else 1) for r in releases]
     return float(accountant.get_epsilon(delta=delta))
 
 
@@ -174,10 +179,7 @@ class ExchangeProtection:
     deterministic_noise: bool = False  # tests only: noise from the run seed, so the partner can remove it
 
     def __post_init__(self) -> None:
-        if not self.clipping_norm > 0:
-            raise ValueError(f"exchange_privacy.clipping_norm must be > 0, got {self.clipping_norm}")
-        if self.noise_multiplier < 0:
-            raise ValueError(f"exchange_privacy.noise_multiplier must be ≥ 0, got {self.noise_multiplier}")
+        check_gaussian("exchange_privacy", self.noise_multiplier, self.clipping_norm)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExchangeProtection:
@@ -199,4 +201,5 @@ def protect_exchange(outputs: dict[str, torch.Tensor], cfg: ExchangeProtection, 
             value = value + torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
         protected[k] = value.to(outputs[k].dtype)
     return protected, {"exchange_clipped_fraction": float((norms > cfg.clipping_norm).double().mean()) if len(norms)
-                       else 0.0, "exchange_noise_std": std}
+                       else 0.0, "exchange_norm_median": float(norms.median()) if len(norms) else 0.0,
+                       "exchange_noise_std": std}

@@ -54,11 +54,12 @@ def poisoned_with_nan(out: Outgoing) -> Outgoing:
     return replace(out, state={**out.state, first: torch.full_like(out.state[first], float("nan"))})
 
 
-def published(privacy: dict[str, Any] | None) -> Step:
-    """Under noised DP the loss, metrics and update norm stay here (the accountant does not count them)."""
+def published(settings: dict[str, Any]) -> Step:
+    """Under noised DP (client- or record-level) the loss, metrics and update norm stay here (the
+    accountant does not count them)."""
 
     def step(out: Outgoing) -> Outgoing:
-        return replace(out, metrics=public_metrics(out.metrics, privacy))
+        return replace(out, metrics=public_metrics(out.metrics, settings))
 
     return step
 
@@ -104,7 +105,7 @@ def upload_path(settings: dict[str, Any], context: Context, received: State, rnd
         steps.append(clipped_to(received, dp.clipping_norm))
     if poison == "nan":
         steps.append(poisoned_with_nan)
-    steps.append(published(privacy))
+    steps.append(published(settings))
     if settings.get("secure_aggregation") is not None:
         steps.append(held_for_secure_sums(context, received, rnd, secure_seed, pooled_variances=not privacy))
     elif settings.get("compression"):

@@ -37,6 +37,7 @@ class CmiSpec:
     width: int = 32
     dim: int = 128
     projector: str = "linear"    # linear | mlp (three layers)
+    norm: str = "batch"          # batch | group (no running statistics; what record-level DP needs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,8 +60,8 @@ class CrossModalInfiltrationNet(nn.Module):
     def __init__(self, spec: CmiSpec):
         super().__init__()
         self.spec = spec
-        self.hsi_encoder = HsiPatchEncoder(spec.bands, spec.width, spec.dim)
-        self.lidar_encoder = LidarPatchEncoder(spec.lidar_channels, max(8, spec.width // 2), spec.dim)
+        self.hsi_encoder = HsiPatchEncoder(spec.bands, spec.width, spec.dim, spec.norm)
+        self.lidar_encoder = LidarPatchEncoder(spec.lidar_channels, max(8, spec.width // 2), spec.dim, spec.norm)
         self.hsi_self = _projector(spec.dim, spec.projector)
         self.hsi_infiltration = _projector(spec.dim, spec.projector)
         self.lidar_self = _projector(spec.dim, spec.projector)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from fedrs.models.norms import norm_layer
+
 MODALITY_PREFIXES = {"hsi_encoder.": "hsi", "lidar_encoder.": "lidar"}
 
 
@@ -30,13 +32,13 @@ class PatchEncoder(nn.Module):
     over the window (its context); pooling alone blurs object borders into neighbouring classes.
     """
 
-    def __init__(self, in_channels: int, width: int, dim: int):
+    def __init__(self, in_channels: int, width: int, dim: int, norm: str = "batch"):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 3, padding=1), norm_layer(norm, width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), norm_layer(norm, width), nn.ReLU(inplace=True),
         )
-        self.project = nn.Sequential(nn.Linear(2 * width, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(nn.Linear(2 * width, dim), norm_layer(norm, dim, dims=1), nn.ReLU(inplace=True))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -50,9 +52,9 @@ class PatchEncoder(nn.Module):
 class HsiPatchEncoder(PatchEncoder):
     """Spectral 1×1 reduction first: HSI patches have tens to hundreds of bands."""
 
-    def __init__(self, bands: int, width: int, dim: int):
-        super().__init__(width, width, dim)
-        self.reduce = nn.Sequential(nn.Conv2d(bands, width, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    def __init__(self, bands: int, width: int, dim: int, norm: str = "batch"):
+        super().__init__(width, width, dim, norm)
+        self.reduce = nn.Sequential(nn.Conv2d(bands, width, 1), norm_layer(norm, width), nn.ReLU(inplace=True))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.reduce(x))
@@ -71,6 +73,7 @@ class FusionSpec:
     width: int = 32
     dim: int = 64
     dropout: float = 0.2
+    norm: str = "batch"   # batch | group (no running statistics; what record-level DP needs)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "modalities": list(self.modalities)}
@@ -91,9 +94,9 @@ class FusionCNN(nn.Module):
         super().__init__()
         self.spec = spec
         if "hsi" in spec.modalities:
-            self.hsi_encoder = HsiPatchEncoder(spec.bands, spec.width, spec.dim)
+            self.hsi_encoder = HsiPatchEncoder(spec.bands, spec.width, spec.dim, spec.norm)
         if "lidar" in spec.modalities:
-            self.lidar_encoder = LidarPatchEncoder(spec.lidar_channels, max(8, spec.width // 2), spec.dim)
+            self.lidar_encoder = LidarPatchEncoder(spec.lidar_channels, max(8, spec.width // 2), spec.dim, spec.norm)
         fused = spec.dim * len(spec.modalities)
         self.classifier = nn.Sequential(
             nn.Dropout(spec.dropout),

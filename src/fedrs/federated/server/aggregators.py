@@ -27,8 +27,9 @@ from flwr.supercore.differential_privacy import compute_stdv
 
 from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithm_base import Algorithm
-from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.local import TrainConfig, derive_seed, norm_statistic_names
 from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, noise_generator, private_aggregate
+from fedrs.federated.record_privacy import RecordPrivacy, refuse_batch_norm, sampling_rate, steps_per_round
 from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
@@ -178,6 +179,49 @@ def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
     record.privacy = {**report, "epsilon": epsilon if private else None,  # None: no guarantee
                       "unit": run.protocol.privacy_unit,
                       **({"noise": DETERMINISTIC} if privacy.deterministic_noise else {})}
+
+
+def check_record_privacy(cfg: FederatedConfig, model: torch.nn.Module, relays: bool) -> None:
+    """Record-level DP's requirements, before the first round: a model without BatchNorm, no
+    calibration (its class sums are not noised), and in FedDiff noised relayed outputs (a pixel's
+    outputs leave its organisation every round)."""
+    record = (cfg.train or {}).get("record_privacy")
+    if not record:
+        return
+    privacy = RecordPrivacy.from_dict(record)
+    refuse_batch_norm(model)
+    if cfg.calibration is not None:
+        raise ValueError("record_privacy with calibration: the class statistics would leave the clients un-noised; "
+                         "set calibration: null")
+    if relays and privacy.noise_multiplier > 0 and not (cfg.exchange_privacy or {}).get("noise_multiplier"):
+        raise ValueError("record_privacy on FedDiff: every pixel's branch outputs are relayed each round; set "
+                         "exchange_privacy with noise_multiplier > 0 (it is counted by the accountant)")
+
+
+def account_records(run: RunState, record: RoundRecord) -> None:
+    """Record-level DP (``fedrs.federated.record_privacy``): every organisation that answered this
+    round released E·⌈n/B⌉ DP-SGD steps at (σ, q = B/n), and every one whose branch outputs were
+    relayed one Gaussian release of them (σ of ``exchange_privacy``; none: no guarantee). Counted
+    from public numbers only (configuration and sample counts); ε per group of organisations whose
+    records are the same pixels (``protocol.record_groups``), the round carries the largest."""
+    train = record.settings.get("train") or {}
+    if not train.get("record_privacy") or record.operation != "train":
+        return
+    privacy, defaults = RecordPrivacy.from_dict(train["record_privacy"]), TrainConfig()
+    batch, epochs = int(train.get("batch_size", defaults.batch_size)), int(train.get("epochs", defaults.epochs))
+    exchange = run.cfg.exchange_privacy or {}
+    for u in record.updates:
+        n = int(run.clients[u.client_id]["num_samples"])
+        run.record_releases.setdefault(u.client_id, []).append(
+            (privacy.noise_multiplier, sampling_rate(n, batch), steps_per_round(n, batch, epochs)))
+    for cid in {t["client_id"] for t in record.traffic if t["direction"] == "up" and t["payload"] == "features"}:
+        run.record_releases.setdefault(cid, []).append((float(exchange.get("noise_multiplier", 0.0)), 1.0, 1))
+    epsilons = [epsilon_spent([r for c in group for r in run.record_releases.get(c, [])], privacy.delta)
+                for group in run.protocol.record_groups(run)]
+    epsilon = max(epsilons, default=0.0)
+    record.record_privacy = {"epsilon": epsilon if np.isfinite(epsilon) and not privacy.deterministic_noise
+                             else None, "unit": run.protocol.record_unit,
+                             **({"noise": DETERMINISTIC} if privacy.deterministic_noise else {})}
 
 
 def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:

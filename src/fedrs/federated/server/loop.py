@@ -17,7 +17,7 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.checkpoint import load_checkpoint, save_checkpoint
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
-from fedrs.federated.server.aggregators import make_aggregator
+from fedrs.federated.server.aggregators import account_records, check_record_privacy, make_aggregator
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.downlink import Downlink
 from fedrs.federated.server.messaging import discover_clients, wait_for_nodes
@@ -55,6 +55,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expe
         check_calibration(cfg, algorithm)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = algorithm.build_model(cfg.model)
+    protocol = PROTOCOLS[algorithm.round_protocol]()
+    check_record_privacy(cfg, model, relays=isinstance(protocol, PartnerRelay))
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
@@ -62,7 +64,7 @@ def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expe
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    run = RunState(cfg, algorithm, aggregator, PROTOCOLS[algorithm.round_protocol](), model, initial,
+    run = RunState(cfg, algorithm, aggregator, protocol, model, initial,
                    np.random.default_rng(derive_seed(cfg.seed, 1)), clients, eligible,
                    eval_subset(validation, cfg.eval_samples, cfg.seed), downlink)
     return run, resume(run)
@@ -82,6 +84,7 @@ def resume(run: RunState) -> int:
     run.rng.bit_generator.state = checkpoint["rng"]
     run.tail, run.tail_rounds = checkpoint.get("tail"), int(checkpoint.get("tail_rounds", 0))
     run.privacy_releases = list(checkpoint.get("privacy_releases", []))
+    run.record_releases = {int(c): list(r) for c, r in checkpoint.get("record_releases", {}).items()}
     logger.info("Resuming %s from the checkpoint of round %d", cfg.algorithm, checkpoint["round"])
     return int(checkpoint["round"]) + 1
 
@@ -90,6 +93,7 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
     record = configure_round(run, rnd)
     run.protocol.before_updates(grid, run, record)
     collect_updates(grid, run, record)
+    account_records(run, record)
     aggregate_round(run, record)
     accumulate_tail(run, rnd)
     if rnd == run.cfg.num_rounds:
@@ -122,7 +126,8 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
         save_checkpoint(cfg.checkpoint_dir, {
             "round": record.round, "state": run.global_state, "rng": run.rng.bit_generator.state,
             "history": run.history, "traffic": run.traffic, "tail": run.tail, "tail_rounds": run.tail_rounds,
-            "privacy_releases": run.privacy_releases, "config_digest": cfg.digest()})
+            "privacy_releases": run.privacy_releases, "record_releases": run.record_releases,
+            "config_digest": cfg.digest()})
     return row
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.serverapp import Grid
 
+from fedrs.federated.record_privacy import RECORD_UNIT
+
 if TYPE_CHECKING:
     from fedrs.federated.server.record import RoundRecord
     from fedrs.federated.server.state import RunState
@@ -24,11 +26,16 @@ class RoundProtocol:
     # units of the clipping norm C: one organisation, whose clipped update is at most C
     privacy_unit = "organisation"
     sensitivity = 1.0
+    record_unit = RECORD_UNIT  # what record-level DP protects (fedrs.federated.record_privacy)
 
     def sample(self, rng: np.random.Generator, eligible: list[int], k: int,
                clients: dict[int, dict[str, Any]]) -> list[int]:
         """``k`` of the eligible clients, uniformly (seeded by the run's generator)."""
         return sorted(int(c) for c in rng.choice(eligible, size=k, replace=False))
+
+    def record_groups(self, run: RunState) -> list[list[int]]:
+        """Organisations whose records are the same pixels, whose record-level budgets compose: each alone."""
+        return [[c] for c in run.eligible]
 
     def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
         """Runs after the downloads are encoded and before the update requests go out."""

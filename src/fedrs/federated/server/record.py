@@ -53,7 +53,9 @@ class RoundRecord:
     client_seconds: dict[int, float] = field(default_factory=dict)
     statistics_from: list[int] = field(default_factory=list)  # clients whose BatchNorm statistics were pooled
     privacy: dict[str, Any] = field(default_factory=dict)  # the DP aggregate's clipping, noise and ε so far
-    exchange_protection: dict[int, tuple[float, float]] = field(default_factory=dict)  # (clipped fraction, noise std)
+    record_privacy: dict[str, Any] = field(default_factory=dict)  # record-level DP: ε so far and its unit
+    exchange_protection: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # (clipped fraction,
+                                                                                   # noise std, median norm)
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
     scores_before_calibration: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)  # the calibration pass: clients, classes, losses
@@ -153,13 +155,20 @@ class RoundRecord:
             if not self.privacy["noise_std_max"]:  # no noise, no guarantee: the norms are worth showing (tuning C)
                 out.update({"dp_clipped": self.privacy["clipped"],
                             "dp_update_norm_median": float(np.median(self.privacy["update_norms"]))})
+        if self.record_privacy:
+            out.update({"dp_record_epsilon": self.record_privacy["epsilon"],
+                        "dp_record_unit": self.record_privacy["unit"]})
         out.update({f"secagg_{k}": v for k, v in self.secure.items()})
         if self.relayed:  # intermediate outputs of the clients' pixels crossed, outside any DP accountant
             out["relayed_outputs"] = len(self.relayed)
         if self.exchange_protection:
+            # the clipped fraction and the norms (for choosing C) are data-dependent: none under noised DP
+            clipped = [v[0] for v in self.exchange_protection.values() if np.isfinite(v[0])]
+            norms = [v[2] for v in self.exchange_protection.values() if np.isfinite(v[2])]
             out.update({"exchange_noise_std": max(v[1] for v in self.exchange_protection.values()),
-                        "exchange_clipped_fraction": float(np.mean([v[0] for v in self.exchange_protection.values()]))})
-        deterministic = [self.privacy.get("noise"),
+                        **({"exchange_clipped_fraction": float(np.mean(clipped))} if clipped else {}),
+                        **({"exchange_norm_median": float(np.median(norms))} if norms else {})})
+        deterministic = [self.privacy.get("noise"), self.record_privacy.get("noise"),
                          DETERMINISTIC if (self.exchange_protection and (self.settings.get("exchange_privacy") or {})
                                            .get("deterministic_noise")) else None]
         if DETERMINISTIC in deterministic:  # test noise: anyone with the run seed can remove it

@@ -39,6 +39,7 @@ class RunState:
     tail: State | None = None  # running mean of the global models of the rounds averaged so far
     tail_rounds: int = 0
     privacy_releases: list[tuple[float, float]] = field(default_factory=list)  # (σ, sampling rate) per DP aggregate
+    record_releases: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)  # client → (σ, q, steps)
 
     @property
     def per_round(self) -> int:

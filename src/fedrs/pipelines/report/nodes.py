@@ -33,7 +33,7 @@ FIGURES = {"curves": "Validation OA per round and against cumulative bytes sent"
            "maps": "Classification maps beside the ground truth",
            "confusion": "Confusion matrices (row-normalised)",
            "modalities": "Single-modality ablations",
-           "privacy": "Test OA against the privacy budget ε (client-level DP sweeps)"}
+           "privacy": "Test OA against the privacy budget ε (client- and record-level DP sweeps)"}
 
 
 def _loaded(parts: dict[str, Callable[[], Any]]) -> dict[str, Any]:
