@@ -119,6 +119,25 @@ def test_a_private_runs_budget_reaches_the_table_and_mlflow():
     assert [p["value"] for p in logged["round.dp_epsilon"]] == [3.5, 5.25]
 
 
+def test_a_record_private_runs_budget_and_unit_reach_the_table_and_mlflow():
+    from fedrs.pipelines.evaluation.nodes import mlflow_metrics
+    from fedrs.report import table_columns
+
+    rounds = [{"round": 1, "val_oa": 0.4, "dp_record_epsilon": 2.0, "dp_record_unit": "training record"},
+              {"round": 2, "val_oa": 0.5, "dp_record_epsilon": 3.0, "dp_record_unit": "training record"}]
+    private = run_summary({"rounds": rounds})
+    assert private["dp_record_epsilon"] == 3.0 and private["dp_record_unit"] == "training record"
+    assert private["dp_record_not_covered"] == "–" and "dp_epsilon" not in private
+    table = comparison_table({"dp": _metrics(0.5, run=private), "plain": _metrics(0.7, run=run_summary({}))}, [])
+    cells = markdown_table(table, {"algorithm": "algorithm", "dp_record_epsilon": "record DP ε"})
+    assert "| dp | 3.00 |" in cells and "| plain | – |" in cells
+    shown = table_columns(table)
+    assert {"dp_record_epsilon", "dp_record_unit"} <= set(shown) and "dp_epsilon" not in shown
+    logged = mlflow_metrics({**_metrics(0.5), "run": private}, {"rounds": rounds})
+    assert logged["dp_record_epsilon"] == {"value": 3.0, "step": 0}
+    assert [p["value"] for p in logged["round.dp_record_epsilon"]] == [2.0, 3.0]
+
+
 def test_secure_aggregations_cost_per_round_reaches_the_table_and_mlflow():
     from fedrs.pipelines.evaluation.nodes import mlflow_metrics
     from fedrs.report import table_columns

@@ -22,10 +22,14 @@ TABLE_COLUMNS = {"algorithm": "algorithm", "modalities": "modalities", "val_oa":
                  "peak_rss_mb": "peak MiB", "precision": "precision", "clients_lost": "clients lost",
                  "dp_epsilon": "DP ε", "secagg_seconds": "SecAgg s/round",
                  "dp_unit": "DP unit", "dp_not_covered": "not covered by ε",
+                 "dp_record_epsilon": "record DP ε", "dp_record_unit": "record DP unit",
+                 "dp_record_not_covered": "not covered by record ε",
                  "oa_before_calibration": "val. OA before calibration", "noise": "noise"}
-# columns shown only when some run has them: DP ε (a private run), SecAgg's time (a secure run), the
-# last round's validation OA before classifier calibration (a calibrated run), a run's deterministic (test) noise
-OPTIONAL_COLUMNS = ("dp_epsilon", "dp_unit", "dp_not_covered", "secagg_seconds", "oa_before_calibration", "noise")
+# columns shown only when some run has them: DP ε (a private run, client- or record-level), SecAgg's time (a
+# secure run), the last round's validation OA before classifier calibration (a calibrated run), a run's
+# deterministic (test) noise
+OPTIONAL_COLUMNS = ("dp_epsilon", "dp_unit", "dp_not_covered", "dp_record_epsilon", "dp_record_unit",
+                    "dp_record_not_covered", "secagg_seconds", "oa_before_calibration", "noise")
 
 
 def table_columns(table: pd.DataFrame) -> dict[str, str]:
@@ -66,6 +70,8 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "loss_growing_rounds": run.get("loss_growing_rounds", 0),
                "dp_epsilon": run.get("dp_epsilon", np.nan), "dp_unit": run.get("dp_unit"),
                "dp_not_covered": run.get("dp_not_covered"),
+               **{f"dp_record_{k}": run.get(f"dp_record_{k}", np.nan if k == "epsilon" else None)
+                  for k in ("epsilon", "unit", "not_covered")},
                "secagg_seconds": run.get("secagg_seconds_per_round", np.nan),
                "oa_before_calibration": run.get("oa_before_calibration", np.nan),
                "noise": run.get("noise")}
@@ -133,7 +139,7 @@ PRIVACY_NOTE = ("Sweeps of bench/privacy_curves.py on this scene (data/08_report
 
 # how the comparison's columns read; anything else: 4 decimals below 1.5, else one
 FORMATS = {"mb_sent": "{:,.1f}", "mb_dense": "{:,.1f}", "compression": "{:.1f}×", "wall_seconds": "{:,.0f}",
-           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}",
+           "peak_rss_mb": "{:,.0f}", "rounds": "{:.0f}", "dp_epsilon": "{:.2f}", "dp_record_epsilon": "{:.2f}",
            "secagg_seconds": "{:.2f}", "epsilon": "{:.2f}"}
 
 
