@@ -136,8 +136,12 @@ class LocalTrainer:
                       if (key == "conv" and p.ndim == 4) or (key != "conv" and n.startswith(key))]
 
     @property
+    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if n in self.names]
+
+    @property
     def params(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.model.named_parameters() if n in self.names]
+        return [p for _, p in self.named_params]
 
     def step(self, loss: torch.Tensor) -> float:
         if self.reference:
@@ -151,8 +155,7 @@ class LocalTrainer:
         """A step along given gradients of ``params`` (DP-SGD's noised estimate); the FedProx term's
         gradient μ·(w − w_start) is added here — it depends on no record."""
         self.optimizer.zero_grad(set_to_none=True)
-        for (name, p), g in zip(((n, p) for n, p in self.model.named_parameters() if n in self.names), gradients,
-                                strict=True):
+        for (name, p), g in zip(self.named_params, gradients, strict=True):
             p.grad = g.to(p.dtype)
             if name in self.reference:
                 p.grad.add_(p.detach() - self.reference[name], alpha=self.cfg.proximal_mu)
