@@ -16,10 +16,17 @@ noised with the same σ. ``--train KEY=VALUE`` sets training keys of every DP-SG
 ``epochs=1 batch_size=64``: DP-SGD prefers fewer, larger steps), ``--model KEY=VALUE`` model keys of
 every GroupNorm run (e.g. ``width=8 dim=16``: fewer parameters, less noise in total).
 
-Classifier calibration is off in every run (it is refused beside DP).
+Classifier calibration is off in every run of those two levels.
+
+``--level secure`` (Flower's SecAgg+ on every aggregate, ``fedrs.federated.secure``): the algorithm as
+configured (calibration on, statistics in the clear), then under SecAgg+ without calibration and with
+calibration — its class sums one more secure sum, each pixel's features clipped to ``feature_clip`` =
+the largest feature norm the clear run reported (so nothing is clipped and the two calibrations
+differ by SecAgg+'s rounding and the uncompressed uploads SecAgg+ needs), once per ``--seeds``.
 
 Usage: .venv/bin/python bench/privacy_curves.py --project DIR [--env ENV] [--algorithm fedavg]
-       [--level client|record] [--sigmas 0.5 1 2 4] [--train epochs=1 ...] [--model width=8 ...] [--tag NAME]
+       [--level client|record|secure] [--seeds 42]
+       [--sigmas 0.5 1 2 4] [--train epochs=1 ...] [--model width=8 ...] [--tag NAME]
 Runs write into DIR's data/ (use a copy of the project: the runs overwrite the algorithm's outputs);
 the sweep goes to bench/results and to this project's data/08_reporting/<scene>/privacy/<algorithm>.json,
 which the report pipeline shows (a section and the OA-against-ε figure).
@@ -85,7 +92,9 @@ def run(project: Path, env: str | None, algorithm: str, params: dict[str, Any],
             "train_loss": [r.get("train_loss") for r in rounds],
             "update_norm_median": median_of("dp_update_norm_median"),
             "record_norm_median": median_of("train_dp_record_norm_median"),
-            "exchange_norm_median": median_of("exchange_norm_median")}
+            "exchange_norm_median": median_of("exchange_norm_median"),
+            "feature_norm_max": rounds[-1].get("calibration_feature_norm_max"),
+            "oa_before_calibration": metrics["run"].get("oa_before_calibration")}
 
 
 def keyed(items: list[str]) -> dict[str, Any]:
@@ -145,12 +154,41 @@ def record_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
                   f"Opacus RDP ε per {rows[-1].get('unit') or 'record'}, the largest over the organisations)")
 
 
+def secure_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str, Any]], str]:
+    algo, rows = args.algorithm, []
+    for seed in args.seeds:
+        seeded = {"seed": seed}
+        clear = run(project, args.env, algo, {**seeded, **overrides(algo, {"privacy": None})})
+        clip = float(clear["feature_norm_max"])
+        secure = {"privacy": None, "secure_aggregation": {}, "compression": None}
+        rows.append({"setting": "calibrated, statistics in the clear", "sigma": None, "seed": seed, **clear})
+        for name, calibration in (("SecAgg+, no calibration", None),
+                                  (f"SecAgg+, calibrated (feature_clip {clip:.3g})", {"feature_clip": clip})):
+            params = overrides(algo, {**secure, **({"calibration": None} if calibration is None else {})})
+            if calibration is not None:  # the configured calibration block, with the public bound
+                params = deep_merge(params, overrides(algo, {"calibration": calibration}))
+            rows.append({"setting": name, "sigma": None, "seed": seed,
+                         **run(project, args.env, algo, {**seeded, **params}, args.from_nodes)})
+            print(f"{algo} seed {seed} {name}: OA {rows[-1]['oa']:.4f}", flush=True)
+    return rows, ("Flower's SecAgg+ on every aggregate (uploads uncompressed: SecAgg+ sums masked integers), the "
+                  "calibration's class sums one more secure sum scaled by public bounds; calibrated runs keep the "
+                  "configured calibration settings")
+
+
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--project", required=True, help="a copy of this project (its outputs are overwritten)")
     parser.add_argument("--env", default=None)
     parser.add_argument("--algorithm", default="fedavg", choices=sorted(BLOCKS))
-    parser.add_argument("--level", default="client", choices=["client", "record"])
+    parser.add_argument("--level", default="client", choices=["client", "record", "secure"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="secure level: the seeds run")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--train", nargs="*", default=[], help="record level: KEY=VALUE training keys of the DP runs")
@@ -164,9 +202,10 @@ def main() -> None:
                         help="the project whose report shows the sweep (data/08_reporting/<scene>/privacy/)")
     args = parser.parse_args()
     project = Path(args.project).resolve()
-    rows, what = (record_level if args.level == "record" else client_level)(args, project)
+    level = {"client": client_level, "record": record_level, "secure": secure_level}[args.level]
+    rows, what = level(args, project)
     scene = rows[0]["scene"]
-    suffix = ("_record" if args.level == "record" else "") + (f"_{args.tag}" if args.tag else "")
+    suffix = ("" if args.level == "client" else f"_{args.level}") + (f"_{args.tag}" if args.tag else "")
     markdown = [
         f"{args.algorithm} on the {scene} scene, {what}.",
         "",
@@ -182,6 +221,8 @@ def main() -> None:
     sweep = {"algorithm": args.algorithm, "level": args.level, "scene": scene, "rows": rows, "delta": args.delta,
              "description": what}
     save(f"privacy{suffix}_{args.algorithm}_{scene}", sweep, markdown)
+    if args.level == "secure":  # no ε: not a point of the report's OA-against-ε figure
+        return
     # the report's input (report.privacy_curves): its section and OA-against-ε figure for this scene
     target = (Path(args.into).resolve() / "data/08_reporting" / str(scene) / "privacy"
               / f"{args.algorithm}{suffix}.json")

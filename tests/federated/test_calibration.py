@@ -12,15 +12,24 @@ from fedrs.datasets import NpzDataset
 from fedrs.feddiff.classifier import FedDiffClassifier
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import (
+    STATISTICS,
     CalibrationConfig,
     calibrate_layer,
     class_feature_statistics,
     class_gaussians,
     client_minimum,
+    client_statistics,
+    clip_features,
+    noised_statistics,
     pool_statistics,
+    secure_scales,
+    virtual_features,
     withhold_small_classes,
 )
 from fedrs.federated.local import TrainConfig
+from fedrs.federated.privacy import noise_generator
+from fedrs.federated.secure import HELD_UPDATE, SecureAggregationConfig
+from fedrs.federated.server import passes
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds, start_run
 from tests.federated.fake_grid import FakeGrid
@@ -244,12 +253,111 @@ def test_a_horizontal_run_calibrates_from_its_multimodal_clients(tiny_federation
     assert all(torch.equal(none["state"][k], plain["state"][k]) for k in plain["state"])
 
 
-@pytest.mark.parametrize("extra", [{"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}},
-                                   {"secure_aggregation": {}, "compression": None}])
-def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_federation, extra):
+@pytest.mark.parametrize("extra, message", [
+    ({"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}}, "no bounded sensitivity at the organisation"),
+    ({"secure_aggregation": {}, "compression": None}, "needs calibration.feature_clip"),
+])
+def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_federation, extra, message):
     fed = tiny_split_federation
-    with pytest.raises(ValueError, match="class statistics would reach the server unprotected"):
+    with pytest.raises(ValueError, match=message):
         start_run(FakeGrid(4), _feddiff_config(fed, calibration={}, **extra), fed["test"], 4)
+
+
+def _fedavg_calibrated(fed, grid, **overrides):
+    cfg = FederatedConfig.from_dict(dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8},
+                                         num_rounds=1, min_clients=1, seed=5, partition_dir=fed["dir"],
+                                         eval_samples=200, **overrides))
+    return run_rounds(grid, cfg, fed["test"], 3)
+
+
+def test_calibration_under_secagg_pools_the_same_sums_and_the_server_holds_no_clients(tiny_federation, monkeypatch):
+    """The class statistics enter one more SecAgg+ sum, scaled by public bounds: the server pools the
+    exact sum of what the clients hold up to SecAgg+'s rounding, calibrates from it, and no reply of
+    the pass carries a client's statistics."""
+    fed = tiny_federation
+    cal = {"steps": 20, "virtual_per_class": 50, "feature_clip": 5.0}
+    pooled = []
+
+    def calibrate(weight, bias, sums, cfg, seed):  # what the server pooled, as it calibrates
+        pooled.append(sums)
+        return calibrate_layer(weight, bias, sums, cfg, seed)
+
+    monkeypatch.setattr(passes, "calibrate_layer", calibrate)
+    grid = FakeGrid(3)
+    secure = _fedavg_calibrated(fed, grid, calibration=cal, secure_aggregation={})
+    row = secure["history"][-1]
+    assert row["calibration_clients"] == 3 and len(pooled) == 1
+    held = [ctx.state.array_records[HELD_UPDATE].to_torch_state_dict() for ctx in grid.contexts.values()]
+    scales = secure_scales(max(int(i["num_samples"]) for i in secure["clients"].values()), 5.0)
+    secagg = SecureAggregationConfig()
+    step = 2 * secagg.clipping_range / secagg.quantization_range  # one quantisation level, per client's share
+    for k in STATISTICS:
+        exact = sum(h[k] for h in held) * scales[k]
+        error = float((pooled[0][k] - exact).abs().max())
+        assert 0 < error <= 9 * step * scales[k], (k, error)  # went through the quantised protocol, and only that
+    assert row["calibration_pixels"] == pytest.approx(float(pooled[0]["count"].sum()))
+    assert row["calibration_loss_after"] < row["calibration_loss_before"]
+    replies = [m for m in grid.received if m.metadata.message_type == "query.calibration"]
+    assert len(replies) == 3 and all(not m.content.array_records for m in replies)
+    assert all("num_samples" not in m.content.metric_records["metrics"] for m in replies)
+    assert row["secagg_sums"] >= 2  # the round's sum and the pass's sum, counted with the last round
+
+
+def test_clipped_features_bound_what_one_pixel_moves_and_fit_the_secure_range():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(40, 6, generator=g, dtype=torch.float64) * 5
+    clipped = clip_features(z, 2.0)
+    assert float(clipped.norm(dim=1).max()) <= 2.0 + 1e-12
+    short = z.norm(dim=1) < 2.0
+    assert torch.equal(clipped[short], z[short])  # features inside the bound are left alone
+    labels = torch.randint(0, 3, (40,), generator=g)
+    stats = class_feature_statistics(clipped, labels, 3)
+    scales = secure_scales(40, 2.0)
+    assert all(float((stats[k] / scales[k]).abs().max()) <= 1.0 + 1e-12 for k in STATISTICS)
+    # one pixel more moves (count, sum / R, outer / R²) by at most √3 — the sensitivity the noise is sized for
+    one_more = clip_features(z[:1] * 100, 2.0)
+    more = class_feature_statistics(torch.cat([clipped, one_more]), torch.cat([labels, labels[:1]]), 3)
+    moved = torch.cat([(more["count"] - stats["count"]).flatten(), ((more["sum"] - stats["sum"]) / 2.0).flatten(),
+                       ((more["outer"] - stats["outer"]) / 4.0).flatten()])
+    assert float(moved.norm()) <= 3 ** 0.5 + 1e-9 and float(moved.norm()) > 1.7
+
+
+def test_noised_statistics_have_the_stated_scale_stay_symmetric_and_are_not_reproducible():
+    stats = {"count": torch.zeros(2000, dtype=torch.float64), "sum": torch.zeros(2000, 3, dtype=torch.float64),
+             "outer": torch.zeros(2000, 3, 3, dtype=torch.float64)}
+    noised = noised_statistics(stats, 2.0, 0.5, noise_generator())
+    std = 0.5 * 3 ** 0.5
+    assert float(noised["count"].std()) == pytest.approx(std, rel=0.08)
+    assert float(noised["sum"].std()) == pytest.approx(std * 2.0, rel=0.08)
+    assert float(noised["outer"][:, 0, 1].std()) == pytest.approx(std * 4.0, rel=0.08)
+    assert torch.equal(noised["outer"], noised["outer"].transpose(1, 2))
+    again = noised_statistics(stats, 2.0, 0.5, noise_generator())  # the OS's CSPRNG: a second draw differs
+    assert not torch.allclose(again["count"], noised["count"])
+    # with noise nothing is withheld (whether a class is sent would depend on one pixel)
+    cfg = CalibrationConfig(feature_clip=2.0, noise_multiplier=0.5)
+    sent = client_statistics(torch.ones(2, 3), torch.tensor([0, 0]), 2, cfg, minimum=5, noise=noise_generator())
+    assert abs(float(sent["count"][0]) - 2) < 10 and float(sent["count"][1]) != 0
+    with pytest.raises(ValueError, match="needs feature_clip"):
+        CalibrationConfig(noise_multiplier=1.0)
+
+
+def test_noised_class_sums_still_give_usable_gaussians():
+    """Noised outer products can leave a covariance indefinite: its negative eigenvalues are raised
+    to zero before the ridge, so virtual features can be drawn; exact sums are left as they were."""
+    z, y, _, _ = _biased_problem()
+    cfg = CalibrationConfig(feature_clip=4.0, noise_multiplier=2.0)
+    stats = client_statistics(z, y, 3, cfg, minimum=5, noise=torch.Generator().manual_seed(1))
+    gaussians = class_gaussians(stats, cfg)
+    assert gaussians and all(float(torch.linalg.eigvalsh(cov).min()) > 0 for _, cov in gaussians.values())
+    virtual_features(gaussians, 10, torch.Generator().manual_seed(0))  # Cholesky succeeds
+    exact = class_feature_statistics(z, y, 3)
+    plain = CalibrationConfig()
+    for c, (mean, cov) in class_gaussians(exact, plain).items():
+        n = float(exact["count"][c])
+        expected = (exact["outer"][c] - n * torch.outer(mean, mean)) / (n - 1)
+        expected = (expected + expected.T) / 2
+        assert torch.allclose(cov - plain.ridge * float(expected.diagonal().mean()) * torch.eye(len(mean),
+                              dtype=cov.dtype), expected)
 
 
 def test_calibration_refuses_noised_partner_outputs(tiny_split_federation):

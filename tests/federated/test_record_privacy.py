@@ -119,23 +119,32 @@ def _group_norm(spec):
 
 
 def test_a_record_private_fedavg_run_accounts_each_organisation_and_publishes_nothing_else(tiny_federation):
+    """Two DP-SGD rounds and a calibration pass whose class sums each client noises itself: the
+    accountant composes every organisation's steps and its one statistics release."""
     fed = tiny_federation
     train = {"epochs": 1, "batch_size": 8, "record_privacy": PRIVATE}
+    calibration = {"noise_multiplier": 2.0, "feature_clip": 5.0, "steps": 10, "virtual_per_class": 20}
     grid = FakeGrid(fed["num_clients"])
-    result = run_rounds(grid, config(fed, model=_group_norm(fed["spec"]), train=train, num_rounds=2), fed["test"],
-                        fed["num_clients"])
+    result = run_rounds(grid, config(fed, model=_group_norm(fed["spec"]), train=train, num_rounds=2,
+                                     calibration=calibration), fed["test"], fed["num_clients"])
     rounds = result["history"]
     sizes = [info["num_samples"] for info in result["clients"].values()]
 
-    def expected(r):  # the worst-protected organisation: the one with the largest q and most steps
-        return max(epsilon_spent([(1.0, sampling_rate(n, 8), steps_per_round(n, 8, 1))] * r, 1e-5) for n in sizes)
+    def expected(r, statistics=()):  # the worst-protected organisation: the one with the largest q and most steps
+        return max(epsilon_spent([(1.0, sampling_rate(n, 8), steps_per_round(n, 8, 1))] * r + list(statistics), 1e-5)
+                   for n in sizes)
 
     assert rounds[0]["dp_record_epsilon"] == pytest.approx(expected(1))
-    assert rounds[1]["dp_record_epsilon"] == pytest.approx(expected(2)) and expected(2) > expected(1)
-    assert rounds[1]["dp_record_unit"].startswith("training record")
-    replies = [m for m in grid.received if m.metadata.message_type == "train"]
+    with_statistics = expected(2, [(2.0, 1.0, 1)])
+    assert rounds[1]["dp_record_epsilon"] == pytest.approx(with_statistics) and with_statistics > expected(2)
+    assert rounds[1]["dp_record_unit"].startswith("training record") and rounds[1]["calibration_clients"] == 3
+    replies = [m for m in grid.received if m.metadata.message_type in ("train", "query.calibration")]
     sent = {k for reply in replies for k in reply.content.metric_records["metrics"]}
     assert sent <= {"client_id", "num_samples", "bytes_dense", "bytes_sent", "compute_seconds", "dp_steps"}, sent
+    statistics = [m for m in replies if m.metadata.message_type == "query.calibration"]
+    assert all("num_samples" not in m.content.metric_records["metrics"] for m in statistics)
+    counts = np.concatenate([m.content.array_records["arrays"]["count"].numpy() for m in statistics])
+    assert not np.allclose(counts, np.round(counts))  # noised on the client: no exact class histogram went up
     assert all(r["train_loss"] is None for r in rounds)
 
 

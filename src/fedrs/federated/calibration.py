@@ -22,6 +22,16 @@ server has the side knowledge: it relays every pixel's branch outputs and holds 
 computes each pixel's features itself, and the class sums then tell it which pixel carries which
 label (docs/privacy.md).
 
+With protection (``client_statistics``): every pixel's features are first clipped to L2 norm
+``feature_clip`` (R), so one pixel moves a class's count by 1, its sum by ≤ R and its outer-product
+sum by ≤ R² (Frobenius). Under ``secure_aggregation`` the statistics enter one more SecAgg+ sum,
+scaled by public numbers only (count / S, sum / (S·R), outer / (S·R²), S = the most pixels any
+sender holds) to fit its fixed clipping range; the server learns the pooled sums and nothing of
+one client's. Under record-level DP each client adds Gaussian noise of std σ·√3 (in those units:
+σ·√3·R on a sum, σ·√3·R² on the outer products' upper triangle, mirrored) from its own CSPRNG —
+the Gaussian mechanism with multiplier σ for one pixel, counted by the accountant — and withholds
+nothing (whether a class is sent would depend on one pixel; the noise protects small classes).
+
 Plain functions over tensors: the client's statistics, their pooling, and the retraining.
 """
 
@@ -48,6 +58,8 @@ class CalibrationConfig:
     min_pixels: int = 2           # a class with fewer pooled pixels keeps no virtual features
     min_client_pixels: int = 5    # a client withholds the statistics of a class it holds fewer pixels of
     dense_exchange: bool = True   # FedDiff: the pass relays partner outputs uncoded, as the test pixels see them
+    feature_clip: float | None = None  # R: each pixel's features clipped to this L2 norm (needed by SecAgg+ and DP)
+    noise_multiplier: float = 0.0  # σ: record-level DP noise on a client's sums, std σ·√3 in units of (1, R, R²)
 
     def __post_init__(self) -> None:
         for name in ("virtual_per_class", "steps", "min_pixels"):
@@ -56,6 +68,13 @@ class CalibrationConfig:
         if int(self.min_client_pixels) < CLIENT_PIXELS_FLOOR:
             raise ValueError(f"calibration: min_client_pixels {self.min_client_pixels!r}; expected at least "
                              f"{CLIENT_PIXELS_FLOOR} (with two pixels of a class its sums give both pixels back)")
+        if self.feature_clip is not None and not float(self.feature_clip) > 0:
+            raise ValueError(f"calibration: feature_clip {self.feature_clip!r}; expected a positive L2 norm or null")
+        if not float(self.noise_multiplier) >= 0:
+            raise ValueError(f"calibration: noise_multiplier {self.noise_multiplier!r}; expected ≥ 0")
+        if self.noise_multiplier > 0 and self.feature_clip is None:
+            raise ValueError("calibration: noise_multiplier > 0 needs feature_clip (without a bound on one pixel's "
+                             "features no noise scale protects it)")
         if not self.lr > 0 or self.ridge < 0:
             raise ValueError(f"calibration: lr {self.lr!r} and ridge {self.ridge!r}; expected lr > 0 and ridge ≥ 0")
 
@@ -72,6 +91,52 @@ def class_feature_statistics(features: torch.Tensor, labels: torch.Tensor, num_c
     onehot = F.one_hot(y, num_classes).double()  # [N, C]
     return {"count": onehot.sum(0), "sum": onehot.T @ z,
             "outer": torch.einsum("nc,ni,nj->cij", onehot, z, z)}
+
+
+def clip_features(features: torch.Tensor, bound: float) -> torch.Tensor:
+    """Each row (one pixel's features) scaled down to L2 norm ``bound`` where it is longer."""
+    z = features.detach().double().flatten(1)
+    norms = z.norm(dim=1, keepdim=True)
+    return z * torch.clamp(bound / norms.clamp_min(1e-300), max=1.0)
+
+
+def noised_statistics(stats: dict[str, torch.Tensor], bound: float, noise_multiplier: float,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``stats`` of features clipped to ``bound`` plus the Gaussian mechanism's noise for one pixel:
+    std σ·√3 on the counts, σ·√3·R on the sums, σ·√3·R² on the outer products (drawn on the upper
+    triangle and mirrored, so the release stays symmetric and its sensitivity is |z|² ≤ R²)."""
+    std = noise_multiplier * 3 ** 0.5
+
+    def gauss(shape: torch.Size, scale: float) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * scale
+
+    outer_noise = torch.triu(gauss(stats["outer"].shape, std * bound ** 2))
+    outer_noise = outer_noise + torch.triu(outer_noise, diagonal=1).transpose(-1, -2)
+    return {"count": stats["count"] + gauss(stats["count"].shape, std),
+            "sum": stats["sum"] + gauss(stats["sum"].shape, std * bound), "outer": stats["outer"] + outer_noise}
+
+
+def secure_scales(pixels: int, bound: float) -> dict[str, float]:
+    """What each statistic is divided by before it enters a secure sum (public numbers only): with at
+    most ``pixels`` pixels of features clipped to ``bound``, every scaled value lies in [−1, 1]
+    (noise aside), well inside SecAgg+'s clipping range."""
+    return {"count": float(pixels), "sum": float(pixels) * bound, "outer": float(pixels) * bound ** 2}
+
+
+def client_statistics(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: CalibrationConfig,
+                      minimum: int, noise: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """What one client may send: the class statistics of its (clipped, with ``feature_clip``)
+    features — noised with ``noise_multiplier`` (and then nothing withheld), else without the
+    classes it holds fewer than ``minimum`` pixels of."""
+    if cfg.feature_clip is not None:
+        features = clip_features(features, float(cfg.feature_clip))
+    stats = class_feature_statistics(features, labels, num_classes)
+    if cfg.noise_multiplier > 0:
+        if noise is None:
+            raise ValueError("calibration: noise_multiplier > 0 but no noise generator was given")
+        assert cfg.feature_clip is not None
+        return noised_statistics(stats, float(cfg.feature_clip), cfg.noise_multiplier, noise)
+    return withhold_small_classes(stats, minimum)
 
 
 def client_minimum(requested: dict[str, Any] | None, node_floor: int = 0) -> int:
@@ -98,16 +163,25 @@ def pool_statistics(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 def class_gaussians(pooled: dict[str, torch.Tensor], cfg: CalibrationConfig
                     ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Mean and (ridge-regularised) covariance of every class with at least ``min_pixels`` pixels."""
+    """Mean and (ridge-regularised) covariance of every class with at least ``min_pixels`` pixels
+    (a noised count: rounded down). A covariance that the ridge cannot make positive definite — only
+    noised sums give one — has its negative eigenvalues raised to zero first."""
     out = {}
-    for c, n in enumerate(pooled["count"].tolist()):
+    for c, count in enumerate(pooled["count"].tolist()):
+        n = float(int(count)) if cfg.noise_multiplier > 0 else count
         if n < max(cfg.min_pixels, 2):
             continue
         mean = pooled["sum"][c] / n
         cov = (pooled["outer"][c] - n * torch.outer(mean, mean)) / (n - 1)
         cov = (cov + cov.T) / 2
         scale = float(cov.diagonal().mean().clamp_min(1e-12))
-        out[c] = mean, cov + cfg.ridge * scale * torch.eye(len(mean), dtype=cov.dtype)
+        ridge = cfg.ridge * scale
+        values, vectors = torch.linalg.eigh(cov)
+        if float(values.min()) < -ridge / 2:
+            cov = (vectors * values.clamp_min(0.0)) @ vectors.T
+            scale = float(cov.diagonal().mean().clamp_min(1e-12))
+            ridge = cfg.ridge * scale
+        out[c] = mean, cov + ridge * torch.eye(len(mean), dtype=cov.dtype)
     return out
 
 

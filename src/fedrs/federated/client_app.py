@@ -33,11 +33,11 @@ from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.calibration import class_feature_statistics, client_minimum, withhold_small_classes
+from fedrs.federated.calibration import CalibrationConfig, client_minimum, client_statistics, secure_scales
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
 from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange, public_metrics
-from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution
+from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution, hold_update
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
 from fedrs.reproducible import torch_threads
@@ -287,25 +287,40 @@ def statistics(msg: Message, context: Context) -> Message:
 @reports_traceback
 def calibration(msg: Message, context: Context) -> Message:
     """Classifier calibration: per-class count, sum and outer-product sum of the last layer's inputs
-    on the client's pixels, dense, without the classes it holds too few pixels of
-    (``fedrs.federated.calibration``)."""
+    on the client's pixels (``fedrs.federated.calibration.client_statistics``: clipped, noised under
+    record-level DP, else without the classes it holds too few pixels of) — dense, or held for one
+    more SecAgg+ sum, scaled by public numbers."""
     started = time.perf_counter()
     job = round_inputs(msg, context)
+    cfg = CalibrationConfig.from_dict(job.settings.get("calibration"))
     labels = torch.as_tensor(np.asarray(job.data["labels"]), dtype=torch.long)
     features = job.algorithm.client_features(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
     last = job.model.get_submodule(job.algorithm.require_calibration_layer())
-    stats = class_feature_statistics(features, labels, int(last.get_parameter("weight").shape[0]))
     # the minimum is checked here, not trusted to the server: a request below the floor is refused
     # (CalibrationConfig), and the organisation's own node config may raise it
     minimum = client_minimum(job.settings.get("calibration"), int(context.node_config.get("calibration-min-pixels", 0)))
-    sums = withhold_small_classes(stats, minimum)
+    record = (job.settings["train"] or {}).get("record_privacy") or {}
+    seeded = derive_seed(job.settings["seed"], 8_008, job.round, job.client_id)
+    noise = noise_generator(seeded if record.get("deterministic_noise") else None)  # only this client knows it
+    sums = client_statistics(features, labels, int(last.get_parameter("weight").shape[0]), cfg, minimum, noise)
     size = payload_bytes(sums)
-    sent = int(sums["count"].sum())  # not len(labels): that would tell how many pixels were withheld
-    return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
-                               "metrics": MetricRecord({"client_id": job.client_id, "num_samples": sent,
-                                                        "bytes_dense": size, "bytes_sent": size,
-                                                        "compute_seconds": time.perf_counter() - started})}),
-                   reply_to=msg)
+    metrics: dict[str, float] = {"client_id": job.client_id, "bytes_dense": size, "bytes_sent": size}
+    records: dict[str, Any] = {}
+    if job.settings.get("secure_aggregation") is not None:
+        assert cfg.feature_clip is not None  # checked by the server before the first round
+        scales = secure_scales(int(job.settings["calibration_pixels"]), float(cfg.feature_clip))
+        hold_update(context, {k: v / scales[k] for k, v in sums.items()}, job.round,
+                    derive_seed(job.settings["seed"], 5_005, job.round, job.client_id))
+        metrics["bytes_sent"] = 0
+    else:
+        records = {"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({})}
+        if cfg.noise_multiplier == 0:  # not len(labels): that would tell how many pixels were withheld
+            metrics["num_samples"] = int(sums["count"].sum())
+            # the statistics go up in the clear: their largest feature norm tells a user the feature_clip
+            # that SecAgg+ or DP would need (and little beyond the outer-product sums' traces)
+            metrics["feature_norm_max"] = float(features.detach().double().flatten(1).norm(dim=1).max())
+    metrics["compute_seconds"] = time.perf_counter() - started
+    return Message(RecordDict({**records, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 @dataclass

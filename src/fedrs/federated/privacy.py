@@ -161,8 +161,14 @@ def epsilon_spent(releases: list[tuple[float, float]] | list[tuple[float, float,
         return float("inf")
     from opacus.accountants import RDPAccountant
 
+    # releases of the same (σ, q) compose as one entry of their summed steps (RDP adds up): the
+    # accountant's cost is per entry, and a run repeats the same release every round
+    steps: dict[tuple[float, float], int] = {}
+    for r in releases:
+        key = (float(r[0]), float(r[1]))
+        steps[key] = steps.get(key, 0) + (int(r[2]) if len(r) > 2 else 1)
     accountant = RDPAccountant()
-    accountant.history = [(float(r[0]), float(r[1]), int(r[2]) if len(r) > 2 else 1) for r in releases]
+    accountant.history = [(sigma, rate, n) for (sigma, rate), n in steps.items()]
     return float(accountant.get_epsilon(delta=delta))
 
 

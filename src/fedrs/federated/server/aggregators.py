@@ -27,6 +27,7 @@ from flwr.supercore.differential_privacy import compute_stdv
 
 from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithm_base import Algorithm
+from fedrs.federated.calibration import STATISTICS, CalibrationConfig
 from fedrs.federated.local import TrainConfig, derive_seed, norm_statistic_names
 from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, noise_generator, private_aggregate
 from fedrs.federated.record_privacy import RecordPrivacy, refuse_batch_norm, sampling_rate, steps_per_round
@@ -182,17 +183,18 @@ def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
 
 
 def check_record_privacy(cfg: FederatedConfig, model: torch.nn.Module, relays: bool) -> None:
-    """Record-level DP's requirements, before the first round: a model without BatchNorm, no
-    calibration (its class sums are not noised), and in FedDiff noised relayed outputs (a pixel's
-    outputs leave its organisation every round)."""
+    """Record-level DP's requirements, before the first round: a model without BatchNorm, noised
+    class sums for calibration, and in FedDiff noised relayed outputs (a pixel's outputs leave its
+    organisation every round)."""
     record = (cfg.train or {}).get("record_privacy")
     if not record:
         return
     privacy = RecordPrivacy.from_dict(record)
     refuse_batch_norm(model)
-    if cfg.calibration is not None:
+    if (cfg.calibration is not None and privacy.noise_multiplier > 0
+            and not CalibrationConfig.from_dict(cfg.calibration).noise_multiplier > 0):
         raise ValueError("record_privacy with calibration: the class statistics would leave the clients un-noised; "
-                         "set calibration: null")
+                         "set calibration.noise_multiplier (> 0) and calibration.feature_clip, or calibration: null")
     if relays and privacy.noise_multiplier > 0 and not (cfg.exchange_privacy or {}).get("noise_multiplier"):
         raise ValueError("record_privacy on FedDiff: every pixel's branch outputs are relayed each round; set "
                          "exchange_privacy with noise_multiplier > 0 (it is counted by the accountant)")
@@ -216,17 +218,37 @@ def account_records(run: RunState, record: RoundRecord) -> None:
             (privacy.noise_multiplier, sampling_rate(n, batch), steps_per_round(n, batch, epochs)))
     for cid in {t["client_id"] for t in record.traffic if t["direction"] == "up" and t["payload"] == "features"}:
         run.record_releases.setdefault(cid, []).append((float(exchange.get("noise_multiplier", 0.0)), 1.0, 1))
+    record.record_privacy = record_budget(run, privacy)
+
+
+def account_calibration(run: RunState, record: RoundRecord, sub: RoundRecord, cfg: CalibrationConfig) -> None:
+    """Record-level DP: every client whose class statistics were received (or entered the secure
+    sum) released them once through the Gaussian mechanism with σ of ``calibration`` (one pixel moves
+    (count, sum / R, outer / R²) by ≤ √3, the noise is σ·√3); the last round's ε includes them."""
+    train = sub.settings.get("train") or {}
+    if not train.get("record_privacy"):
+        return
+    senders = set(sub.secure_from) if run.cfg.secure else {u.client_id for u in sub.updates}
+    for cid in sorted(senders):
+        run.record_releases.setdefault(cid, []).append((float(cfg.noise_multiplier), 1.0, 1))
+    record.record_privacy = record_budget(run, RecordPrivacy.from_dict(train["record_privacy"]))
+
+
+def record_budget(run: RunState, privacy: RecordPrivacy) -> dict[str, Any]:
+    """ε so far for the worst group of organisations whose records are the same pixels, the unit,
+    and — with deterministic (test) noise — that there is no guarantee."""
     epsilons = [epsilon_spent([r for c in group for r in run.record_releases.get(c, [])], privacy.delta)
                 for group in run.protocol.record_groups(run)]
     epsilon = max(epsilons, default=0.0)
-    record.record_privacy = {"epsilon": epsilon if np.isfinite(epsilon) and not privacy.deterministic_noise
-                             else None, "unit": run.protocol.record_unit,
-                             **({"noise": DETERMINISTIC} if privacy.deterministic_noise else {})}
+    return {"epsilon": epsilon if np.isfinite(epsilon) and not privacy.deterministic_noise else None,
+            "unit": run.protocol.record_unit, **({"noise": DETERMINISTIC} if privacy.deterministic_noise else {})}
 
 
 def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:
     """Per client, the floating-point tensors it holds a part in (a statistics pass: its BatchNorm
     statistics only) — what its secure sums carry."""
+    if record.operation == "calibration":  # every sender holds the same three class statistics
+        return {u.client_id: list(STATISTICS) for u in record.updates}
     statistics = norm_statistic_names(run.model) if record.operation == "statistics" else None
     holdings = {}
     for u in record.updates:
@@ -244,7 +266,8 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
     is in them. A group with fewer than two members cannot be summed securely and keeps its global
     values; a client that fails inside the protocol is dropped from its sums by SecAgg+ itself."""
     cfg, secure = run.cfg, SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {})
-    equal = cfg.weighting == "equal" or bool(cfg.privacy)  # DP averages clipped updates with equal weights
+    # DP averages clipped updates with equal weights; class statistics are summed, not averaged
+    equal = cfg.weighting == "equal" or bool(cfg.privacy) or record.operation == "calibration"
     node_of = {u.client_id: run.clients[u.client_id]["node"] for u in record.updates}
     client_of = {node: cid for cid, node in node_of.items()}
     metered = MeteredGrid(grid)

@@ -10,8 +10,16 @@ import torch
 from flwr.serverapp import Grid
 
 from fedrs.federated.algorithm_base import Algorithm
-from fedrs.federated.calibration import CalibrationConfig, calibrate_layer, class_gaussians, pool_statistics
+from fedrs.federated.calibration import (
+    STATISTICS,
+    CalibrationConfig,
+    calibrate_layer,
+    class_gaussians,
+    pool_statistics,
+    secure_scales,
+)
 from fedrs.federated.local import derive_seed, norm_statistic_names
+from fedrs.federated.server.aggregators import account_calibration
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState
@@ -75,7 +83,8 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     """After the last round (and the statistics pass): every client whose features are those of
     the test pixels runs the final model over its pixels — FedDiff clients with their partner's
     relayed outputs of that model — and sends the per-class count, sum and outer-product sum of the
-    last layer's inputs; the server pools them and retrains that layer on virtual features
+    last layer's inputs (dense, or into one more SecAgg+ sum; noised under record-level DP, and
+    counted); the server pools them and retrains that layer on virtual features
     (``fedrs.federated.calibration``). Its traffic and failures count with the last round."""
     if run.cfg.calibration is None or not record.aggregated:
         return
@@ -91,35 +100,58 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
     run.protocol.before_updates(grid, run, sub)
     sub.sampled = run.protocol.calibration_senders(run, sub)
+    # the secure sums' public scale: the most pixels any sender holds (sample counts are public)
+    sub.settings["calibration_pixels"] = max((int(run.clients[c]["num_samples"]) for c in sub.sampled), default=1)
     collect_updates(grid, run, sub)
-    parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
+    parts = statistics_received(run, sub, cfg)
     merge_pass(record, sub, "calibration")
+    account_calibration(run, record, sub, cfg)
     if not parts:
-        logger.warning("%s: no client sent class statistics; the last layer is not calibrated", run.cfg.algorithm)
+        logger.warning("%s: no class statistics arrived; the last layer is not calibrated", run.cfg.algorithm)
         return
     weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
     pooled = pool_statistics(parts)
+    senders = float(len(sub.secure_from) if run.cfg.secure else len(parts))
     if not class_gaussians(pooled, cfg):  # a run's training is not thrown away for want of statistics
         logger.warning("%s: no class has %d pooled pixels (clients withhold classes of fewer than %d); the last "
                        "layer is not calibrated", run.cfg.algorithm, max(cfg.min_pixels, 2), cfg.min_client_pixels)
-        record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), "classes": 0.0}
+        record.calibration = {"clients": senders, "pixels": float(pooled["count"].sum()), "classes": 0.0}
         record.scores_before_calibration = {}  # nothing was calibrated: no "before" to report
         return
     run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"], report = calibrate_layer(
         weight, bias, pooled, cfg, derive_seed(run.cfg.seed, 7_007, record.round))
-    record.calibration = {"clients": float(len(parts)), "pixels": float(pooled["count"].sum()), **report}
+    record.calibration = {"clients": senders, "pixels": float(pooled["count"].sum()), **report}
+    norms = [float(u.metrics["feature_norm_max"]) for u in sub.updates if "feature_norm_max" in u.metrics]
+    if norms:  # only where the statistics travelled in the clear (the feature_clip SecAgg+ and DP would need)
+        record.calibration["feature_norm_max"] = max(norms)
     logger.info("%s: the last layer (%s) calibrated on %d virtual features of %d classes from %d clients' "
                 "statistics (loss %.3f → %.3f)", run.cfg.algorithm, layer, int(report["virtual_features"]),
-                int(report["classes"]), len(parts), report["loss_before"], report["loss_after"])
+                int(report["classes"]), int(senders), report["loss_before"], report["loss_after"])
+
+
+def statistics_received(run: RunState, sub: RoundRecord, cfg: CalibrationConfig) -> list[dict[str, torch.Tensor]]:
+    """The class statistics the server may pool: each sender's (dense), or — under SecAgg+ — only
+    their secure sum, scaled back (``secure_scales``)."""
+    if not run.cfg.secure:
+        return [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
+    if not all(name in sub.secure_means for name in STATISTICS):
+        return []
+    assert cfg.feature_clip is not None
+    scales = secure_scales(int(sub.settings["calibration_pixels"]), float(cfg.feature_clip))
+    return [{name: sub.secure_means[name] * sub.secure_members[name] * scales[name] for name in STATISTICS}]
 
 
 def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
     """Classifier calibration's requirements, before the first round."""
-    CalibrationConfig.from_dict(cfg.calibration)
+    calibration = CalibrationConfig.from_dict(cfg.calibration)
     algorithm.require_calibration_layer()
-    if cfg.privacy or cfg.secure:
-        raise ValueError("calibration with privacy or secure_aggregation: the clients' class statistics would reach "
-                         "the server unprotected; set calibration: null")
+    if cfg.privacy:
+        raise ValueError("calibration with privacy (client-level DP): one organisation's class statistics have no "
+                         "bounded sensitivity at the organisation level; use secure_aggregation, or record-level DP "
+                         "(train.record_privacy) with calibration.noise_multiplier, or set calibration: null")
+    if cfg.secure and calibration.feature_clip is None:
+        raise ValueError("calibration with secure_aggregation needs calibration.feature_clip: the class sums are "
+                         "scaled by public bounds to fit SecAgg+'s clipping range (docs/privacy.md)")
     if cfg.exchange_privacy:
         raise ValueError("calibration with exchange_privacy: the class statistics would be those of noised partner "
                          "outputs, which no test pixel sees (and relaying them unprotected would undo the "
