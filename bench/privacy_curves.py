@@ -16,7 +16,9 @@ noised with the same σ. ``--train KEY=VALUE`` sets training keys of every DP-SG
 ``epochs=1 batch_size=64``: DP-SGD prefers fewer, larger steps), ``--model KEY=VALUE`` model keys of
 every GroupNorm run (e.g. ``width=8 dim=16``: fewer parameters, less noise in total).
 
-Classifier calibration is off in every run of those two levels.
+Classifier calibration is off in every run of those two levels, unless ``--calibrate`` (record level):
+then every run calibrates — the DP runs with their class sums noised with the same σ, each pixel's
+features clipped to the largest feature norm of the clear GroupNorm run (counted by the accountant).
 
 ``--level secure`` (Flower's SecAgg+ on every aggregate, ``fedrs.federated.secure``): the algorithm as
 configured (calibration on, statistics in the clear), then under SecAgg+ without calibration and with
@@ -129,9 +131,14 @@ def client_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
 def record_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str, Any]], str]:
     algo, off = args.algorithm, {"calibration": None, "privacy": None}
     train, group = keyed(args.train), {**keyed(args.model), "norm": "group"}
+    calibration: dict[str, Any] = {}
+    if args.calibrate:  # calibrated in the clear first: its largest feature norm is every DP run's feature_clip
+        off = {"calibration": {}, "privacy": None}
     rows = [{"setting": "no DP, as configured", "sigma": None, **run(project, args.env, algo, overrides(algo, off))}]
     rows.append({"setting": "no DP, GroupNorm", "sigma": None,
                  **run(project, args.env, algo, overrides(algo, off, model=group), args.from_nodes)})
+    if args.calibrate:
+        calibration = {"feature_clip": float(rows[-1]["feature_norm_max"])}
     probe_privacy = {"noise_multiplier": 0.0, "clipping_norm": 1e9, "delta": args.delta}
     probe_exchange = {"exchange_privacy": {"noise_multiplier": 0.0, "clipping_norm": 1e9}} if algo == "feddiff" else {}
     probe = run(project, args.env, algo, overrides(algo, {**off, **probe_exchange},
@@ -143,13 +150,17 @@ def record_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
         exchange = ({"exchange_privacy": {"noise_multiplier": sigma, "clipping_norm": float(exchange_clip)}}
                     if algo == "feddiff" else {})
         privacy = {"noise_multiplier": sigma, "clipping_norm": clip, "delta": args.delta}
-        result = run(project, args.env, algo, overrides(algo, {**off, **exchange}, {**train, "record_privacy": privacy},
-                                                        group), args.from_nodes)
+        noised = {"calibration": {**calibration, "noise_multiplier": sigma}} if calibration else {}
+        result = run(project, args.env, algo, overrides(algo, {**off, **exchange, **noised},
+                                                        {**train, "record_privacy": privacy}, group), args.from_nodes)
         rows.append({"setting": f"σ = {sigma:g}, C = {clip:.3g}", "sigma": sigma, **result})
         print(f"{algo} σ={sigma:g}: ε={result['epsilon']}, OA {result['oa']:.4f}", flush=True)
     exchange_note = (f"; FedDiff's relayed outputs clipped per pixel to their median norm {float(exchange_clip):.3g} "
                      "and noised with the same σ, counted by the accountant") if algo == "feddiff" else ""
-    return rows, (f"record-level DP (DP-SGD in every client; per-record clipping norm C = the median per-record "
+    calibrated = (f"; calibrated, the class sums noised with the same σ (feature_clip {calibration['feature_clip']:.3g}"
+                  ", the clear GroupNorm run's largest feature norm) and counted") if calibration else ""
+    return rows, (f"record-level DP{calibrated} (DP-SGD in every client; per-record clipping norm C = the median "
+                  "per-record "
                   f"gradient norm of the noiseless probe, {clip:.3g}{exchange_note}; δ = {args.delta:g}; "
                   f"Opacus RDP ε per {rows[-1].get('unit') or 'record'}, the largest over the organisations)")
 
@@ -189,6 +200,8 @@ def main() -> None:
     parser.add_argument("--algorithm", default="fedavg", choices=sorted(BLOCKS))
     parser.add_argument("--level", default="client", choices=["client", "record", "secure"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="secure level: the seeds run")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="record level: calibration on in every run (noised with each σ under DP)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--train", nargs="*", default=[], help="record level: KEY=VALUE training keys of the DP runs")

@@ -42,7 +42,8 @@ TINY_FEDCMI = {"fedcmi": {"training": {"model": {"dim": 16}}}}
 INPROCESS = {"federation": {"engine": "inprocess"}}
 TINY_FEDDIFF = {"feddiff": {
     "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
-                  "federated": {"num_rounds": 1, "eval_samples": 64}},
+                  "federated": {"num_rounds": 1, "eval_samples": 64,
+                                "probe": {"timesteps": [5, 20], "min_client_pixels": 3}}},
     "features": {"timesteps": [5, 20]},
     # the tiny scene's sites hold 2–4 training pixels of a class: below the default minimum of 5 no class
     # would be calibrated; 3 is the floor (tests/federated/test_calibration.py covers the minimum itself)

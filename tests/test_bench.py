@@ -109,3 +109,29 @@ def test_the_real_scene_table_pairs_cross_validation_folds_by_seed_and_fold(monk
     assert "| feddiff | 1/f0, 1/f1, 1/f2 |" in table and "1/f3" in table
     assert "feddiff is better than fedavg (+11.0 points" in table and "3 runs)" in table and "optimistic" in table
     assert real_scene_results.key(rows[0]) != real_scene_results.key(rows[1])
+
+
+def test_the_diffusion_recipe_bench_probes_each_variant_against_raw_inputs(tmp_path):
+    """Two recipes (ε-prediction on the bands, x0-prediction on a 3-component band projection) on a
+    tiny patch set: every variant gets its features probed, the projection its own raw probe."""
+    import numpy as np
+
+    from fedrs.datasets import NpzDataset
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 48), ("validation", 24)):
+        labels = rng.integers(0, 3, n)
+        hsi = rng.normal(size=(n, 6, 5, 5)).astype(np.float32) * 0.2 + labels[:, None, None, None] * 0.3
+        NpzDataset(str(tmp_path / f"data/04_feature/tiny/{name}_patches.npz")).save(
+            {"hsi": hsi, "labels": labels, "num_classes": 3})
+    env = {**os.environ, "FEDRS_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "diffusion_variants.py"), "--project", str(tmp_path),
+                           "--scene", "tiny", "--epochs", "1", "--timesteps", "5", "--variants", "eps", "pca3-x0"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "diffusion_variants_tiny.json").read_text())["rows"]
+    inputs = {(r["variant"], r["input"]) for r in rows}
+    assert {("eps", "diffusion t=5, pooled"), ("pca3-x0", "diffusion t=5, flattened"),
+            ("pca3-x0", "PCA-3 bands, pooled (raw)"), ("raw centre pixel", "raw")} <= inputs
+    assert all(0.0 <= r["val_oa"] <= 1.0 for r in rows)
+    assert next(r for r in rows if r["variant"] == "pca3-x0" and r["input"].startswith("PCA"))["dims"] == 3

@@ -113,10 +113,13 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     # in the history and in MLflow (T = 50: t = 1, 5, 15, 30)
     first = diffusion["stages"]["hsi"][0]
     assert {f"val_psnr_gain_t{t}" for t in (1, 5, 15, 30)} <= set(first) and "val_l1" in first
+    # and by the linear probe of its features at the feature timesteps against the raw bands
+    assert {"val_probe_raw", "val_probe_t5", "val_probe_t20"} <= set(first)
     mlflow.set_tracking_uri(f"sqlite:///{p('mlflow.db')}")
     client = mlflow.MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("fedrs").experiment_id], order_by=["start_time DESC"])[0]
-    curves = {"feddiff.diffusion.hsi.round.val_psnr_gain_t5", "feddiff.diffusion.lidar.round.val_l1"}
+    curves = {"feddiff.diffusion.hsi.round.val_psnr_gain_t5", "feddiff.diffusion.lidar.round.val_l1",
+              "feddiff.diffusion.hsi.round.val_probe_t5"}
     assert curves <= set(run.data.metrics)
     features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
     assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4

@@ -132,6 +132,12 @@ class Algorithm(ABC):
         """Scores with one modality only (zero-filled, or the algorithm's own stand-in)."""
         return {}
 
+    def probe_inputs(self, model: nn.Module, data: dict[str, Any], timesteps: tuple[int, ...], seed: int
+                     ) -> dict[str, torch.Tensor]:
+        """Per input name, one row per pixel of ``data``: what the linear probe of stage 1 scores
+        (``fedrs.feddiff.probe``); only the diffusion models have one."""
+        raise NotImplementedError(f"{self.name} has no linear probe")
+
     # -- classifier calibration (``fedrs.federated.calibration``) ---------------------------------
     def calibration_layer(self) -> str | None:
         """The module (a Linear or 1×1 convolution) that maps the classifier's features to the

@@ -37,6 +37,7 @@ Plain functions over tensors: the client's statistics, their pooling, and the re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,11 +155,12 @@ def withhold_small_classes(stats: dict[str, torch.Tensor], min_client_pixels: in
             "outer": stats["outer"] * keep[:, None, None]}
 
 
-def pool_statistics(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The sums over clients (statistics are additive)."""
+def pool_statistics(parts: list[dict[str, torch.Tensor]], keys: Sequence[str] = STATISTICS
+                    ) -> dict[str, torch.Tensor]:
+    """The sums over clients of each statistic in ``keys`` (statistics are additive)."""
     if not parts:
         raise ValueError("calibration: no client sent feature statistics")
-    return {k: torch.stack([p[k].double() for p in parts]).sum(0) for k in STATISTICS}
+    return {k: torch.stack([p[k].double() for p in parts]).sum(0) for k in keys}
 
 
 def class_gaussians(pooled: dict[str, torch.Tensor], cfg: CalibrationConfig

@@ -31,6 +31,7 @@ from flwr.clientapp import ClientApp
 
 from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
+from fedrs.feddiff.probe import ProbeConfig, probe_statistics
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import CalibrationConfig, client_minimum, client_statistics, secure_scales
@@ -304,7 +305,8 @@ def calibration(msg: Message, context: Context) -> Message:
     noise = noise_generator(seeded if record.get("deterministic_noise") else None)  # only this client knows it
     sums = client_statistics(features, labels, int(last.get_parameter("weight").shape[0]), cfg, minimum, noise)
     size = payload_bytes(sums)
-    metrics: dict[str, float] = {"client_id": job.client_id, "bytes_dense": size, "bytes_sent": size}
+    metrics: dict[str, int | float | list[int] | list[float]] = {"client_id": job.client_id, "bytes_dense": size,
+                                                                 "bytes_sent": size}
     records: dict[str, Any] = {}
     if job.settings.get("secure_aggregation") is not None:
         assert cfg.feature_clip is not None  # checked by the server before the first round
@@ -321,6 +323,27 @@ def calibration(msg: Message, context: Context) -> Message:
             metrics["feature_norm_max"] = float(features.detach().double().flatten(1).norm(dim=1).max())
     metrics["compute_seconds"] = time.perf_counter() - started
     return Message(RecordDict({**records, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("probe")
+@reports_traceback
+def probe(msg: Message, context: Context) -> Message:
+    """Stage 1's linear probe: the class statistics of the probe inputs (raw bands, diffusion
+    features per timestep) of the client's own training pixels under the new global U-Net, without
+    the classes it holds too few pixels of (``fedrs.feddiff.probe``)."""
+    started = time.perf_counter()
+    job = round_inputs(msg, context)
+    cfg = ProbeConfig.from_dict(job.settings["probe"])
+    inputs = job.algorithm.probe_inputs(job.model, job.data, cfg.timesteps, int(job.settings["seed"]))
+    labels = torch.as_tensor(np.asarray(job.data["labels"]), dtype=torch.long)
+    minimum = max(int(cfg.min_client_pixels), int(context.node_config.get("calibration-min-pixels", 0)))
+    sums = probe_statistics(inputs, labels, int(job.settings["probe_classes"]), minimum)
+    size = payload_bytes(sums)
+    return Message(RecordDict({"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({}),
+                               "metrics": MetricRecord({"client_id": job.client_id, "bytes_dense": size,
+                                                        "bytes_sent": size,
+                                                        "compute_seconds": time.perf_counter() - started})}),
+                   reply_to=msg)
 
 
 @dataclass

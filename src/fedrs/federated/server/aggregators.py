@@ -52,7 +52,7 @@ class PlainAggregator:
     def update_from_reply(self, run: RunState, record: RoundRecord, cid: int, reply: Message) -> ClientUpdate:
         metrics = dict(reply.content.metric_records["metrics"])
         arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
-        coded = run.cfg.compression and record.operation != "calibration"  # class statistics travel dense
+        coded = run.cfg.compression and record.operation not in ("calibration", "probe")  # class statistics: dense
         state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if coded
                  else dict(arrays.to_torch_state_dict()))
         info = run.clients[cid]

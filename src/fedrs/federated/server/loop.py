@@ -21,7 +21,7 @@ from fedrs.federated.server.aggregators import account_records, check_record_pri
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.downlink import Downlink
 from fedrs.federated.server.messaging import discover_clients, wait_for_nodes
-from fedrs.federated.server.passes import calibration_round, check_calibration, statistics_round
+from fedrs.federated.server.passes import calibration_round, check_calibration, probe_round, statistics_round
 from fedrs.federated.server.protocol import RoundProtocol
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState, eval_subset
@@ -101,6 +101,7 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
         statistics_round(grid, run, record)
         calibration_round(grid, run, record)
     evaluate_round(run, record)
+    probe_round(grid, run, record)
     return record
 
 

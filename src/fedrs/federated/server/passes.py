@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from flwr.serverapp import Grid
 
+from fedrs.feddiff.probe import ProbeConfig, probe_scores
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.calibration import (
     STATISTICS,
@@ -156,3 +158,35 @@ def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
         raise ValueError("calibration with exchange_privacy: the class statistics would be those of noised partner "
                          "outputs, which no test pixel sees (and relaying them unprotected would undo the "
                          "protection); set calibration: null")
+
+
+def probe_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """Stage 1's linear probe of the new global model (``fedrs.feddiff.probe``): every eligible
+    client sends the class statistics of its probe inputs, the server fits the LDA probe per input
+    and scores it on the validation pixels; the round's scores gain ``probe_<input>``. Off under
+    SecAgg+ and DP (the statistics would travel in the clear)."""
+    if run.cfg.probe is None or not record.aggregated:
+        return
+    cfg = ProbeConfig.from_dict(run.cfg.probe)
+    if not cfg.due(record.round, run.cfg.num_rounds):
+        return
+    if run.cfg.secure or run.cfg.privacy or (record.settings.get("train") or {}).get("record_privacy"):
+        logger.info("%s: no linear probe under SecAgg+ or DP", run.cfg.algorithm)
+        return
+    num_classes = int(run.validation["num_classes"])
+    settings = {**record.settings, "probe": run.cfg.probe, "probe_classes": num_classes}
+    sub = RoundRecord(record.round, record.lr, settings, list(run.eligible), "probe")
+    encode_downloads(run, sub)
+    collect_updates(grid, run, sub)
+    parts = [u.state for u in sub.updates if all(torch.isfinite(v).all() for v in u.state.values())]
+    merge_pass(record, sub, "probe")
+    if not parts:
+        logger.warning("%s: no client sent probe statistics", run.cfg.algorithm)
+        return
+    run.model.load_state_dict(run.global_state)
+    validation = run.algorithm.probe_inputs(run.model, run.validation, cfg.timesteps, run.cfg.seed)
+    scores = probe_scores(pool_statistics(parts, keys=sorted(parts[0])), validation,
+                          np.asarray(run.validation["labels"]), num_classes, cfg.ridge)
+    record.scores.update({f"probe_{name}": oa for name, oa in scores.items()})
+    logger.info("%s round %d: linear probe validation OA %s", run.cfg.algorithm, record.round,
+                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
