@@ -3,12 +3,17 @@ pass of a federated DDPM run — scores per round, only statistics travel, small
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from fedrs.datasets import NpzDataset
 from fedrs.feddiff.probe import ProbeConfig, lda, probe_scores, probe_statistics, split_statistics
+from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import pool_statistics
+from fedrs.federated.inprocess import FIRST_NODE
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
 from tests.federated.fake_grid import FakeGrid
@@ -53,7 +58,8 @@ def test_a_federated_ddpm_run_probes_its_features_each_round(tiny_split_federati
     cfg = FederatedConfig.from_dict(dict(
         algorithm="ddpm_hsi", model={"in_channels": bands, "base_channels": 8, "steps": 50},
         train={"epochs": 1, "batch_size": 16}, num_rounds=2, min_clients=1, seed=3, partition_dir=fed["dir"],
-        eval_samples=200, statistics_pass=False, probe={"timesteps": [5, 20], "min_client_pixels": 3}))
+        eval_samples=200, statistics_pass=False, probe={"timesteps": [5, 20], "min_client_pixels": 3},
+        downlink_compression={"rank": 2, "quantize_bits": 8}))
     grid = FakeGrid(4)
     result = run_rounds(grid, cfg, fed["test"], 4)
     for row in result["history"]:
@@ -67,3 +73,16 @@ def test_a_federated_ddpm_run_probes_its_features_each_round(tiny_split_federati
         counts = arrays["raw.count"].numpy()
         assert ((counts == 0) | (counts >= 3)).all() and counts.any()
     assert any(t["payload"] == "probe" for t in result["traffic"])
+    # the statistics are those of the exact final U-Net (a compressed download would move the features
+    # by more than they vary from pixel to pixel), as the server's validation features are
+    algorithm = get_algorithm("ddpm_hsi")
+    model = algorithm.build_model(cfg.model)
+    model.load_state_dict(result["state"])
+    last = {m.metadata.src_node_id: m for m in replies[-2:]}
+    for node, reply in last.items():
+        data = NpzDataset(str(Path(fed["dir"]) / f"client_{node - FIRST_NODE:03d}.npz")).load()
+        inputs = algorithm.probe_inputs(model, data, (5, 20), 3)
+        expected = probe_statistics(inputs, torch.as_tensor(np.asarray(data["labels"])),
+                                    int(fed["test"]["num_classes"]), 3)
+        sent = reply.content.array_records["arrays"].to_torch_state_dict()
+        assert all(torch.allclose(sent[k], expected[k], rtol=1e-6, atol=1e-9) for k in expected)
