@@ -4,9 +4,12 @@ round, and nothing the server receives is a client's update."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 
@@ -17,6 +20,8 @@ from fedrs.federated.secure import (
     SecureAggregationConfig,
     apply_means,
     contribution,
+    held_contribution,
+    hold_update,
     secure_groups,
 )
 from fedrs.federated.server.loop import run_rounds, start_run
@@ -59,6 +64,34 @@ def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_va
     for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
     assert int(got["bn.num_batches_tracked"]) == 4  # a counter is not summed: it keeps the global value
+    # normalisation statistics may enter scaled down (they reach the thousands); the weights do not
+    scaled = {name: sum(u.num_samples / sum(v.num_samples for v in updates if name in v.state)
+                        * contribution(u.state, global_state, statistics_scale=1024.0)[name]
+                        for u in updates if name in u.state) for name in means}
+    assert torch.equal(scaled["hsi.w"], means["hsi.w"])
+    torch.testing.assert_close(scaled["bn.running_var"] * 1024.0, means["bn.running_var"])
+    rescaled = apply_means(global_state, scaled, statistics_scale=1024.0)
+    for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
+        torch.testing.assert_close(rescaled[name], got[name], rtol=1e-6, atol=1e-6)
+
+
+def test_a_value_beyond_secaggs_clipping_range_is_refused_not_clipped():
+    """SecAgg+ clips each client's share silently, and a sum of clipped values is a wrong aggregate
+    (Houston's BatchNorm second moments reach the thousands; FedDiff diverged under it): the client
+    refuses to enter such a value and says which setting to raise."""
+    FakeGrid(1)  # a Flower task's identity, as a grid sets it: messages can be built
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    hold_update(context, {"bn.running_var": torch.tensor([40.0, -3.0]), "w": torch.tensor([0.5])}, 1, 0)
+
+    def asking(names, weight, max_weight):
+        config = ConfigRecord({"round": 1, "group": 0, "names": json.dumps(names), "weight": weight,
+                               "max_weight": max_weight, "clipping_range": 8.0})
+        return Message(RecordDict({"fitins.config": config}), dst_node_id=1, message_type="train")
+
+    with pytest.raises(ValueError, match=r"bn.running_var enters with \|value\| 20.*statistics_scale"):
+        held_contribution(asking(["bn.running_var", "w"], 1, 2.0), context)
+    assert held_contribution(asking(["bn.running_var"], 1, 8.0), context)  # a share of 1/8: 5 ≤ 8
+    assert held_contribution(asking(["w"], 1, 2.0), context)
 
 
 def test_a_bad_secure_block_is_refused_by_name():
@@ -98,11 +131,15 @@ def test_a_secure_round_gives_the_plain_aggregate_and_the_server_never_holds_an_
     assert record.secure["sums"] == 3 and sorted(record.secure["group_sizes"]) == [2, 2, 4]
     assert record.secure_from == {0: 2, 1: 2, 2: 2, 3: 2} and record.aggregated
     assert [u.client_id for u in record.accepted] == [u.client_id for u in plain.accepted]
-    differences = [float((run.global_state[k].double() - plain_run.global_state[k].double()).abs().max())
-                   for k in run.global_state if run.global_state[k].is_floating_point()]
-    # equal up to SecAgg+'s quantisation (2^22 levels over ±8, divided by a client's weight share)
-    assert max(differences) < 1e-4
-    assert max(differences) > 0  # and it did go through the quantised protocol
+    def largest_difference(statistics):
+        return max(float((run.global_state[k].double() - plain_run.global_state[k].double()).abs().max())
+                   for k in run.global_state if run.global_state[k].is_floating_point()
+                   and k.endswith(("running_mean", "running_var")) == statistics)
+
+    # equal up to SecAgg+'s quantisation (2^22 levels over ±8, divided by a client's weight share; the
+    # normalisation statistics enter divided by statistics_scale = 256, so their levels are 256× coarser)
+    assert 0 < largest_difference(statistics=False) < 1e-4  # and it did go through the quantised protocol
+    assert largest_difference(statistics=True) < 256 * 1e-4
     assert record.row()["train_loss"] == pytest.approx(plain.row()["train_loss"])
     # what the server received: no train reply carries arrays; the masked vectors look nothing like
     # the updates the clients hold

@@ -62,10 +62,14 @@ class SecureAggregationConfig:
     quantization_range: int = 4_194_304        # 2^22 levels over [-clipping_range, clipping_range]
     modulus_range: int = 4_294_967_296         # the integer ring of the masked sums
     timeout: float | None = None               # seconds per protocol stage; None: the round timeout
+    statistics_scale: float = 256.0            # normalisation statistics enter divided by this (their second
+                                               # moments reach the thousands; weight updates stay near zero)
 
     def __post_init__(self) -> None:
         if not self.clipping_range > 0:
             raise ValueError(f"secure_aggregation.clipping_range must be > 0, got {self.clipping_range}")
+        if not self.statistics_scale > 0:
+            raise ValueError(f"secure_aggregation.statistics_scale must be > 0, got {self.statistics_scale}")
         if self.quantization_range < 2 or self.modulus_range <= self.quantization_range:
             raise ValueError("secure_aggregation: expected 2 ≤ quantization_range < modulus_range, got "
                              f"{self.quantization_range} and {self.modulus_range}")
@@ -92,9 +96,16 @@ def _second_moment_pair(name: str, state: State) -> str | None:
     return mean if name.endswith("running_var") and mean in state else None
 
 
-def contribution(state: State, reference: State, pooled_variances: bool = True) -> State:
+def _statistic(name: str) -> bool:
+    return name.endswith(("running_mean", "running_var"))
+
+
+def contribution(state: State, reference: State, pooled_variances: bool = True, statistics_scale: float = 1.0
+                 ) -> State:
     """What a client puts into the secure sums: ``state − reference`` per floating-point tensor
-    (float64); with ``pooled_variances`` a running variance enters as its second moment var + mean²."""
+    (float64); with ``pooled_variances`` a running variance enters as its second moment var + mean²;
+    normalisation statistics divided by ``statistics_scale`` (public), so that they fit SecAgg+'s
+    fixed clipping range beside the weights' small updates."""
     out: State = {}
     for name, value in state.items():
         if not torch.is_floating_point(value) or name not in reference:
@@ -104,13 +115,15 @@ def contribution(state: State, reference: State, pooled_variances: bool = True) 
         if mean is not None:
             local = local + state[mean].double() ** 2
             base = base + reference[mean].double() ** 2
-        out[name] = local - base
+        out[name] = (local - base) / (statistics_scale if _statistic(name) else 1.0)
     return out
 
 
-def apply_means(global_state: State, means: State, pooled_variances: bool = True) -> State:
+def apply_means(global_state: State, means: State, pooled_variances: bool = True, statistics_scale: float = 1.0
+                ) -> State:
     """The global state moved by the securely averaged contributions (inverse of ``contribution``):
     a pooled variance is E[var + mean²] − (pooled mean)², as ``aggregation.pooled_variance``."""
+    means = {k: v * statistics_scale if _statistic(k) else v for k, v in means.items()}
     new = {k: v.clone() for k, v in global_state.items()}
     for name, delta in means.items():
         value = global_state[name].double() + delta
@@ -147,6 +160,14 @@ def held_contribution(msg: Message, context: Context) -> Message:
                            f"{'no update' if meta is None else 'the update of round ' + str(meta['round'])}")
     update = context.state.array_records[HELD_UPDATE]
     names = json.loads(str(asked["names"]))
+    share = int(str(asked["weight"])) / float(str(asked["max_weight"]))
+    bound = float(str(asked["clipping_range"]))
+    for name in names:  # SecAgg+ would clip silently: a sum of clipped values is a wrong aggregate
+        largest = float(np.abs(update[name].numpy()).max(initial=0.0)) * share
+        if largest > bound:
+            raise ValueError(f"secure sum of round {rnd}: {name} enters with |value| {largest:.4g} at this client's "
+                             f"share, beyond SecAgg+'s clipping range ±{bound:g}; raise "
+                             "secure_aggregation.clipping_range (or statistics_scale for normalisation statistics)")
     # SecAgg+ rounds stochastically with numpy's global generator: seeded, the same run gives the same sums
     np.random.seed((int(str(meta["seed"])) * 1_000_003 + group) % 2**32)
     arrays = [np.asarray(update[name].numpy(), dtype=np.float64) for name in names]
@@ -228,7 +249,8 @@ def secure_mean(grid: Grid, weights: dict[int, int], names: tuple[str, ...], rnd
     of their held contributions to ``names`` and the nodes it includes; (None, []) when the
     protocol could not finish (too few nodes left to unmask)."""
     fitins = {node: FitIns(Parameters(tensors=[], tensor_type="numpy.ndarray"),
-                           {"round": rnd, "group": group, "names": json.dumps(list(names)), "weight": int(w)})
+                           {"round": rnd, "group": group, "names": json.dumps(list(names)), "weight": int(w),
+                            "max_weight": float(sum(weights.values())), "clipping_range": float(cfg.clipping_range)})
               for node, w in weights.items()}
     strategy = _GroupSum([(GridClientProxy(node, grid, run_id=0), fitins[node]) for node in sorted(weights)])
     state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: rnd}), MAIN_PARAMS_RECORD: ArrayRecord()})

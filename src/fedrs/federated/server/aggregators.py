@@ -150,7 +150,10 @@ class SecureAggregator(PlainAggregator):
 
         if run.cfg.privacy:
             private_release(run, target, sampling_rate, noise_means)
-        run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy)
+        scale = 1.0 if run.cfg.privacy else SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {}
+                                                                               ).statistics_scale
+        run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy,
+                                       statistics_scale=scale)
 
 
 Aggregator = PlainAggregator
