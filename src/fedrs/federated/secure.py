@@ -13,6 +13,11 @@ values, as SecAgg+'s fixed-range quantisation needs), with sample weights as Flo
 BatchNorm running variances enter as second moments (var + mean²), so the server still pools
 them exactly (``aggregation.pooled_variance``) from sums alone.
 
+SecAgg+ clips each client's weighted share to ±``clipping_range`` before quantising; a clipped
+value would make the sum silently wrong (Houston's BatchNorm second moments reach the thousands),
+so normalisation statistics enter divided by ``statistics_scale`` and a client refuses to enter
+anything beyond the range (``held_contribution``).
+
 What the server can no longer do: screen single updates (norm outliers, non-finite values — a
 client checks its own update for non-finite values instead), clip them (differential privacy
 needs ``clipping: client``; the server adds the noise to each group's mean), or decode low-rank
