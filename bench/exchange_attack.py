@@ -31,7 +31,8 @@ from fedrs.feddiff.algorithm import branch_inputs
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
-from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange
+from fedrs.federated.noise import noise_generator
+from fedrs.federated.privacy import ExchangeProtection, protect_exchange
 from fedrs.federated.wire import pack_tensors, unpack_tensors
 
 ROOT = Path(__file__).resolve().parents[1]

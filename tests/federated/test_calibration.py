@@ -27,7 +27,7 @@ from fedrs.federated.calibration import (
     withhold_small_classes,
 )
 from fedrs.federated.local import TrainConfig
-from fedrs.federated.privacy import noise_generator
+from fedrs.federated.noise import noise_generator
 from fedrs.federated.secure import HELD_UPDATE, SecureAggregationConfig
 from fedrs.federated.server import passes
 from fedrs.federated.server.config import FederatedConfig

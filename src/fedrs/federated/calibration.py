@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrs.config import from_mapping
+from fedrs.federated.noise import Noise, gaussian
 
 STATISTICS = ("count", "sum", "outer")
 CLIENT_PIXELS_FLOOR = 3  # the fewest pixels of a class a client ever sends statistics of
@@ -102,14 +103,14 @@ def clip_features(features: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def noised_statistics(stats: dict[str, torch.Tensor], bound: float, noise_multiplier: float,
-                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+                      generator: Noise) -> dict[str, torch.Tensor]:
     """``stats`` of features clipped to ``bound`` plus the Gaussian mechanism's noise for one pixel:
     std σ·√3 on the counts, σ·√3·R on the sums, σ·√3·R² on the outer products (drawn on the upper
     triangle and mirrored, so the release stays symmetric and its sensitivity is |z|² ≤ R²)."""
     std = noise_multiplier * 3 ** 0.5
 
     def gauss(shape: torch.Size, scale: float) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float64) * scale
+        return gaussian(shape, generator) * scale
 
     outer_noise = torch.triu(gauss(stats["outer"].shape, std * bound ** 2))
     outer_noise = outer_noise + torch.triu(outer_noise, diagonal=1).transpose(-1, -2)
@@ -125,7 +126,7 @@ def secure_scales(pixels: int, bound: float) -> dict[str, float]:
 
 
 def client_statistics(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: CalibrationConfig,
-                      minimum: int, noise: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                      minimum: int, noise: Noise | None = None) -> dict[str, torch.Tensor]:
     """What one client may send: the class statistics of its (clipped, with ``feature_clip``)
     features — noised with ``noise_multiplier`` (and then nothing withheld), else without the
     classes it holds fewer than ``minimum`` pixels of."""

@@ -37,7 +37,8 @@ from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import CalibrationConfig, client_minimum, client_statistics, secure_scales
 from fedrs.federated.codec import CodecConfig
 from fedrs.federated.local import derive_seed
-from fedrs.federated.privacy import ExchangeProtection, noise_generator, protect_exchange, public_metrics
+from fedrs.federated.noise import noise_generator
+from fedrs.federated.privacy import ExchangeProtection, protect_exchange, public_metrics
 from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution, hold_update
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors

@@ -11,6 +11,7 @@ the DDPM noise loss and FedDiff's three-head loss are all such functions.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from fedrs.compute import ComputePolicy, compute_policy
 from fedrs.config import from_mapping
-from fedrs.federated.privacy import noise_generator
+from fedrs.federated.noise import noise_generator
 from fedrs.federated.record_privacy import (
     RecordPrivacy,
     clipped_gradient_sum,
@@ -286,14 +287,17 @@ def private_local_training(model: nn.Module, num_samples: int, batch_loss: Batch
     refuse_batch_norm(model)
     policy = cfg.policy()
     torch.manual_seed(seed)
+    # batches and noise from the OS's CSPRNG (the other parties know the seed); the loss's own draws
+    # (e.g. a DDPM's timesteps) from a generator seeded with secret bits
     secret = noise_generator(derive_seed(seed, 4_242) if privacy.deterministic_noise else None)
+    draws = secret if isinstance(secret, torch.Generator) else torch.Generator().manual_seed(secrets.randbits(63))
     model.to(policy.device).train()
     trainer = LocalTrainer(model, cfg, trainable, carry)
     expected = sampling_rate(num_samples, cfg.batch_size) * num_samples
 
     def record_loss(index: np.ndarray) -> torch.Tensor:
         with policy.autocast():
-            out = batch_loss(Batch(index, policy.device, secret))
+            out = batch_loss(Batch(index, policy.device, draws))
         return (out[0] if isinstance(out, tuple) else out).float()
 
     total, steps, all_norms = 0.0, 0, list[float]()

@@ -21,8 +21,8 @@ released aggregate with sampling rate = clients per round ÷ eligible clients (s
 uniform without replacement; the Poisson-subsampling analysis is the usual approximation and is
 exact at rate 1, every client every round — this project's default).
 
-The noise: every release draws it from a generator seeded by the operating system's CSPRNG
-(``noise_generator``), held by whoever adds the noise — the server for the aggregate, the client
+The noise: every release draws it value by value from the operating system's CSPRNG
+(``fedrs.federated.noise``), drawn by whoever adds the noise — the server for the aggregate, the client
 for its exchanged outputs — and never derived from the run's seed, which every participant knows
 (it travels in every message): with a seed-derived generator any organisation could regenerate the
 noise and subtract it. ``deterministic_noise: true`` (tests only) derives it from the run seed
@@ -31,7 +31,6 @@ instead; such a run reports "noise: deterministic — no privacy" in its history
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +40,11 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, compu
 
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import ClientUpdate, Owner, State, holders_of, unaveraged
+from fedrs.federated.noise import Noise, gaussian
 from fedrs.federated.record_privacy import RecordPrivacy, check_gaussian
 
 CLIPPING_SITES = ("server", "client")
 DETERMINISTIC = "deterministic — no privacy"  # what a run with deterministic noise says of itself
-
-
-def noise_generator(deterministic_seed: int | None = None) -> torch.Generator:
-    """The generator one release draws its noise from: seeded with 63 bits of the OS's CSPRNG
-    (``secrets``), fresh for every release, known to nobody else. ``deterministic_seed`` (only with
-    ``deterministic_noise``, for tests): seeded with it, so the noise can be reproduced — and removed."""
-    seed = secrets.randbits(63) if deterministic_seed is None else int(deterministic_seed)
-    return torch.Generator().manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ def clip_update(state: State, reference: State, clipping_norm: float) -> tuple[S
 
 
 def private_aggregate(global_state: State, updates: list[ClientUpdate], owner: Owner, cfg: PrivacyConfig,
-                      generator: torch.Generator) -> tuple[State, dict[str, Any]]:
+                      generator: Noise) -> tuple[State, dict[str, Any]]:
     """The DP aggregate of ``updates``: clip each (a no-op for client-clipped ones), average the
     clipped updates with equal weights per tensor over the clients holding its modality, add
     N(0, (σ·C/n_g)²). Returns the new state and what was done (norms, clipped, noise stds)."""
@@ -142,7 +134,7 @@ def private_aggregate(global_state: State, updates: list[ClientUpdate], owner: O
         mean = torch.stack([u.state[name].double() - current.double() for u in eligible]).mean(dim=0)
         std = compute_stdv(cfg.noise_multiplier, cfg.clipping_norm, len(eligible))
         stds.add(std)
-        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float64) * std
+        noise = gaussian(mean.shape, generator) * std
         value = current.double() + mean + noise
         if name.endswith("running_var"):
             value = value.clamp_min(0.0)  # noise may push a variance below zero
@@ -192,7 +184,7 @@ class ExchangeProtection:
         return from_mapping(cls, d, label="exchange_privacy")
 
 
-def protect_exchange(outputs: dict[str, torch.Tensor], cfg: ExchangeProtection, generator: torch.Generator
+def protect_exchange(outputs: dict[str, torch.Tensor], cfg: ExchangeProtection, generator: Noise
                      ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Per-pixel clipped, noised copies of ``outputs`` (tensors [N, …] over the same N pixels)."""
     names = sorted(outputs)
@@ -204,7 +196,7 @@ def protect_exchange(outputs: dict[str, torch.Tensor], cfg: ExchangeProtection, 
     for k in names:
         value = outputs[k].double() * scale.view(-1, *([1] * (outputs[k].ndim - 1)))
         if std > 0:
-            value = value + torch.randn(value.shape, generator=generator, dtype=torch.float64) * std
+            value = value + gaussian(value.shape, generator) * std
         protected[k] = value.to(outputs[k].dtype)
     return protected, {"exchange_clipped_fraction": float((norms > cfg.clipping_norm).double().mean()) if len(norms)
                        else 0.0, "exchange_norm_median": float(norms.median()) if len(norms) else 0.0,

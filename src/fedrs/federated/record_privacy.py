@@ -10,7 +10,7 @@ much larger ε. The reports name the unit.
 Each local step:
 
 1. a batch drawn by **Poisson sampling** — every record independently with probability
-   q = batch_size / n — from a generator seeded by the OS's CSPRNG: the amplification by
+   q = batch_size / n — from the OS's CSPRNG (``fedrs.federated.noise``): the amplification by
    subsampling holds only while the other parties cannot tell which records were in a batch, and
    every participant knows the run seed;
 2. one gradient per record (the batch loss of that record alone, so any loss works; BatchNorm is
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fedrs.config import from_mapping
+from fedrs.federated.noise import Noise, gaussian, uniform
 
 RECORD_UNIT = "training record (a labelled pixel's patch)"
 
@@ -75,13 +76,13 @@ def steps_per_round(num_records: int, batch_size: int, epochs: int) -> int:
     return int(epochs) * max(1, -(-int(num_records) // int(batch_size)))
 
 
-def poisson_batches(num_records: int, batch_size: int, epochs: int, generator: torch.Generator
+def poisson_batches(num_records: int, batch_size: int, epochs: int, generator: Noise
                     ) -> Iterator[np.ndarray]:
     """``steps_per_round`` batches, each record in each independently with probability q (a batch
     may be empty: its step is noise only, as the accountant assumes)."""
     q = sampling_rate(num_records, batch_size)
     for _ in range(steps_per_round(num_records, batch_size, epochs)):
-        yield np.flatnonzero(torch.rand(num_records, generator=generator).numpy() < q)
+        yield np.flatnonzero(uniform(num_records, generator).numpy() < q)
 
 
 def refuse_batch_norm(model: nn.Module) -> None:
@@ -112,9 +113,9 @@ def clipped_gradient_sum(params: list[torch.nn.Parameter], index: np.ndarray,
 
 
 def noised_mean_gradient(total: list[torch.Tensor], cfg: RecordPrivacy, expected_batch: float,
-                         generator: torch.Generator) -> list[torch.Tensor]:
+                         generator: Noise) -> list[torch.Tensor]:
     """(Σ clipped gradients + N(0, (σ·C)²)) / expected batch size: DP-SGD's gradient estimate."""
     std = cfg.noise_multiplier * cfg.clipping_norm
-    return [(t + torch.randn(t.shape, generator=generator, dtype=torch.float64) * std) / expected_batch
+    return [(t + gaussian(t.shape, generator) * std) / expected_batch
             for t in total]
 

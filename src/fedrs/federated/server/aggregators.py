@@ -29,7 +29,8 @@ from fedrs.federated.aggregation import ClientUpdate, screen_updates
 from fedrs.federated.algorithm_base import Algorithm
 from fedrs.federated.calibration import STATISTICS, CalibrationConfig
 from fedrs.federated.local import TrainConfig, derive_seed, norm_statistic_names
-from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, noise_generator, private_aggregate
+from fedrs.federated.noise import Noise, gaussian, noise_generator
+from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, private_aggregate
 from fedrs.federated.record_privacy import RecordPrivacy, refuse_batch_norm, sampling_rate, steps_per_round
 from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
 from fedrs.federated.server.config import FederatedConfig
@@ -92,7 +93,7 @@ class PrivateAggregator(PlainAggregator):
 
     def apply(self, run: RunState, source: RoundRecord, target: RoundRecord, updates: list[ClientUpdate],
               sampling_rate: float) -> None:
-        def aggregate(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
+        def aggregate(privacy: PrivacyConfig, noise: Noise) -> dict[str, Any]:
             run.global_state, report = private_aggregate(run.global_state, updates, run.algorithm.owner, privacy,
                                                          noise)
             return report
@@ -138,12 +139,12 @@ class SecureAggregator(PlainAggregator):
         noised with σ·C/n_g on the server (the clients clipped their own updates)."""
         means = dict(source.secure_means)
 
-        def noise_means(privacy: PrivacyConfig, noise: torch.Generator) -> dict[str, Any]:
+        def noise_means(privacy: PrivacyConfig, noise: Noise) -> dict[str, Any]:
             stds = set()
             for name in sorted(means):  # the sorted order fixes the noise each tensor draws
                 std = compute_stdv(privacy.noise_multiplier, privacy.clipping_norm, source.secure_members[name])
                 stds.add(std)
-                means[name] = means[name] + torch.randn(means[name].shape, generator=noise, dtype=torch.float64) * std
+                means[name] = means[name] + gaussian(means[name].shape, noise) * std
             norms = [float(u.metrics["update_norm"]) for u in source.updates if "update_norm" in u.metrics]
             return {"update_norms": norms or [float("nan")], "clipped": sum(n > privacy.clipping_norm for n in norms),
                     "noise_std_max": max(stds, default=0.0), "noise_std_min": min(stds, default=0.0)}
@@ -167,7 +168,7 @@ def make_aggregator(cfg: FederatedConfig) -> PlainAggregator:
 
 
 def private_release(run: RunState, record: RoundRecord, sampling_rate: float,
-                    release: Callable[[PrivacyConfig, torch.Generator], dict[str, Any]]) -> None:
+                    release: Callable[[PrivacyConfig, Noise], dict[str, Any]]) -> None:
     """One DP release: ``release`` draws its noise from a generator only the server knows
     (``noise_generator``: the OS's CSPRNG) and reports what it clipped and added; the accountant
     counts it and the round's record carries ε so far — none with deterministic (test) noise."""
