@@ -78,7 +78,7 @@ def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_va
 def test_a_value_beyond_secaggs_clipping_range_is_refused_not_clipped():
     """SecAgg+ clips each client's share silently, and a sum of clipped values is a wrong aggregate
     (Houston's BatchNorm second moments reach the thousands; FedDiff diverged under it): the client
-    refuses to enter such a value and says which setting to raise."""
+    refuses to enter such a value and says which setting to raise — without the value itself."""
     FakeGrid(1)  # a Flower task's identity, as a grid sets it: messages can be built
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     hold_update(context, {"bn.running_var": torch.tensor([40.0, -3.0]), "w": torch.tensor([0.5])}, 1, 0)
@@ -88,8 +88,10 @@ def test_a_value_beyond_secaggs_clipping_range_is_refused_not_clipped():
                                "max_weight": max_weight, "clipping_range": 8.0})
         return Message(RecordDict({"fitins.config": config}), dst_node_id=1, message_type="train")
 
-    with pytest.raises(ValueError, match=r"bn.running_var enters with \|value\| 20.*statistics_scale"):
+    with pytest.raises(ValueError, match=r"beyond SecAgg\+.s clipping range; raise .*statistics_scale") as refused:
         held_contribution(asking(["bn.running_var", "w"], 1, 2.0), context)
+    # what reaches the server names neither the tensor nor its size (they are the client's data)
+    assert "running_var" not in str(refused.value) and "20" not in str(refused.value)
     assert held_contribution(asking(["bn.running_var"], 1, 8.0), context)  # a share of 1/8: 5 ≤ 8
     assert held_contribution(asking(["w"], 1, 2.0), context)
 
@@ -183,3 +185,32 @@ def test_secure_aggregation_with_client_clipped_dp_noises_each_groups_mean(tiny_
     assert row["dp_noise_std"] == pytest.approx(0.5 * 0.05 / 3) and row["dp_epsilon"] > 0
     # nothing un-noised about a client reaches the history: no loss, no update norm, no clipped count
     assert row["train_loss"] is None and "dp_update_norm_median" not in row and "dp_clipped" not in row
+
+
+def test_masks_use_the_whole_shared_secret_not_flowers_32_bit_fold():
+    """Flower's pseudo_rand_gen folds a 32-byte secret into 32 bits (XOR of its words): two secrets a
+    server would meet among 2³² guesses give the same mask. The masks this project's secure sums use
+    depend on every bit; both ends of the protocol call them."""
+    import sys
+
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as flowers
+
+    from fedrs.federated.secure import full_seed_masks
+
+    secret = bytes(range(32))
+    words = [int.from_bytes(secret[i:i + 4], "little") for i in range(0, 32, 4)]
+    # flip the same bits in two words: the XOR fold (Flower's 32-bit seed) is unchanged
+    twin = bytearray(secret)
+    for i in (0, 4):
+        twin[i:i + 4] = (words[i // 4] ^ 0xDEADBEEF).to_bytes(4, "little")
+    dims = [(3, 4), ()]
+    same = flowers(bytes(twin), 2**32, dims)
+    assert all(np.array_equal(a, b) for a, b in zip(flowers(secret, 2**32, dims), same, strict=True))
+    ours, other = full_seed_masks(secret, 2**32, dims), full_seed_masks(bytes(twin), 2**32, dims)
+    assert not np.array_equal(ours[0], other[0])
+    assert [a.shape for a in ours] == [(3, 4), ()] and all(a.dtype == np.int64 for a in ours)
+    assert all(((0 <= a) & (a < 2**32 - 1)).all() for a in ours)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, full_seed_masks(secret, 2**32, dims), strict=True))
+    for module in ("flwr.client.mod.secure_aggregation.secaggplus_mod",
+                   "flwr.server.workflow.secure_aggregation.secaggplus_workflow"):
+        assert sys.modules[module].pseudo_rand_gen is full_seed_masks

@@ -311,7 +311,10 @@ def calibration(msg: Message, context: Context) -> Message:
     records: dict[str, Any] = {}
     if job.settings.get("secure_aggregation") is not None:
         assert cfg.feature_clip is not None  # checked by the server before the first round
-        scales = secure_scales(int(job.settings["calibration_pixels"]), float(cfg.feature_clip))
+        pixels = int(job.settings["calibration_pixels"])
+        if pixels < len(labels):  # a scale below this client's own count could push its sums out of range
+            raise ValueError("calibration: the secure sums' pixel scale is below this client's pixel count; refused")
+        scales = secure_scales(pixels, float(cfg.feature_clip))
         hold_update(context, {k: v / scales[k] for k, v in sums.items()}, job.round,
                     derive_seed(job.settings["seed"], 5_005, job.round, job.client_id))
         metrics["bytes_sent"] = 0

@@ -27,7 +27,10 @@ uploads (upload compression is refused: the sums are taken over masked integers)
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -39,6 +42,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as PROTOCOL_RECORD
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE as PROTOCOL_STATE
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
@@ -50,10 +54,35 @@ from flwr.serverapp import Grid
 from fedrs.config import from_mapping
 from fedrs.federated.aggregation import State
 
+
+def full_seed_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """SecAgg+'s masks from the whole 32-byte secret (SHAKE-256 as the stream), in place of Flower's
+    ``pseudo_rand_gen``, which folds the secret into a 32-bit seed for numpy's RandomState: a server
+    holding a two-member group's masked vector and the revealed self-mask seed tries all 2³² pairwise
+    seeds against the vector's known first value (the weight factor) in about a CPU-hour and reads the
+    member's update in the clear. Same output range as Flower's ([0, num_range − 1)), the same on
+    every party (client mod and server workflow both call it)."""
+    sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
+    words = np.frombuffer(hashlib.shake_256(seed).digest(8 * max(sum(sizes), 1)), dtype=np.uint64)
+    values = (words % np.uint64(num_range - 1)).astype(np.int64)
+    out, start = [], 0
+    for dims, size in zip(dimensions_list, sizes, strict=True):
+        chunk = values[start:start + size]
+        out.append(np.array(chunk[0], dtype=np.int64) if len(dims) == 0 else chunk.reshape(dims))
+        start += size
+    return out
+
+
+# both ends of every secure sum run this project's code: the mod on the clients, the workflow on the server
+for _module in ("flwr.client.mod.secure_aggregation.secaggplus_mod",
+                "flwr.server.workflow.secure_aggregation.secaggplus_workflow"):
+    importlib.import_module(_module).pseudo_rand_gen = full_seed_masks  # type: ignore[attr-defined]
+
 __all__ = ["PROTOCOL_RECORD", "SecureAggregationConfig", "apply_means", "contribution", "held_contribution",
            "hold_update", "secure_groups", "secure_mean"]
 
 HELD_UPDATE, HELD_META = "secure_update", "secure_update_meta"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,14 +194,19 @@ def held_contribution(msg: Message, context: Context) -> Message:
                            f"{'no update' if meta is None else 'the update of round ' + str(meta['round'])}")
     update = context.state.array_records[HELD_UPDATE]
     names = json.loads(str(asked["names"]))
-    share = int(str(asked["weight"])) / float(str(asked["max_weight"]))
-    bound = float(str(asked["clipping_range"]))
+    # the range and weight the mod itself scales and clips with (its state from the protocol's setup)
+    protocol = context.state.config_records.get(PROTOCOL_STATE)
+    settings = protocol if protocol is not None and "clipping_range" in protocol else asked
+    share = int(str(asked["weight"])) / float(str(settings["max_weight"]))
+    bound = float(str(settings["clipping_range"]))
     for name in names:  # SecAgg+ would clip silently: a sum of clipped values is a wrong aggregate
         largest = float(np.abs(update[name].numpy()).max(initial=0.0)) * share
         if largest > bound:
-            raise ValueError(f"secure sum of round {rnd}: {name} enters with |value| {largest:.4g} at this client's "
-                             f"share, beyond SecAgg+'s clipping range ±{bound:g}; raise "
-                             "secure_aggregation.clipping_range (or statistics_scale for normalisation statistics)")
+            # the details stay in this node's log: the error goes to the server, and the size is the client's
+            logger.warning("secure sum of round %d: %s enters with |value| %.4g at this client's share, beyond "
+                           "±%g", rnd, name, largest, bound)
+            raise ValueError(f"secure sum of round {rnd}: a value beyond SecAgg+'s clipping range; raise "
+                             "secure_aggregation.clipping_range or statistics_scale (this node's log names it)")
     # SecAgg+ rounds stochastically with numpy's global generator: seeded, the same run gives the same sums
     np.random.seed((int(str(meta["seed"])) * 1_000_003 + group) % 2**32)
     arrays = [np.asarray(update[name].numpy(), dtype=np.float64) for name in names]
