@@ -17,6 +17,7 @@ from fedrs.federated.aggregation import ClientUpdate, aggregate_modality_aware
 from fedrs.federated.secure import (
     HELD_UPDATE,
     PROTOCOL_RECORD,
+    RELATIVE,
     SecureAggregationConfig,
     apply_means,
     contribution,
@@ -64,15 +65,27 @@ def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_va
     for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
     assert int(got["bn.num_batches_tracked"]) == 4  # a counter is not summed: it keeps the global value
-    # normalisation statistics may enter scaled down (they reach the thousands); the weights do not
-    scaled = {name: sum(u.num_samples / sum(v.num_samples for v in updates if name in v.state)
-                        * contribution(u.state, global_state, statistics_scale=1024.0)[name]
-                        for u in updates if name in u.state) for name in means}
-    assert torch.equal(scaled["hsi.w"], means["hsi.w"])
-    torch.testing.assert_close(scaled["bn.running_var"] * 1024.0, means["bn.running_var"])
-    rescaled = apply_means(global_state, scaled, statistics_scale=1024.0)
-    for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
-        torch.testing.assert_close(rescaled[name], got[name], rtol=1e-6, atol=1e-6)
+    # RELATIVE statistics: a mean's change in units of the reference std, a variance's as a log-ratio;
+    # applied back, the means are the weighted means and the variances the weighted geometric means
+    relative = {}
+    for names, members in secure_groups({u.client_id: [k for k in u.state if u.state[k].is_floating_point()]
+                                         for u in updates}):
+        group = [updates[c] for c in members]
+        total = sum(u.num_samples for u in group)
+        for name in names:
+            relative[name] = sum(u.num_samples / total * contribution(u.state, global_state, statistics=RELATIVE)[name]
+                                 for u in group)
+    assert torch.equal(relative["hsi.w"], means["hsi.w"])
+    moved = apply_means(global_state, relative, statistics=RELATIVE)
+    weights = torch.tensor([u.num_samples for u in updates], dtype=torch.float64)
+    weights = weights / weights.sum()
+    names = ("bn.running_mean", "bn.running_var")
+    stacked = {k: torch.stack([u.state[k].double() for u in updates]) for k in names}
+    arithmetic = (weights[:, None] * stacked["bn.running_mean"]).sum(0)
+    torch.testing.assert_close(moved["bn.running_mean"].double(), arithmetic)
+    geometric = (weights[:, None] * stacked["bn.running_var"].log()).sum(0).exp()
+    torch.testing.assert_close(moved["bn.running_var"].double(), geometric, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moved["hsi.w"], got["hsi.w"])
 
 
 def test_a_value_beyond_secaggs_clipping_range_is_refused_not_clipped():
@@ -88,7 +101,7 @@ def test_a_value_beyond_secaggs_clipping_range_is_refused_not_clipped():
                                "max_weight": max_weight, "clipping_range": 8.0})
         return Message(RecordDict({"fitins.config": config}), dst_node_id=1, message_type="train")
 
-    with pytest.raises(ValueError, match=r"beyond SecAgg\+.s clipping range; raise .*statistics_scale") as refused:
+    with pytest.raises(ValueError, match=r"beyond SecAgg\+.s clipping range; raise .*statistics_range") as refused:
         held_contribution(asking(["bn.running_var", "w"], 1, 2.0), context)
     # what reaches the server names neither the tensor nor its size (they are the client's data)
     assert "running_var" not in str(refused.value) and "20" not in str(refused.value)
@@ -129,19 +142,25 @@ def test_a_secure_round_gives_the_plain_aggregate_and_the_server_never_holds_an_
     _, plain_run, plain = _feddiff_round(fed, None)
     grid, run, record = _feddiff_round(fed, {})
     # FedDiff's groups: the HSI branch over the two HSI holders, the LiDAR branch over the two LiDAR
-    # holders, the fusion blocks and heads over all four — three secure sums, every client in two
-    assert record.secure["sums"] == 3 and sorted(record.secure["group_sizes"]) == [2, 2, 4]
-    assert record.secure_from == {0: 2, 1: 2, 2: 2, 3: 2} and record.aggregated
+    # holders, the fusion blocks and heads over all four — every client in two
+    # (each split in two: the weights, and the normalisation statistics in their own units and range)
+    assert record.secure["sums"] == 6 and sorted(record.secure["group_sizes"]) == [2, 2, 2, 2, 4, 4]
+    assert record.secure_from == {0: 4, 1: 4, 2: 4, 3: 4} and record.aggregated
     assert [u.client_id for u in record.accepted] == [u.client_id for u in plain.accepted]
     def largest_difference(statistics):
         return max(float((run.global_state[k].double() - plain_run.global_state[k].double()).abs().max())
                    for k in run.global_state if run.global_state[k].is_floating_point()
                    and k.endswith(("running_mean", "running_var")) == statistics)
 
-    # equal up to SecAgg+'s quantisation (2^22 levels over ±8, divided by a client's weight share; the
-    # normalisation statistics enter divided by statistics_scale = 256, so their levels are 256× coarser)
+    # equal up to SecAgg+'s quantisation (2^22 levels over ±8, divided by a client's weight share); the
+    # normalisation statistics are summed apart (±256, std units and log-ratios): their variances pooled
+    # geometrically, not as the plain run's pooled variance — close, not equal
     assert 0 < largest_difference(statistics=False) < 1e-4  # and it did go through the quantised protocol
-    assert largest_difference(statistics=True) < 256 * 1e-4
+    for name in (k for k in run.global_state if k.endswith("running_mean")):  # means: to SecAgg+'s levels
+        torch.testing.assert_close(run.global_state[name], plain_run.global_state[name], atol=1e-2, rtol=0)
+    for name in (k for k in run.global_state if k.endswith("running_var")):  # geometric ≤ arithmetic pooling
+        ratio = run.global_state[name].double() / plain_run.global_state[name].double().clamp_min(1e-12)
+        assert float(ratio.max()) < 1.01 and float(ratio.min()) > 0.7, name
     assert record.row()["train_loss"] == pytest.approx(plain.row()["train_loss"])
     # what the server received: no train reply carries arrays; the masked vectors look nothing like
     # the updates the clients hold
@@ -149,7 +168,7 @@ def test_a_secure_round_gives_the_plain_aggregate_and_the_server_never_holds_an_
     assert all(len(record) == 0 for m in train_replies for record in m.content.array_records.values())
     assert all(HELD_UPDATE in ctx.state.array_records for ctx in grid.contexts.values())  # kept by the clients
     masked = [m for m in train_replies if Key.MASKED_PARAMETERS in m.content.config_records.get(PROTOCOL_RECORD, {})]
-    assert len(masked) == 8  # four clients × two sums each
+    assert len(masked) == 16  # four clients × two groups × (weights, statistics)
     levels, ring = SecureAggregationConfig().quantization_range, SecureAggregationConfig().modulus_range
     for reply in masked:
         vector = np.concatenate([bytes_to_ndarray(b).ravel() for b in
@@ -169,7 +188,7 @@ def test_secure_runs_are_reproducible_and_survive_a_failed_client(tiny_federatio
     for name, value in first["state"].items():
         assert torch.equal(value, second["state"][name]), name
     one, two = first["history"]
-    assert one["accepted"] == [0, 1, 2] and one["secagg_sums"] == 1  # all clients hold both modalities
+    assert one["accepted"] == [0, 1, 2] and one["secagg_sums"] == 2  # all hold both modalities: weights, statistics
     # round 2: client 0's update is non-finite; it refuses to enter it and the other two are summed
     assert two["accepted"] == [1, 2] and "non-finite" in two["failed"][0]["reason"]
     assert two["aggregated"] and two["statistics_from"] == [1, 2]  # the statistics pass, securely too

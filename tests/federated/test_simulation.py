@@ -59,12 +59,14 @@ def test_secure_aggregation_on_the_simulation_engine_matches_the_plain_run(tiny_
     secure = run_simulation_engine(config(tiny_federation, num_rounds=2, secure_aggregation={}),
                                    tiny_federation["test"], 3, RESOURCES)
     assert [r["accepted"] for r in secure["history"]] == [[0, 1, 2], [0, 1, 2]]
-    # one secure sum per round (every client holds both modalities), and one more for the last round's
-    # statistics pass, whose BatchNorm statistics are summed securely too
-    assert [(r["secagg_sums"], r["secagg_sums_failed"]) for r in secure["history"]] == [(1, 0), (2, 0)]
+    # two secure sums per round (every client holds both modalities: the weights, and the BatchNorm
+    # statistics in their own units), and one more for the last round's statistics pass
+    assert [(r["secagg_sums"], r["secagg_sums_failed"]) for r in secure["history"]] == [(2, 0), (3, 0)]
     for name, value in plain["state"].items():
-        if value.is_floating_point():
+        if value.is_floating_point() and not name.endswith("running_var"):
             torch.testing.assert_close(secure["state"][name], value, atol=2e-4, rtol=1e-3)
+        elif value.is_floating_point():  # pooled geometrically under SecAgg+: close to the plain pooled variance
+            torch.testing.assert_close(secure["state"][name], value, atol=1e-2, rtol=0.1)
     ups = [t for t in secure["traffic"] if t["direction"] == "up"]
     assert {t["payload"] for t in ups} == {"weights", "statistics", "secagg"}
     # the train replies carry no update (sent 0 of its dense size); it goes up masked, inside the protocol

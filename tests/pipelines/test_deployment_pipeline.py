@@ -82,7 +82,8 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
     # one site: the fusion and heads are one secure sum over both organisations; each branch has one holder,
     # which no secure sum can hide, so its tensors keep their global values (as the docs say)
     (row,) = history["rounds"]
-    assert row["secagg_sums"] == 1 and row["secagg_sums_skipped"] == 2 and row["secagg_sums_failed"] == 0
+    # (each as two sums: the weights, and the BatchNorm statistics in their own units)
+    assert row["secagg_sums"] == 2 and row["secagg_sums_skipped"] == 4 and row["secagg_sums_failed"] == 0
     uploads = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     assert (uploads[(uploads["payload"] == "weights") & (uploads["direction"] == "up")]["bytes_sent"] == 0).all()
     diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())

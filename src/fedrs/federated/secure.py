@@ -15,8 +15,10 @@ them exactly (``aggregation.pooled_variance``) from sums alone.
 
 SecAgg+ clips each client's weighted share to ±``clipping_range`` before quantising; a clipped
 value would make the sum silently wrong (Houston's BatchNorm second moments reach the thousands),
-so normalisation statistics enter divided by ``statistics_scale`` and a client refuses to enter
-anything beyond the range (``held_contribution``).
+so normalisation statistics have secure sums of their own, in units that keep them small and
+precise (``RELATIVE``: a running mean's change in units of the global standard deviation, a
+running variance's as a log-ratio — variances are pooled geometrically there), and a client
+refuses to enter anything beyond the range (``held_contribution``).
 
 What the server can no longer do: screen single updates (norm outliers, non-finite values — a
 client checks its own update for non-finite values instead), clip them (differential privacy
@@ -96,14 +98,14 @@ class SecureAggregationConfig:
     quantization_range: int = 4_194_304        # 2^22 levels over [-clipping_range, clipping_range]
     modulus_range: int = 4_294_967_296         # the integer ring of the masked sums
     timeout: float | None = None               # seconds per protocol stage; None: the round timeout
-    statistics_scale: float = 256.0            # normalisation statistics enter divided by this (their second
-                                               # moments reach the thousands; weight updates stay near zero)
+    statistics_range: float = 4096.0           # the clipping range of the normalisation statistics' own sums
+                                               # (their changes in std units and log-ratios, RELATIVE)
 
     def __post_init__(self) -> None:
         if not self.clipping_range > 0:
             raise ValueError(f"secure_aggregation.clipping_range must be > 0, got {self.clipping_range}")
-        if not self.statistics_scale > 0:
-            raise ValueError(f"secure_aggregation.statistics_scale must be > 0, got {self.statistics_scale}")
+        if not self.statistics_range > 0:
+            raise ValueError(f"secure_aggregation.statistics_range must be > 0, got {self.statistics_range}")
         if self.quantization_range < 2 or self.modulus_range <= self.quantization_range:
             raise ValueError("secure_aggregation: expected 2 ≤ quantization_range < modulus_range, got "
                              f"{self.quantization_range} and {self.modulus_range}")
@@ -130,34 +132,57 @@ def _second_moment_pair(name: str, state: State) -> str | None:
     return mean if name.endswith("running_var") and mean in state else None
 
 
-def _statistic(name: str) -> bool:
+RAW, RELATIVE = "raw", "relative"
+VARIANCE_FLOOR = 1e-8  # a variance below it counts as this (log-ratios and std units stay finite)
+
+
+def is_statistic(name: str) -> bool:
     return name.endswith(("running_mean", "running_var"))
 
 
-def contribution(state: State, reference: State, pooled_variances: bool = True, statistics_scale: float = 1.0
-                 ) -> State:
+def _variance_of(name: str, state: State) -> torch.Tensor:
+    return state[name.removesuffix("running_mean") + "running_var"].double().clamp_min(VARIANCE_FLOOR)
+
+
+def contribution(state: State, reference: State, pooled_variances: bool = True, statistics: str = RAW) -> State:
     """What a client puts into the secure sums: ``state − reference`` per floating-point tensor
-    (float64); with ``pooled_variances`` a running variance enters as its second moment var + mean²;
-    normalisation statistics divided by ``statistics_scale`` (public), so that they fit SecAgg+'s
-    fixed clipping range beside the weights' small updates."""
+    (float64); with ``pooled_variances`` a running variance enters as its second moment var + mean².
+    ``statistics=RELATIVE``: a running mean's change in units of the reference's standard deviation,
+    a running variance's as log(var / reference var) — small, and precise at any scale, where
+    second moments (hundreds to thousands in a classifier's heads) lose the small variances to
+    SecAgg+'s fixed quantisation."""
     out: State = {}
     for name, value in state.items():
         if not torch.is_floating_point(value) or name not in reference:
             continue
         local, base = value.double(), reference[name].double()
+        if statistics == RELATIVE and is_statistic(name):
+            if name.endswith("running_var"):
+                out[name] = local.clamp_min(VARIANCE_FLOOR).log() - base.clamp_min(VARIANCE_FLOOR).log()
+            else:
+                out[name] = (local - base) / _variance_of(name, reference).sqrt()
+            continue
         mean = _second_moment_pair(name, state) if pooled_variances else None
         if mean is not None:
             local = local + state[mean].double() ** 2
             base = base + reference[mean].double() ** 2
-        out[name] = (local - base) / (statistics_scale if _statistic(name) else 1.0)
+        out[name] = local - base
     return out
 
 
-def apply_means(global_state: State, means: State, pooled_variances: bool = True, statistics_scale: float = 1.0
-                ) -> State:
+def apply_means(global_state: State, means: State, pooled_variances: bool = True, statistics: str = RAW) -> State:
     """The global state moved by the securely averaged contributions (inverse of ``contribution``):
-    a pooled variance is E[var + mean²] − (pooled mean)², as ``aggregation.pooled_variance``."""
-    means = {k: v * statistics_scale if _statistic(k) else v for k, v in means.items()}
+    a pooled variance is E[var + mean²] − (pooled mean)², as ``aggregation.pooled_variance``; under
+    ``RELATIVE`` statistics a variance is the geometric mean of the clients'."""
+    if statistics == RELATIVE:
+        means = dict(means)
+        for name in [k for k in means if is_statistic(k)]:
+            delta = means.pop(name)
+            current = global_state[name].double()
+            value = (current.clamp_min(VARIANCE_FLOOR) * delta.exp() if name.endswith("running_var")
+                     else current + delta * _variance_of(name, global_state).sqrt())
+            means[name] = value - current
+        pooled_variances = False
     new = {k: v.clone() for k, v in global_state.items()}
     for name, delta in means.items():
         value = global_state[name].double() + delta
@@ -206,7 +231,7 @@ def held_contribution(msg: Message, context: Context) -> Message:
             logger.warning("secure sum of round %d: %s enters with |value| %.4g at this client's share, beyond "
                            "±%g", rnd, name, largest, bound)
             raise ValueError(f"secure sum of round {rnd}: a value beyond SecAgg+'s clipping range; raise "
-                             "secure_aggregation.clipping_range or statistics_scale (this node's log names it)")
+                             "secure_aggregation.clipping_range or statistics_range (this node's log names it)")
     # SecAgg+ rounds stochastically with numpy's global generator: seeded, the same run gives the same sums
     np.random.seed((int(str(meta["seed"])) * 1_000_003 + group) % 2**32)
     arrays = [np.asarray(update[name].numpy(), dtype=np.float64) for name in names]

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.privacy import PrivacyConfig, clip_update, public_metrics
-from fedrs.federated.secure import SecureAggregationConfig, contribution, hold_update
+from fedrs.federated.secure import RAW, RELATIVE, contribution, hold_update
 from fedrs.federated.wire import pack_update, payload_bytes
 
 State = dict[str, torch.Tensor]
@@ -65,12 +65,12 @@ def published(settings: dict[str, Any]) -> Step:
 
 
 def held_for_secure_sums(context: Context, received: State, rnd: int, seed: int, pooled_variances: bool,
-                         statistics_scale: float = 1.0) -> Step:
+                         statistics: str = RAW) -> Step:
     """SecAgg+: nothing goes up now; the contribution waits in node state for the secure sums."""
 
     def step(out: Outgoing) -> Outgoing:
         hold_update(context, contribution(out.state, received, pooled_variances=pooled_variances,
-                                          statistics_scale=statistics_scale), rnd, seed)
+                                          statistics=statistics), rnd, seed)
         return replace(out, sent=True, metrics={**out.metrics, "bytes_dense": payload_bytes(out.state),
                                                 "bytes_sent": 0})
 
@@ -109,10 +109,9 @@ def upload_path(settings: dict[str, Any], context: Context, received: State, rnd
         steps.append(poisoned_with_nan)
     steps.append(published(settings))
     if settings.get("secure_aggregation") is not None:
-        # under DP the clipped update is small and its noise is sized in its own units: no statistics scale
-        scale = 1.0 if privacy else SecureAggregationConfig.from_dict(settings["secure_aggregation"]).statistics_scale
+        # under DP the clipped update is small and its noise is sized in its own units: raw statistics
         steps.append(held_for_secure_sums(context, received, rnd, secure_seed, pooled_variances=not privacy,
-                                          statistics_scale=scale))
+                                          statistics=RAW if privacy else RELATIVE))
     elif settings.get("compression"):
         steps.append(encoded(context, received, settings["compression"]))
     else:

@@ -32,7 +32,16 @@ from fedrs.federated.local import TrainConfig, derive_seed, norm_statistic_names
 from fedrs.federated.noise import Noise, gaussian, noise_generator
 from fedrs.federated.privacy import DETERMINISTIC, PrivacyConfig, epsilon_spent, private_aggregate
 from fedrs.federated.record_privacy import RecordPrivacy, refuse_batch_norm, sampling_rate, steps_per_round
-from fedrs.federated.secure import MeteredGrid, SecureAggregationConfig, apply_means, secure_groups, secure_mean
+from fedrs.federated.secure import (
+    RAW,
+    RELATIVE,
+    MeteredGrid,
+    SecureAggregationConfig,
+    apply_means,
+    is_statistic,
+    secure_groups,
+    secure_mean,
+)
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState
@@ -151,10 +160,8 @@ class SecureAggregator(PlainAggregator):
 
         if run.cfg.privacy:
             private_release(run, target, sampling_rate, noise_means)
-        scale = 1.0 if run.cfg.privacy else SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {}
-                                                                               ).statistics_scale
         run.global_state = apply_means(run.global_state, means, pooled_variances=not run.cfg.privacy,
-                                       statistics_scale=scale)
+                                       statistics=RAW if run.cfg.privacy else RELATIVE)
 
 
 Aggregator = PlainAggregator
@@ -276,6 +283,11 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
     client_of = {node: cid for cid, node in node_of.items()}
     metered = MeteredGrid(grid)
     groups = secure_groups(secure_holdings(run, record))
+    if not cfg.privacy:  # normalisation statistics (RELATIVE units) get sums of their own, with their own range
+        groups = [(part, members) for names, members in groups
+                  for part in (tuple(n for n in names if not is_statistic(n)),
+                               tuple(n for n in names if is_statistic(n))) if part]
+    statistics_cfg = replace(secure, clipping_range=secure.statistics_range)
     failed = skipped = 0
     for index, (names, members) in enumerate(groups):
         if len(members) < 2:
@@ -284,7 +296,8 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
                            "they keep their global values", record.round, len(names), members)
             continue
         weights = {node_of[c]: 1 if equal else int(run.clients[c]["num_samples"]) for c in members}
-        means, nodes = secure_mean(metered, weights, names, record.round, index, secure,  # type: ignore[arg-type]
+        use = statistics_cfg if not cfg.privacy and is_statistic(names[0]) else secure
+        means, nodes = secure_mean(metered, weights, names, record.round, index, use,  # type: ignore[arg-type]
                                    cfg.round_timeout)
         if means is None:
             failed += 1
