@@ -173,8 +173,8 @@ def secure_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
         clip = float(clear["feature_norm_max"])
         secure = {"privacy": None, "secure_aggregation": {}, "compression": None}
         rows.append({"setting": "calibrated, statistics in the clear", "sigma": None, "seed": seed, **clear})
-        for name, calibration in (("SecAgg+, no calibration", None),
-                                  (f"SecAgg+, calibrated (feature_clip {clip:.3g})", {"feature_clip": clip})):
+        for name, calibration in ((f"SecAgg+, calibrated (feature_clip {clip:.3g})", {"feature_clip": clip}),
+                                  ("SecAgg+, no calibration", None)):
             params = overrides(algo, {**secure, **({"calibration": None} if calibration is None else {})})
             if calibration is not None:  # the configured calibration block, with the public bound
                 params = deep_merge(params, overrides(algo, {"calibration": calibration}))
