@@ -63,10 +63,14 @@ def test_secure_aggregation_on_the_simulation_engine_matches_the_plain_run(tiny_
     # statistics in their own units), and one more for the last round's statistics pass
     assert [(r["secagg_sums"], r["secagg_sums_failed"]) for r in secure["history"]] == [(2, 0), (3, 0)]
     for name, value in plain["state"].items():
-        if value.is_floating_point() and not name.endswith("running_var"):
-            torch.testing.assert_close(secure["state"][name], value, atol=2e-4, rtol=1e-3)
-        elif value.is_floating_point():  # pooled geometrically under SecAgg+: close to the plain pooled variance
+        if not value.is_floating_point():
+            continue
+        if name.endswith("running_var"):  # pooled geometrically under SecAgg+: close to the plain pooled variance
             torch.testing.assert_close(secure["state"][name], value, atol=1e-2, rtol=0.1)
+        elif name.endswith("running_mean"):  # in std units over ±4096: levels of ~2e-3 std
+            torch.testing.assert_close(secure["state"][name], value, atol=5e-3, rtol=1e-2)
+        else:
+            torch.testing.assert_close(secure["state"][name], value, atol=2e-4, rtol=1e-3)
     ups = [t for t in secure["traffic"] if t["direction"] == "up"]
     assert {t["payload"] for t in ups} == {"weights", "statistics", "secagg"}
     # the train replies carry no update (sent 0 of its dense size); it goes up masked, inside the protocol
