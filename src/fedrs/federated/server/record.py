@@ -62,6 +62,7 @@ class RoundRecord:
     secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
     secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
     secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
+    secure_weights: dict[str, dict[int, float]] = field(default_factory=dict)  # tensor → its sum's client weights
     secure: dict[str, Any] = field(default_factory=dict)  # secure sums run, failed, their seconds
 
     @property
