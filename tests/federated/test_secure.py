@@ -40,6 +40,19 @@ def test_tensors_held_by_the_same_clients_share_one_secure_sum():
     ]
 
 
+def _group_means(updates, global_state, **encoding):
+    """What the secure sums compute: per group of holders, the sample-weighted mean of the contributions."""
+    means = {}
+    for names, members in secure_groups({u.client_id: [k for k in u.state if u.state[k].is_floating_point()]
+                                         for u in updates}):
+        group = [updates[c] for c in members]
+        total = sum(u.num_samples for u in group)
+        for name in names:
+            means[name] = sum(u.num_samples / total * contribution(u.state, global_state, **encoding)[name]
+                              for u in group)
+    return means
+
+
 def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_variances():
     """What the secure sums compute (weighted means of the contributions), applied to the global
     state, equals aggregate_modality_aware on the same updates — BatchNorm variances pooled."""
@@ -54,27 +67,14 @@ def test_means_of_contributions_give_the_modality_aware_aggregate_with_pooled_va
         updates.append(ClientUpdate(cid, state, n, mods))
     owner = {"hsi.w": "hsi"}.get
     expected, _ = aggregate_modality_aware(global_state, updates, owner)
-    means = {}
-    for names, members in secure_groups({u.client_id: [k for k in u.state if u.state[k].is_floating_point()]
-                                         for u in updates}):
-        group = [updates[c] for c in members]
-        total = sum(u.num_samples for u in group)
-        for name in names:
-            means[name] = sum(u.num_samples / total * contribution(u.state, global_state)[name] for u in group)
+    means = _group_means(updates, global_state)
     got = apply_means(global_state, means)
     for name in ("bn.running_mean", "bn.running_var", "hsi.w"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
     assert int(got["bn.num_batches_tracked"]) == 4  # a counter is not summed: it keeps the global value
     # RELATIVE statistics: a mean's change in units of the reference std, a variance's as a log-ratio;
     # applied back, the means are the weighted means and the variances the weighted geometric means
-    relative = {}
-    for names, members in secure_groups({u.client_id: [k for k in u.state if u.state[k].is_floating_point()]
-                                         for u in updates}):
-        group = [updates[c] for c in members]
-        total = sum(u.num_samples for u in group)
-        for name in names:
-            relative[name] = sum(u.num_samples / total * contribution(u.state, global_state, statistics=RELATIVE)[name]
-                                 for u in group)
+    relative = _group_means(updates, global_state, statistics=RELATIVE)
     assert torch.equal(relative["hsi.w"], means["hsi.w"])
     moved = apply_means(global_state, relative, statistics=RELATIVE)
     weights = torch.tensor([u.num_samples for u in updates], dtype=torch.float64)

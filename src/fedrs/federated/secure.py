@@ -9,9 +9,8 @@ encoder over the LiDAR holders, the head over everyone) and each group is one ru
 in the round's ordinary train message, and keeps its update (``contribution``) in its node state;
 the protocol's masked-vector stage, handled on the client by Flower's ``secaggplus_mod``, reads the
 group's tensors from there. What each client adds is its update against the global weights (small
-values, as SecAgg+'s fixed-range quantisation needs), with sample weights as Flower's weights;
-BatchNorm running variances enter as second moments (var + mean²), so the server still pools
-them exactly (``aggregation.pooled_variance``) from sums alone.
+values, as SecAgg+'s fixed-range quantisation needs), with sample weights as Flower's weights.
+Under DP the BatchNorm statistics enter as they are, averaged with the weights.
 
 SecAgg+ clips each client's weighted share to ±``clipping_range`` before quantising; a clipped
 value would make the sum silently wrong (Houston's BatchNorm second moments reach the thousands),
@@ -138,6 +137,13 @@ VARIANCE_FLOOR = 1e-8  # a variance below it counts as this (log-ratios and std 
 
 def is_statistic(name: str) -> bool:
     return name.endswith(("running_mean", "running_var"))
+
+
+def statistics_units(private: bool) -> str:
+    """How a run's normalisation statistics enter its secure sums — the clients' contributions and
+    the server's means must agree: as they are under DP (its clipped update is small and its noise is
+    sized in its own units), else ``RELATIVE``, in secure sums of their own."""
+    return RAW if private else RELATIVE
 
 
 def _variance_of(name: str, state: State) -> torch.Tensor:

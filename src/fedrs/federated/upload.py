@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedrs.federated.codec import CodecConfig, ErrorFeedback
 from fedrs.federated.privacy import PrivacyConfig, clip_update, public_metrics
-from fedrs.federated.secure import RAW, RELATIVE, contribution, hold_update
+from fedrs.federated.secure import RAW, contribution, hold_update, statistics_units
 from fedrs.federated.wire import pack_update, payload_bytes
 
 State = dict[str, torch.Tensor]
@@ -109,9 +109,8 @@ def upload_path(settings: dict[str, Any], context: Context, received: State, rnd
         steps.append(poisoned_with_nan)
     steps.append(published(settings))
     if settings.get("secure_aggregation") is not None:
-        # under DP the clipped update is small and its noise is sized in its own units: raw statistics
         steps.append(held_for_secure_sums(context, received, rnd, secure_seed, pooled_variances=not privacy,
-                                          statistics=RAW if privacy else RELATIVE))
+                                          statistics=statistics_units(bool(privacy))))
     elif settings.get("compression"):
         steps.append(encoded(context, received, settings["compression"]))
     else:

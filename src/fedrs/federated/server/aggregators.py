@@ -41,6 +41,7 @@ from fedrs.federated.secure import (
     is_statistic,
     secure_groups,
     secure_mean,
+    statistics_units,
 )
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
@@ -160,7 +161,7 @@ class SecureAggregator(PlainAggregator):
 
         if run.cfg.privacy:
             private_release(run, target, sampling_rate, noise_means)
-        statistics = RAW if run.cfg.privacy else RELATIVE
+        statistics = statistics_units(bool(run.cfg.privacy))
         for name in means:  # anchored where the clients started (as the plain mean of their states is)
             if statistics == RAW or not is_statistic(name):
                 means[name] = means[name] + downloads_mean(source, name) - run.global_state[name].double()
@@ -300,7 +301,8 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
     client_of = {node: cid for cid, node in node_of.items()}
     metered = MeteredGrid(grid)
     groups = secure_groups(secure_holdings(run, record))
-    if not cfg.privacy:  # normalisation statistics (RELATIVE units) get sums of their own, with their own range
+    relative = statistics_units(bool(cfg.privacy)) == RELATIVE
+    if relative:  # normalisation statistics in RELATIVE units get sums of their own, with their own range
         groups = [(part, members) for names, members in groups
                   for part in (tuple(n for n in names if not is_statistic(n)),
                                tuple(n for n in names if is_statistic(n))) if part]
@@ -313,7 +315,7 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
                            "they keep their global values", record.round, len(names), members)
             continue
         weights = {node_of[c]: 1 if equal else int(run.clients[c]["num_samples"]) for c in members}
-        use = statistics_cfg if not cfg.privacy and is_statistic(names[0]) else secure
+        use = statistics_cfg if relative and is_statistic(names[0]) else secure
         means, nodes = secure_mean(metered, weights, names, record.round, index, use,  # type: ignore[arg-type]
                                    cfg.round_timeout)
         if means is None:
