@@ -24,6 +24,19 @@ def test_classifier_outputs(kw):
     assert len(outs) == 3 and all(o.shape == (3, 5) for o in outs)
 
 
+def test_diffusion_features_on_the_lidar_branch_alone():
+    model = FedDiffClassifier(spec(diffusion_modalities=("lidar",))).eval()
+    assert not hasattr(model.hsi_branch, "stem") and hasattr(model.lidar_branch, "stem")
+    # the HSI branch needs no features; the LiDAR branch refuses to run without its own
+    outs = model(torch.randn(3, 7, 8, 8), torch.randn(3, 1, 8, 8), lidar_features=torch.randn(3, 32, 4, 4))
+    assert all(o.shape == (3, 5) for o in outs)
+    with pytest.raises(ValueError, match="needs the diffusion features"):
+        model(torch.randn(3, 7, 8, 8), torch.randn(3, 1, 8, 8), hsi_features=torch.randn(3, 32, 4, 4))
+    assert not spec(use_diffusion=False, diffusion_modalities=("lidar",)).diffuses("lidar")
+    with pytest.raises(ValueError, match=r"diffusion_modalities \['lidar', 'dsm'\]"):
+        spec(diffusion_modalities=("lidar", "dsm"))
+
+
 def test_loss_with_a_weight_term_that_acts():
     torch.manual_seed(0)
     model = FedDiffClassifier(spec())

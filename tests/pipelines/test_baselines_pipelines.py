@@ -2,6 +2,7 @@
 tiny model; the other runs on the in-process engine), evaluation outputs, and what kedro-mlflow put
 in the SQLite store."""
 
+import copy
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from fedrs.datasets import TorchArtifactDataset
 from fedrs.registry import load_registered_artifact
 from fedrs.registry import main as registry_main
-from tests.conftest import INPROCESS, REPO, TINY_FEDCMI
+from tests.conftest import INPROCESS, REPO, TINY_FEDCMI, TINY_FEDDIFF
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +178,30 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert ("hsi", "diffusion t=20, flattened") in inputs and ("lidar", "raw, centre pixel") in inputs
     assert ("lidar", "raw, window flattened") in inputs
     assert len(inputs) == 2 * (3 + 2 * 2) and all(0.0 <= r["val_oa"] <= 1.0 for r in probed)
+
+
+@pytest.mark.heavy(30)
+def test_feddiff_with_lidar_diffusion_features_only(tiny_feddiff):
+    """``feddiff.diffusion.modalities: [lidar]``: stage 1 trains the LiDAR DDPM alone, stage 2 sends a
+    U-Net to the LiDAR holders only, and stage 3's HSI branch runs without a diffusion stem."""
+    conf = copy.deepcopy(TINY_FEDDIFF)
+    conf["feddiff"]["diffusion"]["modalities"] = ["lidar"]
+    conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 1
+    tiny_feddiff.write_conf("local", "parameters_feddiff.yml", conf)
+    tiny_feddiff.run(["feddiff"], to_nodes=["feddiff.evaluate"])
+    p = tiny_feddiff.path
+    diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
+    assert set(diffusion["stages"]) == {"lidar"}
+    traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    assert sorted(traffic[traffic["payload"] == "unet"]["client_id"]) == [1, 3]  # the LiDAR holders
+    artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
+    assert set(artifact["unets"]) == {"lidar"} and artifact["spec"]["diffusion_modalities"] == ["lidar"]
+    assert any(".stem." in k for k in artifact["state"] if k.startswith("lidar_branch."))
+    assert not any(".stem." in k for k in artifact["state"] if k.startswith("hsi_branch."))
+    history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
+    assert history["rounds"][0]["accepted"] == [0, 1, 2, 3]
+    metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    assert 0.0 <= metrics["oa"] <= 1.0
 
 
 @pytest.mark.heavy(25)

@@ -34,3 +34,23 @@ def test_the_unet_size_of_the_patch_parameters_reaches_the_unet_and_the_classifi
     _, metrics = ddpm.client_update(model, {"hsi": np.random.default_rng(0).normal(size=(4, 6, 7, 7))},
                                     ("hsi",), {"epochs": 1, "batch_size": 2}, seed=0)
     assert np.isfinite(metrics["train_loss"])  # 7×7 patches resized to 12×12 train the 12×12 U-Net
+
+
+def test_diffusion_modalities_decide_which_branches_get_a_stem():
+    import pytest
+
+    from fedrs.pipelines.feddiff.nodes import classifier_spec, diffusion_modalities, unet_spec
+
+    assert diffusion_modalities({}) == ("hsi", "lidar")
+    assert diffusion_modalities({"modalities": ["lidar", "hsi"]}) == ("hsi", "lidar")
+    assert diffusion_modalities({"modalities": ["lidar"]}) == ("lidar",)
+    for bad in ([], ["dsm"], ["lidar", "lidar"], "lidar", None):
+        with pytest.raises(ValueError, match="feddiff.diffusion.modalities is"):
+            diffusion_modalities({"modalities": bad})
+    patches = {"hsi": np.zeros((4, 6, 7, 7), np.float32), "lidar": np.zeros((4, 1, 7, 7), np.float32),
+               "num_classes": 3}
+    diffusion = {"model": {"base_channels": 8, "steps": 50}}
+    unets = {"lidar": {"spec": unet_spec(patches, "lidar", diffusion, {"unet_size": 8})}}
+    spec = classifier_spec(patches, unets, {"model": {}}, [5, 20], 0)
+    assert spec["diffusion_modalities"] == ["lidar"] and spec["hsi_feature_channels"] == 0
+    assert spec["lidar_feature_channels"] == 2 * 8 * 2

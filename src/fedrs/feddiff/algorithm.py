@@ -55,10 +55,10 @@ def branch_inputs(data: dict[str, Any], modality: str, spec: FedDiffSpec) -> tup
     the resize is per sample, so batches index these instead of resizing every epoch. A model that
     uses diffusion features and finds none for its pixels is an error."""
     key = f"{modality}_features"
-    if spec.use_diffusion and key not in data:
-        raise ValueError(f"feddiff: no {key} for these {len(data[modality])} pixels; a FedDiff model with "
-                         "use_diffusion: true trains and predicts only with its diffusion features")
-    features = torch.as_tensor(np.asarray(data[key]), dtype=torch.float32) if spec.use_diffusion else None
+    if spec.diffuses(modality) and key not in data:
+        raise ValueError(f"feddiff: no {key} for these {len(data[modality])} pixels; a FedDiff model whose "
+                         f"{modality} branch uses diffusion features trains and predicts only with them")
+    features = torch.as_tensor(np.asarray(data[key]), dtype=torch.float32) if spec.diffuses(modality) else None
     return unet_input(data[modality], spec.unet_size), features
 
 
@@ -194,11 +194,9 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
                 config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Add the diffusion features computed with the artefact's global U-Nets (server side)."""
         spec = FedDiffSpec.from_dict(artifact["spec"])
-        if not spec.use_diffusion:
-            return data
         out = dict(data)
         for modality in self.modalities:
-            if f"{modality}_features" in data or modality not in data:  # e.g. one holder's own patches
+            if not spec.diffuses(modality) or f"{modality}_features" in data or modality not in data:
                 continue
             entry = (artifact.get("unets") or {}).get(modality)
             if entry is None:

@@ -10,11 +10,13 @@ j2 = FR(cnn_H, diff_H), j3 = FR(diff_L, cnn_L); three heads give o1 (the predict
 
 Ablations build only what they train (so nothing dead is trained, compressed or sent):
 ``use_diffusion=False`` has no diffusion stem (the enhanced path sees only the CNN's third layer: a
-FedFusion-like model); ``bilateral=False`` has no FR1 and uses j1 = j2 + j3 (no cross-modal mixing
+FedFusion-like model); ``diffusion_modalities=("lidar",)`` keeps the stem on the LiDAR branch alone
+(the HSI branch as without diffusion: on real Houston spectra the HSI DDPM's features carry less
+than the raw bands, docs/houston-dev.md); ``bilateral=False`` has no FR1 and uses j1 = j2 + j3 (no cross-modal mixing
 of CNN and diffusion paths); ``modalities=("hsi",)`` or ``("lidar",)`` keeps one branch, its own FR
 block (j2 or j3) and head — the single-modality FedDiff.
 
-A model with ``use_diffusion=True`` refuses to run without its diffusion features: silently
+A branch with a diffusion stem refuses to run without its diffusion features: silently
 standing zeros in for them would score a different model than the one trained.
 """
 
@@ -39,6 +41,7 @@ class FedDiffSpec:
     lidar_feature_channels: int
     num_classes: int
     use_diffusion: bool = True
+    diffusion_modalities: tuple[str, ...] = ("hsi", "lidar")  # the branches with a diffusion stem (stage 1's DDPMs)
     bilateral: bool = True
     modalities: tuple[str, ...] = ("hsi", "lidar")  # one modality: its branch, FR block and head only
     timesteps: tuple[int, ...] = ()    # the diffusion features' timesteps and noise seed (stage 2)
@@ -47,12 +50,22 @@ class FedDiffSpec:
     norm: str = "batch"                # batch (FedFusion's code) | group (no running statistics)
     centre_path: bool = False          # add the centre pixel's own features to cnn_m
 
+    def __post_init__(self) -> None:
+        unknown = set(self.diffusion_modalities) - {"hsi", "lidar"}
+        if unknown:
+            raise ValueError(f"FedDiff classifier diffusion_modalities {list(self.diffusion_modalities)}: "
+                             f"{sorted(unknown)} unknown; expected a subset of ['hsi', 'lidar']")
+
+    def diffuses(self, modality: str) -> bool:
+        """Whether ``modality``'s branch has a diffusion stem and so needs that modality's features."""
+        return self.use_diffusion and modality in self.diffusion_modalities
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> FedDiffSpec:
-        return from_mapping(cls, d, tuples=("modalities", "timesteps"))
+        return from_mapping(cls, d, tuples=("modalities", "timesteps", "diffusion_modalities"))
 
 
 def _conv_bn(cin: int, cout: int, k: int, norm: str = "batch") -> list[nn.Module]:
@@ -133,11 +146,11 @@ class FedDiffClassifier(nn.Module):
         self.spec = spec
         both = set(spec.modalities) == {"hsi", "lidar"}
         if "hsi" in spec.modalities:
-            self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.use_diffusion, spec.norm,
-                                          spec.centre_path)
+            self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.diffuses("hsi"),
+                                          spec.norm, spec.centre_path)
             self.fr2, self.head2 = FR(), Head(spec.num_classes, norm=spec.norm)
         if "lidar" in spec.modalities:
-            self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.use_diffusion,
+            self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.diffuses("lidar"),
                                             spec.norm, spec.centre_path)
             self.fr3, self.head3 = FR(), Head(spec.num_classes, norm=spec.norm)
         if both:

@@ -33,18 +33,35 @@ def unet_spec(patches: dict[str, Any], modality: str, diffusion: dict[str, Any],
             "size": int(patch_params["unet_size"])}
 
 
+def diffusion_modalities(diffusion: dict[str, Any]) -> tuple[str, ...]:
+    """The modalities stage 1 trains a DDPM for (``feddiff.diffusion.modalities``): a non-empty subset
+    of hsi, lidar. Stage 2 computes their features and stage 3 gives their branches a diffusion stem."""
+    chosen = diffusion.get("modalities", list(MODALITIES))
+    if (not isinstance(chosen, list | tuple) or not chosen or len(set(chosen)) != len(chosen)
+            or not set(chosen) <= set(MODALITIES)):
+        raise ValueError(f"feddiff.diffusion.modalities is {chosen!r}; expected a non-empty list of distinct "
+                         f"modalities from {list(MODALITIES)} (no diffusion at all: "
+                         "feddiff.classifier.model.use_diffusion: false)")
+    return tuple(m for m in MODALITIES if m in chosen)
+
+
 def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: dict[str, Any],
                     timesteps: list[int], seed: int) -> dict[str, Any]:
-    """The classifier's spec: data shapes, feature channels of the U-Nets at the diffusion features'
-    timesteps, and the seed that drew the features' noise."""
+    """The classifier's spec: data shapes, the modalities with a U-Net (their branches get a
+    diffusion stem), their feature channels at the diffusion features' timesteps, and the seed that
+    drew the features' noise."""
     timesteps = list(timesteps)
+    diffused = [m for m in MODALITIES if m in unets]
     spec = {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
             "num_classes": int(patches["num_classes"]), **classifier["model"],
-            "timesteps": timesteps, "feature_seed": int(seed)}
+            "diffusion_modalities": diffused, "timesteps": timesteps, "feature_seed": int(seed)}
     for modality in MODALITIES:
-        unet = UNetSpec.from_dict(unets[modality]["spec"])
-        spec[f"{modality}_feature_channels"] = unet.base_channels * unet.channel_mult[-1] * len(timesteps)
-        spec["unet_size"] = unet.size
+        channels = 0
+        if modality in unets:
+            unet = UNetSpec.from_dict(unets[modality]["spec"])
+            channels = unet.base_channels * unet.channel_mult[-1] * len(timesteps)
+            spec["unet_size"] = unet.size
+        spec[f"{modality}_feature_channels"] = channels
     return spec
 
 
@@ -59,7 +76,7 @@ def classifier_algorithm(classifier: dict[str, Any], centralized: bool = False) 
 def _artifact(name: str, spec: dict[str, Any], unets: dict[str, Any], state: dict) -> dict[str, Any]:
     modalities = list(get_algorithm(name).modalities)
     return artifact(name, spec, modalities, state,
-                    unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities})
+                    unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities if m in unets})
 
 
 def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], compute: dict[str, Any],
@@ -79,10 +96,10 @@ def train_diffusion(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
                     validation_patches: dict[str, Any], diffusion: dict[str, Any], patch_params: dict[str, Any],
                     resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Stage 1: one federated DDPM per modality, over the clients that hold it."""
+    """Stage 1: one federated DDPM per modality of ``diffusion.modalities``, over the clients that hold it."""
     started = time.perf_counter()
     unets, rounds = {}, {}
-    for modality in MODALITIES:
+    for modality in diffusion_modalities(diffusion):
         spec = unet_spec(validation_patches, modality, diffusion, patch_params)
         cfg = _config(f"ddpm_{modality}", spec, diffusion, compute, partition_dir=partition_dir,
                       checkpoint_dir=f"{checkpoint_dir}/ddpm_{modality}")
@@ -131,7 +148,8 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
     if features_manifest["unets"] != digests:
         raise ValueError(f"the features manifest names U-Nets {features_manifest['unets']}, but stage 1's are "
                          f"{digests}: run stage 2 (feddiff.extract_features) again")
-    client_features = features_manifest["settings"] if spec.get("use_diffusion", True) else None
+    diffuses = spec.get("use_diffusion", True) and bool(spec["diffusion_modalities"])
+    client_features = features_manifest["settings"] if diffuses else None
     cfg = _config(name, spec, classifier, compute, partition_dir=partition_dir,
                   checkpoint_dir=f"{checkpoint_dir}/{name}", client_features=client_features)
     result = run_job(RoundsJob(cfg, validation_inputs), int(manifest["num_clients"]), federation,
@@ -170,7 +188,7 @@ def train_diffusion_pooled(
     """Centralized FedDiff, stage 1: each DDPM on every training pixel in one place."""
     started = time.perf_counter()
     unets, rounds = {}, {}
-    for modality in MODALITIES:
+    for modality in diffusion_modalities(diffusion):
         spec = unet_spec(train_patches, modality, diffusion, patch_params)
         state, rounds[modality] = train_centralized(
             train_patches, validation_patches, _config(f"ddpm_{modality}", spec, diffusion, compute)
