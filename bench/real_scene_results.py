@@ -133,16 +133,17 @@ def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[st
                      f"{ok[0]['mb_sent']:,.0f} ({ok[0]['mb_dense']:,.0f}) | "
                      f"{statistics.mean(r['training_seconds'] or 0 for r in ok):,.0f} |")
     if ok_rows.get(reference):
-        ref = {unit(r): r["oa"] for r in ok_rows[reference]}
         folds = any(r.get("fold") is not None for r in rows)
-        lines += ["", f"Test OA, paired by run against {reference}"
-                  + (" (cross-validation folds share training pixels, so these intervals are optimistic: "
-                     "Nadeau & Bengio, 2003)" if folds else "") + ":", ""]
-        for algorithm, ok in ok_rows.items():
-            if algorithm != reference and ok and set(ref) & {unit(r) for r in ok}:
-                other = {unit(r): r["oa"] for r in ok}
-                lines.append("- " + paired_interval(ref, other).describe(reference, algorithm,
-                                                                         runs="runs" if folds else "seeds"))
+        caveat = (" (cross-validation folds share training pixels, so these intervals are optimistic: "
+                  "Nadeau & Bengio, 2003)" if folds else "")
+        for metric, title in (("val_oa_final", "Validation OA (what a setting is chosen on)"), ("oa", "Test OA")):
+            ref = {unit(r): r[metric] for r in ok_rows[reference] if r.get(metric) is not None}
+            lines += ["", f"{title}, paired by run against {reference}{caveat}:", ""]
+            for algorithm, ok in ok_rows.items():
+                other = {unit(r): r[metric] for r in ok if r.get(metric) is not None}
+                if algorithm != reference and set(ref) & set(other):
+                    lines.append("- " + paired_interval(ref, other).describe(reference, algorithm,
+                                                                             runs="runs" if folds else "seeds"))
     return lines
 
 

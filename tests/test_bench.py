@@ -108,6 +108,9 @@ def test_the_real_scene_table_pairs_cross_validation_folds_by_seed_and_fold(monk
     table = "\n".join(lines)
     assert "| feddiff | 1/f0, 1/f1, 1/f2 |" in table and "1/f3" in table
     assert "feddiff is better than fedavg (+11.0 points" in table and "3 runs)" in table and "optimistic" in table
+    # a setting is chosen on the validation comparison, which the table gives before the test one
+    assert table.index("Validation OA (what a setting is chosen on), paired") < table.index("Test OA, paired")
+    assert table.count("feddiff is better than fedavg") == 2
     assert real_scene_results.key(rows[0]) != real_scene_results.key(rows[1])
 
 
