@@ -1,6 +1,7 @@
 """The bench scripts run (tiny sizes, results redirected): they cannot rot. No timing is asserted."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -138,3 +139,14 @@ def test_the_diffusion_recipe_bench_probes_each_variant_against_raw_inputs(tmp_p
             ("pca3-x0", "PCA-3 bands, pooled (raw)"), ("raw centre pixel", "raw")} <= inputs
     assert all(0.0 <= r["val_oa"] <= 1.0 for r in rows)
     assert next(r for r in rows if r["variant"] == "pca3-x0" and r["input"].startswith("PCA"))["dims"] == 3
+
+
+def test_the_gpu_bench_measures_each_models_local_update():
+    """bench/bench_gpu.py on the CPU path (its CUDA rows need a GPU): the algorithms' own client
+    update at Houston size, a finite loss and a rate."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_gpu
+
+    for name in ("FedDiff classifier (both branches)", "DDPM HSI, C = 32 (default)"):
+        row = bench_gpu.measure(name, "cpu", "fp32", samples=16, epochs=1)
+        assert row["samples_per_s"] > 0 and math.isfinite(row["train_loss"]) and row["gpu_peak_mb"] is None

@@ -8,7 +8,14 @@ from fedrs import compute
 from fedrs.compute import ComputePolicy, PrecisionError, compute_policy
 
 
-def test_fp32_is_the_default_and_never_autocasts():
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """A machine without a GPU (CI's kind), also where the suite runs on one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return monkeypatch
+
+
+def test_fp32_is_the_default_and_never_autocasts(no_cuda):
     policy = compute_policy()
     assert policy == ComputePolicy(torch.device("cpu")) and policy.precision == "fp32"
     with policy.autocast():
@@ -27,7 +34,7 @@ def test_bf16_on_a_cpu_without_native_bf16_stops_with_a_clear_message(monkeypatc
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
-def test_bf16_on_a_cpu_with_native_bf16_autocasts(monkeypatch):
+def test_bf16_on_a_cpu_with_native_bf16_autocasts(no_cuda, monkeypatch):
     monkeypatch.setattr(compute, "cpu_has_native_bf16", lambda: True)
     policy = compute_policy("auto", "bf16")
     assert policy.device.type == "cpu" and policy.dtype == torch.bfloat16 and policy.precision == "bf16"
@@ -50,7 +57,15 @@ def fake_cuda(monkeypatch):
 
 def test_cuda_branch_choices_with_the_device_mocked(fake_cuda):
     fake_cuda.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert compute_policy("auto").device == torch.device("cuda")
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    try:
+        conv.fp32_precision = matmul.fp32_precision = "tf32"
+        assert compute_policy("auto").device == torch.device("cuda")
+        # fp32 on a GPU is fp32: PyTorch's default TF32 convolutions are turned off
+        assert conv.fp32_precision == matmul.fp32_precision == "ieee"
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
     assert compute_policy("auto").dtype is None  # fp32 on a GPU too unless asked
     bf16 = compute_policy("auto", "bf16")
     assert bf16.device.type == "cuda" and bf16.dtype == torch.bfloat16

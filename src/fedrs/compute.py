@@ -2,7 +2,8 @@
 
 ``device``: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
 ``precision``:
-- ``fp32`` (default): no autocast anywhere, so a result does not depend on which CPU ran it;
+- ``fp32`` (default): no autocast anywhere, so a result does not depend on which CPU ran it; on a
+  GPU, TF32 is turned off too (PyTorch's default runs CUDA convolutions in TF32);
 - ``bf16``: CUDA autocast on a GPU, CPU autocast on a CPU with native bf16 (AVX-512 BF16 or AMX).
   Asked for on a CPU without it, the run stops: PyTorch would emulate bf16 there, 10-25× slower
   than fp32 (measured in ``bench/bench_unet.py``);
@@ -69,6 +70,11 @@ def compute_policy(device: str = "auto", precision: str = "fp32") -> ComputePoli
         raise PrecisionError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     resolved = resolve_device(device)
     if precision == "fp32":
+        if resolved.type == "cuda":
+            # PyTorch runs CUDA convolutions in TF32 by default (10-bit mantissa): fp32 means fp32 here too,
+            # so a GPU run agrees with a CPU run of the same seed (tests/test_cuda.py)
+            torch.backends.cudnn.conv.fp32_precision = "ieee"  # type: ignore[attr-defined]
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
         return ComputePolicy(resolved)
     if resolved.type == "cuda":
         if precision == "bf16" and not torch.cuda.is_bf16_supported():

@@ -130,9 +130,9 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
         mode = FedDiffTraining.split(config)[1].exchange_bn
         # eval: BatchNorm with the global running statistics; train: with this client's batch statistics,
         # as its own branch runs while it trains (the running statistics of this copy are discarded)
-        branch = getattr(model, f"{modality}_branch").train(mode == "train")
         cfg = TrainConfig.from_dict(inference_config(config))
         policy = cfg.policy()
+        branch = getattr(model, f"{modality}_branch").to(policy.device).train(mode == "train")
         patches, features = branch_inputs(data, modality, model.spec)
         outs: dict[str, list[torch.Tensor]] = {"cnn": [], "diff": []}
         with torch.inference_mode():

@@ -19,7 +19,7 @@ from fedrs.feddiff.diffusion import (
     probe_timesteps,
 )
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
-from fedrs.federated.algorithm_base import Algorithm, Modalities
+from fedrs.federated.algorithm_base import Algorithm, Modalities, inference_config
 from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches
 from fedrs.patching import resize_patches
 
@@ -94,10 +94,11 @@ class DiffusionAlgorithm(Algorithm):
         noise: the L1 noise loss, and the x0-reconstruction PSNR and its gain over predicting no
         noise at a few timesteps (``denoising_report``)."""
         assert isinstance(model, DiffusionUNet)
-        model.eval()
-        x0 = unet_input(np.asarray(test[self.modality])[:2048], model.spec.size)
+        policy = TrainConfig.from_dict(inference_config(config)).policy()
+        model.to(policy.device).eval()
+        x0 = unet_input(np.asarray(test[self.modality])[:2048], model.spec.size).to(policy.device)
         schedule = schedule_of(model.spec)
-        with torch.inference_mode():
+        with torch.inference_mode(), policy.autocast():
             report = {"l1": float(diffusion_loss(model, schedule, x0, torch.Generator().manual_seed(0)))}
             report.update(denoising_report(model, schedule, x0, probe_timesteps(schedule.steps),
                                            torch.Generator().manual_seed(1)))

@@ -2,7 +2,8 @@
 
 Forced bf16 is emulated on CPUs without native bf16, which is slow but fine at this size: a dtype
 mismatch anywhere (an fp32 layer fed a bf16 activation outside autocast, say) fails on every
-machine, not only on the CPUs that choose bf16 by themselves."""
+machine, not only on the CPUs that choose bf16 by themselves. Where CUDA is present, every test
+runs a second time with CUDA's bf16 autocast (the GPU path; tests/test_cuda.py checks its fp32)."""
 
 import numpy as np
 import pytest
@@ -15,6 +16,16 @@ from fedrs.federated.algorithms import get_algorithm
 from tests.federated.tiny_data import tiny_client_data
 
 BF16 = {"epochs": 1, "batch_size": 8, "precision": "bf16-force"}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@pytest.fixture(autouse=True, params=[pytest.param("cpu", id="cpu-bf16-force"),
+                                      pytest.param("cuda", id="cuda-bf16", marks=CUDA)])
+def device(request, monkeypatch):
+    """The bf16 path of this device: every algorithm's config in this module names it."""
+    monkeypatch.setitem(BF16, "device", request.param)
+    monkeypatch.setitem(BF16, "precision", "bf16-force" if request.param == "cpu" else "bf16")
+    return request.param
 FUSION_SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
 FEDDIFF_SPEC = {"hsi_channels": 5, "lidar_channels": 1, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
                 "num_classes": 3, "timesteps": [5], "feature_seed": 0}
@@ -75,13 +86,13 @@ def test_fedcmi_with_infiltration_in_bf16(rng):
     assert set(variants) == {"hsi_infiltrated", "hsi_zero_filled", "lidar_infiltrated", "lidar_zero_filled"}
 
 
-def test_ddpm_and_diffusion_features_in_bf16(rng):
+def test_ddpm_and_diffusion_features_in_bf16(rng, device):
     data = tiny_client_data(rng, ("lidar",))
     spec = {"in_channels": 1, "base_channels": 8, "steps": 50}
     alg, model = _round_trip("ddpm_lidar", spec, [(("lidar",), data), (("lidar",), tiny_client_data(rng, ("lidar",)))])
     assert np.isfinite(alg.evaluate(model, data, BF16)["l1"])
     features = diffusion_feature_bundle(model, data["lidar"], [5, 20], 0,
-                                        compute_policy("cpu", "bf16-force"))
+                                        compute_policy(device, BF16["precision"]))
     assert features.dtype == np.float32 and features.shape == (24, 32, 4, 4) and np.isfinite(features).all()
 
 
