@@ -22,7 +22,7 @@ from common import gemm_gflops, median_seconds, peak_rss_mb, save
 from fedrs.evaluation import predict_scene
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.pipelines.feddiff.nodes import classifier_spec, unet_spec
+from fedrs.pipelines.feddiff.nodes import classifier_spec, diffusion_modalities, unet_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def feddiff_artifact(bands: int, lidar_channels: int, num_classes: int, patch: i
               "lidar": np.zeros((1, lidar_channels, patch, patch), np.float32), "num_classes": num_classes}
     torch.manual_seed(0)
     unets = {}
-    for modality in ("hsi", "lidar"):
+    for modality in diffusion_modalities(params["diffusion"]):  # the configured default's U-Nets
         spec = unet_spec(shapes, modality, params["diffusion"], {"unet_size": 8})
         unets[modality] = {"spec": spec, "state": DiffusionUNet(UNetSpec.from_dict(spec)).state_dict()}
     features = {"timesteps": params["features"]["timesteps"], "seed": 0}

@@ -138,6 +138,8 @@ def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[st
                   "Nadeau & Bengio, 2003)" if folds else "")
         for metric, title in (("val_oa_final", "Validation OA (what a setting is chosen on)"), ("oa", "Test OA")):
             ref = {unit(r): r[metric] for r in ok_rows[reference] if r.get(metric) is not None}
+            if not ref:  # older result files have no validation OA
+                continue
             lines += ["", f"{title}, paired by run against {reference}{caveat}:", ""]
             for algorithm, ok in ok_rows.items():
                 other = {unit(r): r[metric] for r in ok if r.get(metric) is not None}

@@ -90,6 +90,13 @@ def test_diffusion_features_on_cuda_equal_the_cpus(rng):
     gpu = diffusion_feature_bundle(model, patches, [5, 20], 0, compute_policy("cuda", "fp32"))
     assert gpu.dtype == cpu.dtype == np.float32
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+    # stage 1's linear probe computes the same inputs on the device its config names
+    data = {"lidar": patches}
+    on_cpu = alg.probe_inputs(model, data, (5, 20), 0, {"device": "cpu"})
+    on_gpu = alg.probe_inputs(model, data, (5, 20), 0, {"device": "cuda"})
+    assert next(model.parameters()).device.type == "cuda"
+    for name, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[name], value, rtol=1e-4, atol=1e-5)
 
 
 def test_the_exchange_and_calibration_features_on_cuda_equal_the_cpus():

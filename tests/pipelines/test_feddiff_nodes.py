@@ -54,3 +54,15 @@ def test_diffusion_modalities_decide_which_branches_get_a_stem():
     spec = classifier_spec(patches, unets, {"model": {}}, [5, 20], 0)
     assert spec["diffusion_modalities"] == ["lidar"] and spec["hsi_feature_channels"] == 0
     assert spec["lidar_feature_channels"] == 2 * 8 * 2
+    # stage 3 may use fewer of stage 1's U-Nets than it trained (the LiDAR-only ablation of a full run) ...
+    both = {m: {"spec": unet_spec(patches, m, diffusion, {"unet_size": 8})} for m in ("hsi", "lidar")}
+    fewer = classifier_spec(patches, both, {"model": {}}, [5], 0, ("lidar",))
+    assert fewer["diffusion_modalities"] == ["lidar"] and fewer["hsi_feature_channels"] == 0
+    # ... never more, and a classifier none of whose branches would use diffusion features is refused
+    with pytest.raises(ValueError, match=r"names \['hsi'\], but stage 1 trained no DDPM"):
+        classifier_spec(patches, unets, {"model": {}}, [5], 0, ("hsi", "lidar"))
+    with pytest.raises(ValueError, match="share no modality.*use_diffusion: false"):
+        classifier_spec(patches, both, {"model": {}, "modalities": ["hsi"]}, [5], 0, ("lidar",))
+    plain = classifier_spec(patches, both, {"model": {"use_diffusion": False}, "modalities": ["hsi"]}, [5], 0,
+                            ("lidar",))
+    assert plain["use_diffusion"] is False

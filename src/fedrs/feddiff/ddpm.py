@@ -76,14 +76,15 @@ class DiffusionAlgorithm(Algorithm):
 
         return Objective(len(x0), loss, TrainConfig.from_dict(config), min_batch=1)
 
-    def probe_inputs(self, model: nn.Module, data: dict[str, Any], timesteps: tuple[int, ...], seed: int
-                     ) -> dict[str, torch.Tensor]:
+    def probe_inputs(self, model: nn.Module, data: dict[str, Any], timesteps: tuple[int, ...], seed: int,
+                     config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """The linear probe's inputs of every pixel (``fedrs.feddiff.probe``): the raw patch's bands
         and the middle-block features at each timestep, each averaged over the positions (float64)."""
         assert isinstance(model, DiffusionUNet)
         patches = np.asarray(data[self.modality])
         raw = unet_input(patches, model.spec.size).double().mean(dim=(2, 3))
-        bundle = torch.from_numpy(diffusion_feature_bundle(model, patches, list(timesteps), seed)).double()
+        policy = TrainConfig.from_dict(inference_config(config)).policy()
+        bundle = torch.from_numpy(diffusion_feature_bundle(model, patches, list(timesteps), seed, policy)).double()
         width = bundle.shape[1] // len(timesteps)
         return {"raw": raw, **{f"t{t}": bundle[:, i * width:(i + 1) * width].mean(dim=(2, 3))
                                for i, t in enumerate(timesteps)}}

@@ -132,10 +132,11 @@ class Algorithm(ABC):
         """Scores with one modality only (zero-filled, or the algorithm's own stand-in)."""
         return {}
 
-    def probe_inputs(self, model: nn.Module, data: dict[str, Any], timesteps: tuple[int, ...], seed: int
-                     ) -> dict[str, torch.Tensor]:
+    def probe_inputs(self, model: nn.Module, data: dict[str, Any], timesteps: tuple[int, ...], seed: int,
+                     config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """Per input name, one row per pixel of ``data``: what the linear probe of stage 1 scores
-        (``fedrs.feddiff.probe``); only the diffusion models have one."""
+        (``fedrs.feddiff.probe``), computed under ``config``'s device and precision; only the
+        diffusion models have one."""
         raise NotImplementedError(f"{self.name} has no linear probe")
 
     # -- classifier calibration (``fedrs.federated.calibration``) ---------------------------------

@@ -338,7 +338,8 @@ def probe(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     job = round_inputs(msg, context)
     cfg = ProbeConfig.from_dict(job.settings["probe"])
-    inputs = job.algorithm.probe_inputs(job.model, job.data, cfg.timesteps, int(job.settings["seed"]))
+    inputs = job.algorithm.probe_inputs(job.model, job.data, cfg.timesteps, int(job.settings["seed"]),
+                                        job.settings.get("train"))
     labels = torch.as_tensor(np.asarray(job.data["labels"]), dtype=torch.long)
     minimum = max(int(cfg.min_client_pixels), int(context.node_config.get("calibration-min-pixels", 0)))
     sums = probe_statistics(inputs, labels, int(job.settings["probe_classes"]), minimum)

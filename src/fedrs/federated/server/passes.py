@@ -186,7 +186,8 @@ def probe_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s: no client sent probe statistics", run.cfg.algorithm)
         return
     run.model.load_state_dict(run.global_state)
-    validation = run.algorithm.probe_inputs(run.model, run.validation, cfg.timesteps, run.cfg.seed)
+    validation = run.algorithm.probe_inputs(run.model, run.validation, cfg.timesteps, run.cfg.seed,
+                                            record.settings.get("train"))
     scores = probe_scores(pool_statistics(parts, keys=sorted(parts[0])), validation,
                           np.asarray(run.validation["labels"]), num_classes, cfg.ridge)
     record.scores.update({f"probe_{name}": oa for name, oa in scores.items()})

@@ -46,18 +46,29 @@ def diffusion_modalities(diffusion: dict[str, Any]) -> tuple[str, ...]:
 
 
 def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: dict[str, Any],
-                    timesteps: list[int], seed: int) -> dict[str, Any]:
-    """The classifier's spec: data shapes, the modalities with a U-Net (their branches get a
-    diffusion stem), their feature channels at the diffusion features' timesteps, and the seed that
-    drew the features' noise."""
+                    timesteps: list[int], seed: int, diffused: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The classifier's spec: data shapes, the modalities whose branches get a diffusion stem
+    (``diffused``, from ``feddiff.diffusion.modalities``; default: every modality with a U-Net),
+    their feature channels at the diffusion features' timesteps, and the seed that drew the
+    features' noise. A stage-3 run may use fewer U-Nets than stage 1 trained, never more."""
     timesteps = list(timesteps)
-    diffused = [m for m in MODALITIES if m in unets]
+    diffused = tuple(m for m in MODALITIES if m in unets) if diffused is None else tuple(diffused)
+    missing = [m for m in diffused if m not in unets]
+    if missing:
+        raise ValueError(f"feddiff.diffusion.modalities names {missing}, but stage 1 trained no DDPM for them "
+                         f"(its U-Nets: {sorted(unets)}): run stage 1 (feddiff.train_diffusion) again")
+    model = {"use_diffusion": True, **classifier["model"]}
+    branches = classifier.get("modalities", list(MODALITIES))
+    if model["use_diffusion"] and not set(diffused) & set(branches):
+        raise ValueError(f"feddiff.classifier.modalities {list(branches)} and feddiff.diffusion.modalities "
+                         f"{list(diffused)} share no modality: no branch would use diffusion features. Set "
+                         "feddiff.classifier.model.use_diffusion: false for a classifier without them")
     spec = {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
-            "num_classes": int(patches["num_classes"]), **classifier["model"],
-            "diffusion_modalities": diffused, "timesteps": timesteps, "feature_seed": int(seed)}
+            "num_classes": int(patches["num_classes"]), **model,
+            "diffusion_modalities": list(diffused), "timesteps": timesteps, "feature_seed": int(seed)}
     for modality in MODALITIES:
         channels = 0
-        if modality in unets:
+        if modality in diffused:
             unet = UNetSpec.from_dict(unets[modality]["spec"])
             channels = unet.base_channels * unet.channel_mult[-1] * len(timesteps)
             spec["unet_size"] = unet.size
@@ -75,8 +86,9 @@ def classifier_algorithm(classifier: dict[str, Any], centralized: bool = False) 
 
 def _artifact(name: str, spec: dict[str, Any], unets: dict[str, Any], state: dict) -> dict[str, Any]:
     modalities = list(get_algorithm(name).modalities)
+    used = [m for m in modalities if m in spec["diffusion_modalities"]]
     return artifact(name, spec, modalities, state,
-                    unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in modalities if m in unets})
+                    unets={m: {"spec": unets[m]["spec"], "state": unets[m]["state"]} for m in used})
 
 
 def _config(algorithm: str, spec: dict[str, Any], stage: dict[str, Any], compute: dict[str, Any],
@@ -129,15 +141,16 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_
 
 def train_classifier(manifest: dict[str, Any], partition_dir: str, features_manifest: dict[str, Any],
                      checkpoint_dir: str, deployment_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
-                     validation_patches: dict[str, Any], test_patches: dict[str, Any], classifier: dict[str, Any],
-                     resources: dict[str, Any], federation: dict[str, Any], compute: dict[str, Any]
+                     validation_patches: dict[str, Any], test_patches: dict[str, Any], diffusion: dict[str, Any],
+                     classifier: dict[str, Any], resources: dict[str, Any], federation: dict[str, Any],
+                     compute: dict[str, Any]
                      ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Stage 3: federated classifier rounds with the compressed feature exchange; each client reads
     the features it computed in stage 2 (named by ``features_manifest``)."""
     started = time.perf_counter()
     # the features the clients computed in stage 2, as its manifest names them
     spec = classifier_spec(validation_patches, unets, classifier, features_manifest["timesteps"],
-                           features_manifest["seed"])
+                           features_manifest["seed"], diffusion_modalities(diffusion))
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so it scores the global model centrally: each
@@ -148,8 +161,7 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
     if features_manifest["unets"] != digests:
         raise ValueError(f"the features manifest names U-Nets {features_manifest['unets']}, but stage 1's are "
                          f"{digests}: run stage 2 (feddiff.extract_features) again")
-    diffuses = spec.get("use_diffusion", True) and bool(spec["diffusion_modalities"])
-    client_features = features_manifest["settings"] if diffuses else None
+    client_features = features_manifest["settings"] if spec["use_diffusion"] else None
     cfg = _config(name, spec, classifier, compute, partition_dir=partition_dir,
                   checkpoint_dir=f"{checkpoint_dir}/{name}", client_features=client_features)
     result = run_job(RoundsJob(cfg, validation_inputs), int(manifest["num_clients"]), federation,
@@ -204,13 +216,15 @@ def train_classifier_pooled(
     diffusion_history: dict[str, Any],
     validation_patches: dict[str, Any],
     test_patches: dict[str, Any],
+    diffusion: dict[str, Any],
     classifier: dict[str, Any],
     features: dict[str, Any],
     compute: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
     started = time.perf_counter()
-    spec = classifier_spec(train_patches, unets, classifier, features["timesteps"], compute["seed"])
+    spec = classifier_spec(train_patches, unets, classifier, features["timesteps"], compute["seed"],
+                           diffusion_modalities(diffusion))
     name = classifier_algorithm(classifier, centralized=True)
     model_artifact = _artifact(name, spec, unets, {})
     algorithm = get_algorithm(name)
