@@ -110,22 +110,26 @@ def scaling_bench(work: Path, num_rounds: int) -> None:
     save("scaling", {"num_rounds": num_rounds, "rows": rows}, markdown)
 
 
-def e2e_bench(work: Path) -> None:
+def e2e_bench(work: Path, variants: list[str]) -> None:
+    """Each variant ``pipeline`` or ``pipeline:k=v,...`` (kedro ``--params``) from an empty data/."""
     rows = []
-    for pipeline in ("feddiff", "fedcmi"):
-        root = scratch_project(work / pipeline, {})
-        wall, peak = kedro_run(root, pipeline)
+    for i, variant in enumerate(variants):
+        pipeline, _, params = variant.partition(":")
+        root = scratch_project(work / f"{i}-{pipeline}", {})
+        wall, peak = kedro_run(root, pipeline, [f"--params={params}"] if params else None)
         metrics = json.loads((root / "data/08_reporting/synthetic" / pipeline / "metrics.json").read_text())
-        rows.append({"pipeline": pipeline, "wall_s": wall, "peak_mb": peak, "oa": metrics["oa"]})
+        rows.append({"pipeline": pipeline, "params": params, "wall_s": wall, "peak_mb": peak, "oa": metrics["oa"],
+                     "mb_sent": metrics.get("run", {}).get("bytes_sent", 0) / 1e6})
     markdown = [
-        "`kedro run --pipelines=<name>` from an empty data/ (scene generation included), default settings.",
+        "`kedro run --pipelines=<name> [--params=...]` from an empty data/ (scene generation, training, "
+        "evaluation and the classification map), default settings otherwise.",
         "",
-        "| pipeline | wall time | peak memory (process tree) | OA |",
-        "|---|---|---|---|",
+        "| pipeline | params | wall time | peak memory (process tree) | OA | MB sent |",
+        "|---|---|---|---|---|---|",
     ]
     markdown += [
-        f"| {r['pipeline']} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
-        f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} |"
+        f"| {r['pipeline']} | {r['params'] or '–'} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
+        f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} | {r['mb_sent']:,.0f} |"
         for r in rows
     ]
     save("end_to_end", {"rows": rows}, markdown)
@@ -135,6 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["rounds", "scaling", "e2e"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=["feddiff", "fedcmi"],
+                        help="e2e: pipeline or pipeline:k=v,... (e.g. 'feddiff:feddiff.diffusion.modalities=[lidar]')")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedrs-bench-") as tmp:
         if args.what == "rounds":
@@ -142,7 +148,7 @@ def main() -> None:
         elif args.what == "scaling":
             scaling_bench(Path(tmp), args.rounds)
         else:
-            e2e_bench(Path(tmp))
+            e2e_bench(Path(tmp), args.variants)
 
 
 if __name__ == "__main__":
