@@ -41,7 +41,9 @@ TINY_FEDCMI = {"fedcmi": {"training": {"model": {"dim": 16}}}}
 # 2 cores); tests/federated/test_simulation.py and the FedAvg pipeline test run Flower's simulation engine
 INPROCESS = {"federation": {"engine": "inprocess"}}
 TINY_FEDDIFF = {"feddiff": {
-    "diffusion": {"model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
+    # the paper's recipe (both DDPMs) exercises every stage-1 path; the default, LiDAR alone, has its own test
+    "diffusion": {"modalities": ["hsi", "lidar"],
+                  "model": {"base_channels": 8, "steps": 50}, "train": {"epochs": 1, "batch_size": 32},
                   "federated": {"num_rounds": 1, "eval_samples": 64,
                                 "probe": {"timesteps": [5, 20], "min_client_pixels": 3}}},
     "features": {"timesteps": [5, 20]},
