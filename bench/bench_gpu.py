@@ -20,16 +20,19 @@ from fedrs.federated.algorithms import get_algorithm
 BANDS, SIZE, CLASSES = 144, 8, 15  # Houston 2013: 144 bands, patches at the U-Net size, 15 classes
 
 
-def workloads(timesteps: int = 3) -> dict[str, tuple[str, dict, tuple[str, ...], bool]]:
+TIMESTEPS = [5, 50, 200]  # the default feature timesteps
+
+
+def workloads() -> dict[str, tuple[str, dict, tuple[str, ...], bool]]:
     """name: (algorithm, spec, modalities, needs diffusion features)."""
-    feature_channels = 2 * 32 * timesteps  # C = 32, channel_mult [1, 2]: 2C channels per timestep
+    feature_channels = 2 * 32 * len(TIMESTEPS)  # C = 32, channel_mult [1, 2]: 2C channels per timestep
     return {
         "FedAvg fusion CNN": ("fedavg", {"bands": BANDS, "lidar_channels": 1, "num_classes": CLASSES},
                               ("hsi", "lidar"), False),
         "FedDiff classifier (both branches)": (
             "feddiff_centralized",
             {"hsi_channels": BANDS, "lidar_channels": 1, "hsi_feature_channels": feature_channels,
-             "lidar_feature_channels": feature_channels, "num_classes": CLASSES, "timesteps": [5, 50, 200]},
+             "lidar_feature_channels": feature_channels, "num_classes": CLASSES, "timesteps": TIMESTEPS},
             ("hsi", "lidar"), True),
         "DDPM HSI, C = 32 (default)": ("ddpm_hsi", {"in_channels": BANDS, "base_channels": 32, "size": SIZE},
                                        ("hsi",), False),

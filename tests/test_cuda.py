@@ -15,22 +15,18 @@ import torch
 from fedrs.compute import compute_policy
 from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.algorithms import get_algorithm
-from tests.federated.tiny_data import tiny_client_data
+from tests.federated.tiny_data import TINY_FEDDIFF_SPEC, TINY_FUSION_SPEC, tiny_client_data, with_diffusion_features
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
-FUSION = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8, "dropout": 0.0}
-FEDDIFF = {"hsi_channels": 5, "lidar_channels": 1, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
-           "num_classes": 3, "timesteps": [5], "feature_seed": 0}
+FUSION = {**TINY_FUSION_SPEC, "dropout": 0.0}
+FEDDIFF = TINY_FEDDIFF_SPEC
 UNET = {"in_channels": 1, "base_channels": 8, "steps": 50}
 
 
 def _data(rng, modalities=("hsi", "lidar"), features=False):
     data = tiny_client_data(rng, modalities)
-    if features:
-        for m in modalities:
-            data[f"{m}_features"] = rng.standard_normal((len(data["labels"]), 16, 4, 4)).astype(np.float32)
-    return data
+    return with_diffusion_features(rng, data) if features else data
 
 
 CASES = {  # algorithm: (spec, client modalities, data maker, training round, its own config)

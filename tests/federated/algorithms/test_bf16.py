@@ -13,7 +13,7 @@ from fedrs.compute import compute_policy
 from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.aggregation import ClientUpdate
 from fedrs.federated.algorithms import get_algorithm
-from tests.federated.tiny_data import tiny_client_data
+from tests.federated.tiny_data import TINY_FEDDIFF_SPEC, TINY_FUSION_SPEC, tiny_client_data, with_diffusion_features
 
 BF16 = {"epochs": 1, "batch_size": 8, "precision": "bf16-force"}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -26,16 +26,11 @@ def device(request, monkeypatch):
     monkeypatch.setitem(BF16, "device", request.param)
     monkeypatch.setitem(BF16, "precision", "bf16-force" if request.param == "cpu" else "bf16")
     return request.param
-FUSION_SPEC = {"bands": 5, "lidar_channels": 1, "num_classes": 3, "width": 8, "dim": 8}
-FEDDIFF_SPEC = {"hsi_channels": 5, "lidar_channels": 1, "hsi_feature_channels": 16, "lidar_feature_channels": 16,
-                "num_classes": 3, "timesteps": [5], "feature_seed": 0}
+FUSION_SPEC, FEDDIFF_SPEC = TINY_FUSION_SPEC, TINY_FEDDIFF_SPEC
 
 
 def _with_features(rng, data):
-    for m in ("hsi", "lidar"):
-        if m in data:
-            data[f"{m}_features"] = rng.standard_normal((len(data["labels"]), 16, 4, 4)).astype(np.float32)
-    return {**data, "num_classes": 3, "class_names": ["a", "b", "c"]}
+    return {**with_diffusion_features(rng, data), "num_classes": 3, "class_names": ["a", "b", "c"]}
 
 
 def _round_trip(name, spec, clients, rnd=1, partners=None):
