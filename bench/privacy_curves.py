@@ -140,15 +140,17 @@ def record_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
     if args.calibrate:
         calibration = {"feature_clip": float(rows[-1]["feature_norm_max"])}
     probe_privacy = {"noise_multiplier": 0.0, "clipping_norm": 1e9, "delta": args.delta}
-    probe_exchange = {"exchange_privacy": {"noise_multiplier": 0.0, "clipping_norm": 1e9}} if algo == "feddiff" else {}
+    # protected exchange: the server scores its validation copy (the clients' scoring would relay unprotected outputs)
+    probe_exchange = ({"exchange_privacy": {"noise_multiplier": 0.0, "clipping_norm": 1e9}, "validation": "server"}
+                      if algo == "feddiff" else {})
     probe = run(project, args.env, algo, overrides(algo, {**off, **probe_exchange},
                                                    {**train, "record_privacy": probe_privacy}, group), args.from_nodes)
     variant = ", ".join(args.model + args.train) or "as configured"
     rows.append({"setting": f"DP-SGD without clipping or noise ({variant})", "sigma": 0.0, **probe, "epsilon": None})
     clip, exchange_clip = float(probe["record_norm_median"]), probe["exchange_norm_median"]
     for sigma in args.sigmas:
-        exchange = ({"exchange_privacy": {"noise_multiplier": sigma, "clipping_norm": float(exchange_clip)}}
-                    if algo == "feddiff" else {})
+        exchange = ({"exchange_privacy": {"noise_multiplier": sigma, "clipping_norm": float(exchange_clip)},
+                     "validation": "server"} if algo == "feddiff" else {})
         privacy = {"noise_multiplier": sigma, "clipping_norm": clip, "delta": args.delta}
         noised = {"calibration": {**calibration, "noise_multiplier": sigma}} if calibration else {}
         result = run(project, args.env, algo, overrides(algo, {**off, **exchange, **noised},

@@ -2,7 +2,18 @@ import numpy as np
 import pytest
 
 from fedrs.errors import InputError
-from fedrs.partition import client_bundle, horizontal, make_partition, modality_mix, modality_split, partition_manifest
+from fedrs.partition import (
+    ClientSpec,
+    assign_validation,
+    client_bundle,
+    horizontal,
+    make_partition,
+    modality_mix,
+    modality_split,
+    partition_manifest,
+    validation_count,
+    validation_view,
+)
 
 
 @pytest.fixture
@@ -120,3 +131,52 @@ def test_client_bundle_holds_only_its_modalities(pixels, rng):
     manifest = partition_manifest(clients, labels, 5, {"layout": "modality_split"})
     assert [c["partition"] for c in manifest["clients"]] == ["client_000", "client_001", "client_002", "client_003"]
     assert sum(sum(c["class_counts"]) for c in manifest["clients"][0::2]) == 300
+
+
+def _patch_set(rows, cols, labels, rng):
+    n = len(labels)
+    return {"rows": np.asarray(rows), "cols": np.asarray(cols), "labels": np.asarray(labels), "num_classes": 3,
+            "class_names": list("abc"), "patch_size": 3, "hsi": rng.random((n, 4, 3, 3)),
+            "lidar": rng.random((n, 1, 3, 3))}
+
+
+def test_a_validation_pixel_belongs_to_the_site_nearest_in_its_class(rng):
+    # two sites side by side; a class-1 strip of validation pixels lies beside site 0's class-1 pixels
+    # but nearer to site 1's class-0 pixels: it goes to site 0 (its class's survey), not the nearest site
+    train = _patch_set([5, 5, 5, 5], [0, 1, 10, 11], [1, 1, 0, 0], rng)
+    validation = _patch_set([5, 5, 5], [3, 8, 12], [1, 1, 0], rng)
+    clients = make_partition(train, (10, 20), {"layout": "modality_split", "num_sites": 2})
+    owned = assign_validation(clients, train, validation)
+    assert [list(o) for o in owned] == [[0, 1], [0, 1], [2], [2]]  # both holders of a site: the same pixels
+    bundles = [client_bundle(train, c, validation, o) for c, o in zip(clients, owned, strict=True)]
+    view = validation_view(bundles[1])
+    assert view["modalities"] == ["lidar"] and "hsi" not in view and validation_count(bundles[1]) == 2
+    np.testing.assert_array_equal(view["lidar"], validation["lidar"][[0, 1]])
+    np.testing.assert_array_equal(view["labels"], [1, 1])
+    assert view["client_id"] == 1 and view["site"] == 0 and view["num_classes"] == 3
+    manifest = partition_manifest(clients, train["labels"], 3, {}, owned, validation["labels"])
+    assert [c["validation_samples"] for c in manifest["clients"]] == [2, 2, 1, 1]
+    assert manifest["clients"][2]["validation_class_counts"] == [1, 0, 0]
+
+
+def test_only_clients_holding_every_modality_hold_validation_pixels(pixels, rng):
+    rows, cols, labels = pixels
+    train = _patch_set(rows, cols, labels % 3, rng)
+    validation = _patch_set(rng.integers(0, 40, 50), rng.integers(0, 120, 50), rng.integers(0, 3, 50), rng)
+    clients = horizontal(rows, cols, labels % 3, (40, 120), num_clients=6, scheme="dirichlet", multimodal_ratio=0.5,
+                         seed=3)
+    owned = assign_validation(clients, train, validation)
+    multimodal = [len(c.modalities) == 2 for c in clients]
+    assert sum(multimodal) == 3
+    assert all(o.size == 0 for o, m in zip(owned, multimodal, strict=True) if not m)
+    assert sorted(np.concatenate(owned).tolist()) == list(range(50))  # each validation pixel exactly once
+    for client, o in zip(clients, owned, strict=True):  # every pixel's class is one its owner holds, if any does
+        held = set(train["labels"][client.indices].tolist())
+        assert all(validation["labels"][i] in held for i in o)
+    none = [ClientSpec(i, c.indices, ("hsi",) if i % 2 else ("lidar",)) for i, c in enumerate(clients)]
+    assert all(o.size == 0 for o in assign_validation(none, train, validation))
+    # a federation of one modality: every client scores a model of that modality
+    hsi = [ClientSpec(i, c.indices, ("hsi",)) for i, c in enumerate(clients)]
+    assert sum(o.size for o in assign_validation(hsi, train, validation)) == 50
+    with pytest.raises(ValueError, match="holds no validation pixels"):
+        validation_view(client_bundle(train, none[0], validation, np.zeros(0, dtype=np.int64)))

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+CONFUSION = "confusion"  # the name confusion counts go by (in reports, and on their way from a client)
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts ``C[i, j]`` of pixels of true class ``i`` predicted as ``j``."""
@@ -65,9 +67,14 @@ def classification_report(
 
     The values are plain Python types so the dict can go straight to JSON and MLflow.
     """
-    cm = confusion_matrix(y_true, y_pred, num_classes)
+    return confusion_report(confusion_matrix(y_true, y_pred, num_classes), class_names)
+
+
+def confusion_report(cm: np.ndarray, class_names: list[str] | None = None) -> dict[str, Any]:
+    """The scores of ``classification_report`` from counts alone (what federated validation sums)."""
+    cm = np.asarray(cm).astype(np.int64)
     acc = per_class_accuracy(cm)
-    names = list(class_names) if class_names is not None else [str(i + 1) for i in range(num_classes)]
+    names = list(class_names) if class_names is not None else [str(i + 1) for i in range(len(cm))]
     finite = acc[np.isfinite(acc)]
     return {
         "oa": overall_accuracy(cm),
@@ -75,6 +82,6 @@ def classification_report(
         "kappa": cohen_kappa(cm),
         "per_class": {name: (None if np.isnan(a) else float(a)) for name, a in zip(names, acc, strict=False)},
         "per_class_spread": float(finite.max() - finite.min()) if finite.size else float("nan"),
-        "confusion": cm.tolist(),
+        CONFUSION: cm.tolist(),
         "num_samples": int(cm.sum()),
     }

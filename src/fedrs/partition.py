@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from fedrs.errors import InputError
 
@@ -181,8 +182,57 @@ def make_partition(patch_set: dict[str, Any], grid_shape: tuple[int, int], param
     )
 
 
-def client_bundle(patch_set: dict[str, Any], client: ClientSpec) -> dict[str, Any]:
-    """What one client may hold: its pixels' patches of its own modalities, labels and coordinates."""
+VALIDATION_PREFIX = "validation_"
+PIXEL_KEYS = ("labels", "rows", "cols", "indices")
+
+
+def assign_validation(clients: list[ClientSpec], train_set: dict[str, Any], validation_set: dict[str, Any]
+                      ) -> list[np.ndarray]:
+    """Per client, the rows of the validation patch set it holds: each validation pixel belongs to the
+    organisation holding the nearest training pixel of its class (of any class where none holds
+    its class) — the one whose survey it was carved from, as each organisation would carve its own.
+
+    Only clients that can score the whole model hold validation pixels: those holding every
+    modality of the partition, or a site (both of its clients hold the site's pixels, each its own
+    modality; FedDiff scores them with the exchange). With no such client, none holds any."""
+    groups: dict[Any, list[int]] = {}
+    for position, client in enumerate(clients):
+        if client.site is not None:
+            groups.setdefault(("site", client.site), []).append(position)
+    if not groups:
+        held = {m for c in clients for m in c.modalities}
+        groups = {("client", i): [i] for i, c in enumerate(clients) if set(c.modalities) >= held}
+    empty = [np.zeros(0, dtype=np.int64) for _ in clients]
+    n_val = len(validation_set["labels"])
+    if not groups or not n_val:
+        return empty
+    keys = sorted(groups, key=str)
+    owner_rows = [clients[groups[k][0]].indices for k in keys]
+    train_group = np.concatenate([np.full(r.size, g) for g, r in enumerate(owner_rows)])
+    train_rows = np.concatenate(owner_rows)
+    points = np.stack([train_set["rows"][train_rows], train_set["cols"][train_rows]], 1).astype(np.float64)
+    train_labels = np.asarray(train_set["labels"])[train_rows]
+    val_points = np.stack([validation_set["rows"], validation_set["cols"]], 1).astype(np.float64)
+    val_labels = np.asarray(validation_set["labels"])
+    owner = np.empty(n_val, dtype=np.int64)
+    for klass in np.unique(val_labels):
+        wanted = np.flatnonzero(val_labels == klass)
+        pool = np.flatnonzero(train_labels == klass)
+        pool = pool if pool.size else np.arange(train_labels.size)
+        # nearest by (distance, training order): ties go to the first group in a fixed order
+        _, nearest = cKDTree(points[pool]).query(val_points[wanted], k=1)
+        owner[wanted] = train_group[pool[np.asarray(nearest, dtype=np.int64)]]
+    for g, key in enumerate(keys):
+        mine = np.flatnonzero(owner == g)
+        for position in groups[key]:
+            empty[position] = mine
+    return empty
+
+
+def client_bundle(patch_set: dict[str, Any], client: ClientSpec, validation_set: dict[str, Any] | None = None,
+                  validation_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """What one client may hold: its pixels' patches of its own modalities, labels and coordinates,
+    and (``validation_rows``) those of its own validation pixels under ``validation_*`` keys."""
     bundle: dict[str, Any] = {
         "labels": patch_set["labels"][client.indices],
         "rows": patch_set["rows"][client.indices],
@@ -197,26 +247,54 @@ def client_bundle(patch_set: dict[str, Any], client: ClientSpec) -> dict[str, An
     }
     for modality in client.modalities:
         bundle[modality] = patch_set[modality][client.indices]
+    if validation_set is not None and validation_rows is not None:
+        rows = np.asarray(validation_rows, dtype=np.int64)
+        bundle.update({f"{VALIDATION_PREFIX}{k}": np.asarray(validation_set[k])[rows]
+                       for k in ("labels", "rows", "cols")})
+        bundle[f"{VALIDATION_PREFIX}indices"] = rows
+        for modality in client.modalities:
+            bundle[f"{VALIDATION_PREFIX}{modality}"] = validation_set[modality][rows]
     return bundle
 
 
+def validation_count(bundle: dict[str, Any]) -> int:
+    return len(bundle.get(f"{VALIDATION_PREFIX}labels", ()))
+
+
+def validation_view(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A client's validation pixels in the shape of its training bundle (what its handlers take):
+    every ``validation_*`` entry under its plain name, beside what is not per pixel."""
+    if not validation_count(bundle):
+        raise ValueError(f"client {int(bundle['client_id'])} holds no validation pixels; its partition was made "
+                         "without them (re-run the partition) or it cannot score the whole model")
+
+    def per_pixel(key: str) -> bool:
+        return key in PIXEL_KEYS or key in MODALITIES or key.endswith("_features")
+
+    own = {k[len(VALIDATION_PREFIX):]: v for k, v in bundle.items() if k.startswith(VALIDATION_PREFIX)}
+    return {**{k: v for k, v in bundle.items() if not k.startswith(VALIDATION_PREFIX) and not per_pixel(k)}, **own}
+
+
 def partition_manifest(
-    clients: list[ClientSpec], labels: np.ndarray, num_classes: int, params: dict[str, Any]
+    clients: list[ClientSpec], labels: np.ndarray, num_classes: int, params: dict[str, Any],
+    validation: list[np.ndarray] | None = None, validation_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    return {
-        "layout": params.get("layout"),
-        "params": dict(params),
-        "num_clients": len(clients),
-        "num_classes": num_classes,
-        "clients": [
-            {
-                "client_id": c.client_id,
-                "partition": f"client_{c.client_id:03d}",
-                "modalities": list(c.modalities),
-                "site": c.site,
-                "num_samples": int(c.indices.size),
-                "class_counts": np.bincount(labels[c.indices], minlength=num_classes).tolist(),
-            }
-            for c in clients
-        ],
-    }
+    """Who holds what (public within the federation): per client its modalities, site and class
+    counts — of its validation pixels too, where it holds some."""
+    entries = []
+    for position, c in enumerate(clients):
+        entry = {
+            "client_id": c.client_id,
+            "partition": f"client_{c.client_id:03d}",
+            "modalities": list(c.modalities),
+            "site": c.site,
+            "num_samples": int(c.indices.size),
+            "class_counts": np.bincount(labels[c.indices], minlength=num_classes).tolist(),
+        }
+        if validation is not None and validation_labels is not None:
+            rows = validation[position]
+            entry["validation_samples"] = int(rows.size)
+            entry["validation_class_counts"] = np.bincount(validation_labels[rows], minlength=num_classes).tolist()
+        entries.append(entry)
+    return {"layout": params.get("layout"), "params": dict(params), "num_clients": len(clients),
+            "num_classes": num_classes, "clients": entries}

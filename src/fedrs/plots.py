@@ -158,12 +158,14 @@ def curves_figure(history: dict[str, Any]) -> Figure:
     r = [row["round"] for row in rounds]
     axes[0].plot(r, [row.get("train_loss") or np.nan for row in rounds], marker="o")
     axes[0].set_title("training loss")
-    axes[1].plot(r, [row["val_oa"] for row in rounds], marker="o", label="OA")
-    axes[1].plot(r, [row["val_aa"] for row in rounds], marker=".", label="AA")
+    # a round not scored (validation_every, or no counts arrived) is a gap, not a zero
+    oa = [row.get("val_oa", np.nan) for row in rounds]
+    axes[1].plot(r, oa, marker="o", label="OA")
+    axes[1].plot(r, [row.get("val_aa", np.nan) for row in rounds], marker=".", label="AA")
     axes[1].set_title("validation accuracy")
     axes[1].legend()
     sent = cumulative_mb_sent(rounds)
-    axes[2].plot(sent, [row["val_oa"] for row in rounds], marker="o")
+    axes[2].plot(sent, oa, marker="o")
     axes[2].set_xlabel("cumulative MB sent (both directions)")
     axes[2].set_title("OA against traffic")
     for ax in axes[:2]:

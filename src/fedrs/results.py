@@ -58,7 +58,7 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
               "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "calibration_pixels",
-              "calibration_classes", "noise",
+              "calibration_classes", "validation_clients", "validation_pixels", "noise",
               "dp_unit", "dp_record_epsilon", "dp_record_unit")
 
 # the per-round curves an MLflow run shows (step = round)

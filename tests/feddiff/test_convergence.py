@@ -11,7 +11,7 @@ import yaml
 from fedrs.datasets import NpzDataset
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
-from fedrs.partition import ClientSpec, client_bundle
+from fedrs.partition import ClientSpec, assign_validation, client_bundle
 from fedrs.scene.assemble import assemble_scene
 from fedrs.scene.synthetic import generate_synthetic_scene
 from tests.conftest import REPO, TINY_SCENE
@@ -42,15 +42,15 @@ def class_disjoint_sites(tmp_path_factory) -> dict:
 
     projection = {c: rng.standard_normal((c, 16)).astype(np.float32) / np.sqrt(c)
                   for c in (train["hsi"].shape[1], train["lidar"].shape[1])}
-    cid = 0
-    for site in (0, 1):
-        idx = np.flatnonzero(site_of == site)
-        for modality in ("hsi", "lidar"):
-            client = ClientSpec(cid, idx, (modality,), site)
-            NpzDataset(str(root / f"client_{cid:03d}.npz")).save(client_bundle(train, client))
-            NpzDataset(str(features / f"client_{cid:03d}.npz")).save(
-                {f"{modality}_features": features_of(train[modality][idx]).astype(np.float32)})
-            cid += 1
+    clients = [ClientSpec(2 * site + i, np.flatnonzero(site_of == site), (modality,), site)
+               for site in (0, 1) for i, modality in enumerate(("hsi", "lidar"))]
+    # each site scores its own share of the held-out pixels (validation: clients, the default)
+    for client, rows in zip(clients, assign_validation(clients, train, test), strict=True):
+        (modality,) = client.modalities
+        NpzDataset(str(root / f"client_{client.client_id:03d}.npz")).save(client_bundle(train, client, test, rows))
+        NpzDataset(str(features / f"client_{client.client_id:03d}.npz")).save(
+            {f"{modality}_features": features_of(train[modality][client.indices]).astype(np.float32),
+             f"validation_{modality}_features": features_of(test[modality][rows]).astype(np.float32)})
     test = {**test, **{f"{m}_features": features_of(test[m]).astype(np.float32) for m in ("hsi", "lidar")}}
     spec = {"hsi_channels": int(train["hsi"].shape[1]), "lidar_channels": int(train["lidar"].shape[1]),
             "hsi_feature_channels": 16, "lidar_feature_channels": 16, "num_classes": k, "timesteps": [5],

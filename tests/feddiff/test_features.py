@@ -30,7 +30,8 @@ def _job(fed: dict, store, **kw) -> FeatureJob:
 def _patch_counts(fed: dict) -> dict[int, int]:
     from fedrs.datasets import NpzDataset
 
-    return {c: len(NpzDataset(f"{fed['dir']}/client_{c:03d}.npz").load()["labels"]) for c in range(fed["num_clients"])}
+    return {c: {k: len(v) for k, v in NpzDataset(f"{fed['dir']}/client_{c:03d}.npz").load().items()
+                if k in ("labels", "validation_labels")} for c in range(fed["num_clients"])}
 
 
 def test_clients_featurise_their_own_pixels_and_reuse_an_unchanged_model(tiny_split_federation, tmp_path):
@@ -38,13 +39,15 @@ def test_clients_featurise_their_own_pixels_and_reuse_an_unchanged_model(tiny_sp
     grid = FakeGrid(fed["num_clients"])
     first = run_feature_job(grid, _job(fed, tmp_path, unets=unets), fed["num_clients"])
     counts = _patch_counts(fed)
-    # every client has features of its own modality only: [its pixels, 2C × 2 timesteps, 4, 4]
+    # every client has features of its own modality only, of its training and of its validation pixels:
+    # [its pixels, 2C × 2 timesteps, 4, 4]
     for cid, shapes in first["clients"].items():
-        ((modality, shape),) = shapes.items()
-        assert shape == [counts[int(cid)], 32, 4, 4]
+        ((modality, shape), (validation, validation_shape)) = shapes.items()
+        assert shape == [counts[int(cid)]["labels"], 32, 4, 4] and validation == f"validation {modality}"
+        assert validation_shape == [counts[int(cid)]["validation_labels"], 32, 4, 4]
     assert first["reused_from_cache"] == [] and sorted(first["unets"]) == ["hsi", "lidar"]
     stored = sorted(p.name for p in tmp_path.glob("*.npy"))
-    assert len(stored) == fed["num_clients"]
+    assert len(stored) == 2 * fed["num_clients"]
     # what went down: each client got only its modality's U-Net; what came back: no array at all
     for msg in grid.sent:
         if msg.metadata.message_type == "query.features":
@@ -61,7 +64,7 @@ def test_clients_featurise_their_own_pixels_and_reuse_an_unchanged_model(tiny_sp
     third = run_feature_job(FakeGrid(fed["num_clients"]), _job(fed, tmp_path, unets=unets), fed["num_clients"])
     hsi_holders = sorted(int(c) for c, s in first["clients"].items() if "hsi" in s)
     assert third["reused_from_cache"] == hsi_holders and third["unets"]["lidar"] != first["unets"]["lidar"]
-    assert len(list(tmp_path.glob("lidar-*.npy"))) == 2 * len(first["clients"]) - 2 * len(hsi_holders)
+    assert len(list(tmp_path.glob("lidar-*.npy"))) == 2 * (2 * len(first["clients"]) - 2 * len(hsi_holders))
 
 
 def test_stage_three_reads_the_features_by_digest_and_refuses_without_them(tiny_split_federation, tmp_path):
@@ -82,6 +85,11 @@ def test_stage_three_reads_the_features_by_digest_and_refuses_without_them(tiny_
     unet.load_state_dict(unets[modality]["state"])
     expected = diffusion_feature_bundle(unet, data[modality], [5, 20], 3)
     np.testing.assert_array_equal(data[f"{modality}_features"], expected)
+    # its validation pixels' features too (validation: clients), under the same names
+    _, held = client_data(make_message({}, {**settings, "split": "validation"}, node, "train", 1), grid.contexts[node])
+    assert len(held["labels"]) == len(held[modality]) != len(data["labels"]) and "validation_labels" not in held
+    np.testing.assert_array_equal(held[f"{modality}_features"],
+                                  diffusion_feature_bundle(unet, held[modality], [5, 20], 3))
     # features of another U-Net, or an empty store: a clear refusal, never zeros
     other = {**manifest["settings"], "unets": {"hsi": "0" * 16, "lidar": "0" * 16}}
     with pytest.raises(FileNotFoundError, match="stage 2"):
@@ -97,7 +105,7 @@ def test_a_deployed_node_keeps_features_in_its_own_store(tiny_split_federation, 
         context.node_config["feature-cache-dir"] = str(tmp_path / f"org{node}")
     run_feature_job(grid, _job(fed, tmp_path / "elsewhere", unets=unets), fed["num_clients"])
     assert not (tmp_path / "elsewhere").exists()
-    assert all(len(list((tmp_path / f"org{n}").glob("*.npy"))) == 1 for n in grid.contexts)
+    assert all(len(list((tmp_path / f"org{n}").glob("*.npy"))) == 2 for n in grid.contexts)
 
 
 def test_a_client_that_cannot_featurise_fails_the_stage(tiny_split_federation, tmp_path):

@@ -58,7 +58,8 @@ def test_a_federated_ddpm_run_probes_its_features_each_round(tiny_split_federati
     cfg = FederatedConfig.from_dict(dict(
         algorithm="ddpm_hsi", model={"in_channels": bands, "base_channels": 8, "steps": 50},
         train={"epochs": 1, "batch_size": 16}, num_rounds=2, min_clients=1, seed=3, partition_dir=fed["dir"],
-        eval_samples=200, statistics_pass=False, probe={"timesteps": [5, 20], "min_client_pixels": 3},
+        eval_samples=200, validation="server", statistics_pass=False,
+        probe={"timesteps": [5, 20], "min_client_pixels": 3},
         downlink_compression={"rank": 2, "quantize_bits": 8}))
     grid = FakeGrid(4)
     result = run_rounds(grid, cfg, fed["test"], 4)

@@ -176,7 +176,7 @@ def test_feddiff_captures_the_input_of_head1s_last_convolution(tiny_split_federa
 
 def _feddiff_config(fed, **overrides):
     base = dict(algorithm="feddiff", model=fed["spec"], train={"epochs": 1, "batch_size": 8}, num_rounds=2,
-                min_clients=2, seed=5, partition_dir=fed["dir"], eval_samples=200,
+                min_clients=2, seed=5, partition_dir=fed["dir"], eval_samples=200, validation="server",
                 client_data_dirs=[fed["features_dir"]], compression={"rank": 4, "quantize_bits": 8},
                 downlink_compression={"rank": 4, "quantize_bits": 8}, exchange_compression={"rank": 4})
     return FederatedConfig.from_dict({**base, **overrides})
@@ -266,7 +266,7 @@ def test_calibration_refuses_to_send_class_statistics_unprotected(tiny_split_fed
 def _fedavg_calibrated(fed, grid, **overrides):
     cfg = FederatedConfig.from_dict(dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8},
                                          num_rounds=1, min_clients=1, seed=5, partition_dir=fed["dir"],
-                                         eval_samples=200, **overrides))
+                                         eval_samples=200, validation="server", **overrides))
     return run_rounds(grid, cfg, fed["test"], 3)
 
 

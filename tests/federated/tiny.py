@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrs.datasets import NpzDataset
-from fedrs.partition import client_bundle, make_partition
+from fedrs.partition import assign_validation, client_bundle, make_partition
 from fedrs.pipelines.patches.nodes import build_patch_sets, fit_normalisation
 from fedrs.scene.assemble import assemble_scene
 from fedrs.scene.synthetic import generate_synthetic_scene
@@ -40,8 +40,9 @@ def horizontal_federation(root: Path) -> dict:
         tuple(train["grid_shape"]),
         {"layout": "horizontal", "num_clients": 3, "scheme": "iid", "multimodal_ratio": 1.0, "seed": 0},
     )
-    for c in clients:
-        NpzDataset(str(root / f"client_{c.client_id:03d}.npz")).save(client_bundle(train, c))
+    # each client also holds its own share of the held-out pixels, to score them itself (validation: clients)
+    for c, rows in zip(clients, assign_validation(clients, train, test), strict=True):
+        NpzDataset(str(root / f"client_{c.client_id:03d}.npz")).save(client_bundle(train, c, test, rows))
     spec = {
         "bands": int(train["hsi"].shape[1]),
         "lidar_channels": int(train["lidar"].shape[1]),
@@ -64,13 +65,7 @@ def split_federation(root: Path) -> dict:
         {"layout": "modality_split", "num_sites": 2, "min_samples_per_client": 2, "seed": 0},
     )
     rng = np.random.default_rng(0)
-    for c in clients:
-        name = f"client_{c.client_id:03d}.npz"
-        NpzDataset(str(root / name)).save(client_bundle(train, c))
-        (modality,) = c.modalities
-        NpzDataset(str(features / name)).save(
-            {f"{modality}_features": rng.standard_normal((len(c.indices), 16, 4, 4)).astype(np.float32)}
-        )
+    drawn = {c.client_id: rng.standard_normal((len(c.indices), 16, 4, 4)).astype(np.float32) for c in clients}
     test = {
         **test,
         **{
@@ -78,6 +73,14 @@ def split_federation(root: Path) -> dict:
             for m in ("hsi", "lidar")
         },
     }
+    # each site also holds its own share of the held-out pixels (with the same features the server's copy
+    # has), to score them itself (validation: clients)
+    for c, rows in zip(clients, assign_validation(clients, train, test), strict=True):
+        name = f"client_{c.client_id:03d}.npz"
+        NpzDataset(str(root / name)).save(client_bundle(train, c, test, rows))
+        (modality,) = c.modalities
+        NpzDataset(str(features / name)).save({f"{modality}_features": drawn[c.client_id],
+                                               f"validation_{modality}_features": test[f"{modality}_features"][rows]})
     spec = {
         "hsi_channels": int(train["hsi"].shape[1]),
         "lidar_channels": int(train["lidar"].shape[1]),

@@ -29,8 +29,13 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["sampled"] == [0, 1, 2] and r["bytes_down"] > 0 for r in history["rounds"])
     traffic = pd.read_csv(p("data/07_model_output/synthetic/fedavg/traffic.csv"))
-    # 2 rounds × 3 clients × (down, up), then the statistics pass: one more download and upload each
-    assert len(traffic) == 18 and set(traffic["direction"]) == {"down", "up"}
+    # 2 rounds × 3 clients × (down, up), then the statistics pass: one more download and upload each; and the
+    # clients' validation (the default): the exact global weights down and the counts up, per client, after
+    # round 1 and twice in round 2 (before the statistics pass, and the final model)
+    assert len(traffic) == 18 + 18 and set(traffic["direction"]) == {"down", "up"}
+    counts = traffic[traffic["payload"] == "validation"]
+    assert len(counts) == 9 and set(counts["direction"]) == {"up"} and set(counts["bytes_sent"]) == {10 * 10 * 8}
+    assert all(r["validation_clients"] == 3 for r in history["rounds"])
     statistics = traffic[traffic["payload"] == "statistics"]
     assert len(statistics) == 3 and set(statistics["round"]) == {2}
     metrics = json.loads(p("data/08_reporting/synthetic/fedavg/metrics.json").read_text())
@@ -126,7 +131,7 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     assert features["timesteps"] == [5, 20] and len(features["clients"]) == 4
     assert (
         features["reused_from_cache"] == []
-        and len(list(p("data/04_feature/synthetic/feddiff_feature_cache").glob("*.npy"))) == 4
+        and len(list(p("data/04_feature/synthetic/feddiff_feature_cache").glob("*.npy"))) == 4 * 2  # and validation
     )
     history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
     assert [r["round"] for r in history["rounds"]] == [1, 2]
@@ -142,6 +147,14 @@ def test_feddiff_pipeline_end_to_end(tiny_feddiff):
     # classifier calibration (FedDiff's default) ended the run: one client per site sent its class statistics
     # (each pixel once), head1 retrained
     assert (traffic["payload"] == "calibration").sum() == 2 and history["rounds"][-1]["calibration_clients"] == 2
+    # the clients scored each round (the default): one per site sends its counts, after the exchange of the
+    # validation pixels' outputs — uncoded, so a pixel is scored as the assembled model scores it
+    assert all(r["validation_clients"] == 2 and r["validation_pixels"] > 0 for r in history["rounds"])
+    relayed = traffic[traffic["payload"] == "validation features"]
+    assert len(relayed) > 0 and (relayed["bytes_sent"] == relayed["bytes_dense"]).all()
+    # and the sum of their counts is the evaluation's score of the final model on all validation pixels
+    last, central = history["rounds"][-1], json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    assert last["val_oa"] == pytest.approx(central["validation"]["oa"], abs=1.01 / last["validation_pixels"])
     assert "val_oa_before_calibration" in history["rounds"][-1] and history["rounds"][-1]["calibration_classes"] > 0
     # stage 2 ran on the clients: each was sent its modality's U-Net and sent nothing back but shapes
     unets = traffic[traffic["payload"] == "unet"]
@@ -230,3 +243,4 @@ def test_centralized_feddiff_pipeline(tiny_baselines):
     assert [r["round"] for r in history["rounds"]] == [1, 2] and all(r["bytes_up"] == 0 for r in history["rounds"])
     metrics = json.loads(p("data/08_reporting/synthetic/feddiff_centralized/metrics.json").read_text())
     assert metrics["algorithm"] == "feddiff_centralized" and 0.0 <= metrics["oa"] <= 1.0
+

@@ -83,14 +83,17 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
     # which no secure sum can hide, so its tensors keep their global values (as the docs say)
     (row,) = history["rounds"]
     # (each as two sums: the weights, and the BatchNorm statistics in their own units)
-    assert row["secagg_sums"] == 2 and row["secagg_sums_skipped"] == 4 and row["secagg_sums_failed"] == 0
+    assert row["secagg_sums"] == 2 and row["secagg_sums_skipped"] == 4 + 1 and row["secagg_sums_failed"] == 0
+    # the clients' validation: one site, one scorer, whose counts no secure sum can hide — so none is formed
+    # and the round goes unscored rather than show the server one organisation's counts
+    assert "val_oa" not in row and row["validation_pixels"] == 0
     uploads = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     assert (uploads[(uploads["payload"] == "weights") & (uploads["direction"] == "up")]["bytes_sent"] == 0).all()
     diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
     assert diffusion["stages"]["hsi"][0]["accepted"] == [0] and diffusion["stages"]["lidar"][0]["accepted"] == [1]
     # stage 2 ran at the organisations: each store holds its own features, the project's store none
     for cid in range(2):
-        assert len(list((tmp_path / f"org{cid}" / "features").glob("*.npy"))) == 1
+        assert len(list((tmp_path / f"org{cid}" / "features").glob("*.npy"))) == 2  # its training, validation pixels
     assert not list(p("data/04_feature/synthetic").glob("feddiff_feature_cache/*.npy"))
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     assert sorted(traffic[traffic["payload"] == "unet"]["client_id"]) == [0, 1]

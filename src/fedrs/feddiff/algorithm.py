@@ -95,9 +95,19 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
         head = heads.get(tuple(self.modalities), "head1")
         return f"{head}.net.7"
 
-    def calibration_contributes(self, client_modalities: Modalities) -> bool:
+    def scores_whole_model(self, client_modalities: Modalities) -> bool:
         # with the exchange every client assembles the whole fused representation of its pixels
-        return self.exchanges_features or super().calibration_contributes(client_modalities)
+        return (self.exchanges_features and bool(self.usable_modalities(client_modalities))
+                or super().scores_whole_model(client_modalities))
+
+    def client_predict(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        if not self.exchanges_features:
+            return super().client_predict(model, data, client_modalities, config)
+        if partner is None:
+            raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
+        (modality,) = self.usable_modalities(client_modalities)
+        return self.predict(model, data, config, (modality,), partner=partner)
 
     def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                         config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -210,9 +220,11 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
         return out
 
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
-                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
+                modalities: Modalities | None = None, partner: dict[str, torch.Tensor] | None = None,
+                **forward: Any) -> np.ndarray:
         """o1 of the assembled model; with ``modalities`` naming one of two, the other branch's
-        outputs are zero-filled (the single-modality evaluation of the two-branch model)."""
+        outputs are ``partner``'s (its site partner's, on a client) or zero-filled (the
+        single-modality evaluation of the two-branch model)."""
         assert isinstance(model, FedDiffClassifier)
         cfg = TrainConfig.from_dict(inference_config(config))
         model.to(cfg.policy().device).eval()
@@ -225,6 +237,9 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
                 return model(**{m: v[0] for m, v in live.items()},
                              **{f"{m}_features": v[1] for m, v in live.items()})[0]
             outputs = {m: getattr(model, f"{m}_branch")(*v) for m, v in live.items()}
+            if partner is not None:
+                (other,) = set(self.modalities) - set(use)
+                outputs[other] = partner["cnn"][sl].to(device), partner["diff"][sl].to(device)
             ref = next(iter(outputs.values()))[0]
             cnn_h, diff_h = outputs.get("hsi", (torch.zeros_like(ref), torch.zeros_like(ref)))
             cnn_l, diff_l = outputs.get("lidar", (torch.zeros_like(ref), torch.zeros_like(ref)))

@@ -68,6 +68,11 @@ class Algorithm(ABC):
     def usable_modalities(self, client_modalities: Modalities) -> Modalities:
         return tuple(m for m in self.modalities if m in client_modalities)
 
+    def scores_whole_model(self, client_modalities: Modalities) -> bool:
+        """Whether a client holding these modalities computes the model's prediction of its pixels
+        as a test pixel's is computed (every modality the model takes; FedDiff: with its partner's)."""
+        return self.usable_modalities(client_modalities) == self.modalities
+
     def is_eligible(self, client_modalities: Modalities) -> bool:
         """Whether a client holding these modalities takes part."""
         return bool(self.usable_modalities(client_modalities))
@@ -153,7 +158,7 @@ class Algorithm(ABC):
 
     def calibration_contributes(self, client_modalities: Modalities) -> bool:
         """Whether a client's features are those the model sees at test time (all its modalities)."""
-        return False
+        return self.calibration_layer() is not None and self.scores_whole_model(client_modalities)
 
     def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                         config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -168,9 +173,6 @@ class ClassifierAlgorithm(Algorithm):
     single-modality variants and the features calibration retrains. Subclasses give ``owner``,
     ``build_model`` and ``client_objective``."""
 
-    def calibration_contributes(self, client_modalities: Modalities) -> bool:
-        return self.calibration_layer() is not None and self.usable_modalities(client_modalities) == self.modalities
-
     def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                         config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         use = self.usable_modalities(client_modalities)
@@ -183,6 +185,14 @@ class ClassifierAlgorithm(Algorithm):
         """Predicted class index (0-based) of every sample of ``data``."""
         use = self.modalities if modalities is None else modalities
         return predict(model, data, use, TrainConfig.from_dict(inference_config(config)), forward or None)
+
+    def client_predict(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
+                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+        """A client's prediction of its own pixels with the whole model (``scores_whole_model``)."""
+        if not self.scores_whole_model(client_modalities):
+            raise ValueError(f"{self.name}: a client holding {'+'.join(client_modalities)} cannot score the whole "
+                             f"model (it takes {'+'.join(self.modalities)})")
+        return self.predict(model, data, config)
 
     def score(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities,
               **forward: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@ partition and calls the algorithm's plain functions — one handler per operatio
 for: ``query`` (which partition it holds), ``query.exchange`` (FedDiff's branch outputs),
 ``query.features`` (FedDiff's stage 2), ``train`` (a local update, or a SecAgg+ stage),
 ``query.statistics`` (the BatchNorm statistics of the final model), ``query.calibration`` (class
-statistics for classifier calibration).
+statistics for classifier calibration), ``query.probe`` (stage 1's linear probe), ``query.validation``
+(confusion counts of the global model on the client's own validation pixels). A message whose
+settings name ``split: validation`` works on those pixels instead of the training ones.
 
 Which file is "its own": the node config's ``partition-path`` on Flower's deployment engine (each
 SuperNode is started pointing at its organisation's file), else ``client_<partition-id>.npz`` in
@@ -32,7 +34,7 @@ from flwr.clientapp import ClientApp
 from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureSettings, attach_features, compute_features, node_store, received_unets
 from fedrs.feddiff.probe import ProbeConfig, probe_statistics
-from fedrs.federated.algorithm_base import Algorithm
+from fedrs.federated.algorithm_base import Algorithm, ClassifierAlgorithm
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import CalibrationConfig, client_minimum, client_statistics, secure_scales
 from fedrs.federated.codec import CodecConfig
@@ -42,6 +44,8 @@ from fedrs.federated.privacy import ExchangeProtection, protect_exchange, public
 from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution, hold_update
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
+from fedrs.metrics import CONFUSION, confusion_matrix
+from fedrs.partition import validation_count, validation_view
 from fedrs.reproducible import torch_threads
 
 app = ClientApp()
@@ -131,6 +135,8 @@ def client_data(msg: Message, context: Context) -> tuple[dict[str, Any], dict[st
     settings = settings_of(msg)
     path = partition_path(context, settings)
     data = load_partition(path, settings.get("client_data_dirs") or ())
+    if settings.get("split") == "validation":
+        data = validation_view(data)
     if settings.get("client_features"):
         features = FeatureSettings.from_dict(settings["client_features"])
         data = attach_features(data, features, node_store(context.node_config, features.store, path), load_array)
@@ -150,15 +156,19 @@ def inject_faults(settings: dict[str, Any], rnd: int, client_id: int) -> str | N
     return "nan" if [rnd, client_id] in faults.get("nan", []) else None
 
 
-def received_weights(msg: Message, context: Context, rnd: int) -> dict[str, torch.Tensor]:
+def received_weights(msg: Message, context: Context, rnd: int, split: str | None = None) -> dict[str, torch.Tensor]:
     """This round's global weights: dense, a compressed delta against what this node holds, or
-    (no arrays) those that came with this round's exchange. Kept in the node's state."""
+    (no arrays) those that came with this round's exchange. Kept in the node's state — those it
+    scores its validation pixels with (``split: validation``) apart from those it trains from, which
+    stay the reference of the next download."""
     content, state = msg.content, context.state
     held = int(str(state.config_records["weights_round"]["round"])) if "weights_round" in state else None
+    slot = "validation_weights" if split == "validation" else "weights"
     if "arrays" not in content:
-        if held != rnd:
+        kept = int(str(state.config_records[f"{slot}_round"]["round"])) if f"{slot}_round" in state else None
+        if kept != rnd:
             raise RuntimeError(f"no weights for round {rnd}: the exchange did not deliver them to this node")
-        return state.array_records["weights"].to_torch_state_dict()
+        return state.array_records[slot].to_torch_state_dict()
     if "down_codec" in content:
         expected = int(str(content.config_records["reference"]["round"]))
         if held != expected:
@@ -168,8 +178,8 @@ def received_weights(msg: Message, context: Context, rnd: int) -> dict[str, torc
                                  state.array_records["weights"].to_torch_state_dict())
     else:
         weights = content.array_records["arrays"].to_torch_state_dict()
-    state["weights"] = ArrayRecord.from_torch_state_dict(weights)
-    state["weights_round"] = ConfigRecord({"round": rnd})
+    state[slot] = ArrayRecord.from_torch_state_dict(weights)
+    state[f"{slot}_round"] = ConfigRecord({"round": rnd})
     return weights
 
 
@@ -199,6 +209,7 @@ def describe(msg: Message, context: Context) -> Message:
             "modalities": ",".join(data["modalities"]),
             "num_samples": int(len(data["labels"])),
             "site": -1 if site is None else int(site),
+            "validation_samples": validation_count(data),
         }
     )
     return Message(RecordDict({"info": info}), reply_to=msg)
@@ -214,7 +225,11 @@ def features(msg: Message, context: Context) -> Message:
     job = settings["features_job"]
     path = partition_path(context, settings)
     store = node_store(context.node_config, str(job.get("store", "")), path)
-    report = compute_features(data, received_unets(msg.content, settings["unet_specs"]), job, store)
+    unets = received_unets(msg.content, settings["unet_specs"])
+    report = compute_features(data, unets, job, store)
+    if validation_count(data):  # its validation pixels too: the clients score them (validation: clients)
+        report.update({f"validation {m}": r for m, r in compute_features(validation_view(data), unets, job,
+                                                                         store).items()})
     return Message(
         RecordDict({"features": ConfigRecord({"report": json.dumps(report)}),
                     "metrics": MetricRecord({"compute_seconds": time.perf_counter() - started})}),
@@ -230,7 +245,7 @@ def exchange(msg: Message, context: Context) -> Message:
     settings, data = client_data(msg, context)
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
-    model.load_state_dict(received_weights(msg, context, int(settings["round"])), strict=False)
+    model.load_state_dict(received_weights(msg, context, int(settings["round"]), settings.get("split")), strict=False)
     outputs = algorithm.client_exchange(model, data, tuple(data["modalities"]), settings["train"])
     reported: dict[str, float] = {}
     if settings.get("exchange_privacy"):  # clipped and noised here, before anything leaves the client
@@ -351,6 +366,35 @@ def probe(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
+@app.query("validation")
+@reports_traceback
+def validation(msg: Message, context: Context) -> Message:
+    """The global model's confusion counts on the client's own validation pixels (FedDiff: with its
+    partner's outputs of them) — dense, or held for one more SecAgg+ sum, scaled by the public
+    bound on any client's validation pixels. No prediction, no pixel leaves."""
+    started = time.perf_counter()
+    job = round_inputs(msg, context)
+    assert isinstance(job.algorithm, ClassifierAlgorithm)
+    labels = np.asarray(job.data["labels"])
+    predicted = job.algorithm.client_predict(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
+    counts = torch.as_tensor(confusion_matrix(labels, predicted, int(job.data["num_classes"])), dtype=torch.float64)
+    size = payload_bytes({CONFUSION: counts})
+    metrics: dict[str, int | float | list[int] | list[float]] = {"client_id": job.client_id, "bytes_dense": size,
+                                                                 "bytes_sent": size}
+    records: dict[str, Any] = {}
+    if job.settings.get("secure_aggregation") is not None:
+        scale = int(job.settings["validation_pixels"])
+        if scale < len(labels):  # a scale below this client's own count could push its counts out of range
+            raise ValueError("validation: the secure sum's pixel scale is below this client's pixel count; refused")
+        hold_update(context, {CONFUSION: counts / scale}, job.round,
+                    derive_seed(job.settings["seed"], 5_005, job.round, job.client_id))
+        metrics["bytes_sent"] = 0
+    else:
+        records = {"arrays": ArrayRecord.from_torch_state_dict({CONFUSION: counts}), "codec": ConfigRecord({})}
+    metrics["compute_seconds"] = time.perf_counter() - started
+    return Message(RecordDict({**records, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
 @dataclass
 class RoundInputs:
     """What every per-round handler starts from: the settings, the client's data, the model with
@@ -387,7 +431,7 @@ def round_inputs(msg: Message, context: Context) -> RoundInputs:
     poison = inject_faults(settings, rnd, int(data["client_id"]))
     algorithm = get_algorithm(settings["algorithm"])
     model = algorithm.build_model(settings["model"])
-    received = received_weights(msg, context, rnd)
+    received = received_weights(msg, context, rnd, settings.get("split"))
     model.load_state_dict(received, strict=False)
     extra = {}
     if "partner" in msg.content:  # the site partner's branch outputs, relayed by the server

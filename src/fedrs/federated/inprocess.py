@@ -22,7 +22,7 @@ FIRST_NODE = 100  # node ids as a Flower grid would hand them out: not the parti
 HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
     "query": client_app.describe, "query.exchange": client_app.exchange, "query.features": client_app.features,
     "train": client_app.train, "query.statistics": client_app.statistics, "query.calibration": client_app.calibration,
-    "query.probe": client_app.probe,
+    "query.probe": client_app.probe, "query.validation": client_app.validation,
 }
 
 

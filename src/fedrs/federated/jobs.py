@@ -25,6 +25,7 @@ from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
 
 Progress = Callable[[dict[str, Any]], None]
+SERVER_VALIDATION_KEYS = ("num_classes", "class_names")  # what the server knows of validation on the clients
 
 
 class Job(Protocol):
@@ -46,6 +47,11 @@ class RoundsJob:
     cfg: FederatedConfig
     validation: dict[str, Any]  # what each round is scored on (never the test pixels)
     kind: str = "rounds"
+
+    def __post_init__(self) -> None:
+        # the clients score their own validation pixels: the server holds none (nor writes any for a deployment)
+        if self.cfg.validation == "clients":
+            self.validation = {k: self.validation[k] for k in SERVER_VALIDATION_KEYS if k in self.validation}
 
     @property
     def label(self) -> str:

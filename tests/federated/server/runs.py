@@ -7,8 +7,10 @@ from tests.federated.fake_grid import FakeGrid
 
 
 def config(fed, **overrides):
-    base = dict(algorithm="fedavg", model=fed["spec"], train={"epochs": 1, "batch_size": 8}, num_rounds=3,
-                min_clients=1, seed=5, partition_dir=fed["dir"], eval_samples=200)
+    # the server scores its copy of the held-out pixels: these tests count training's messages and faults
+    # (the clients' scoring: tests/federated/server/test_validation.py)
+    base = dict(algorithm="fedavg", validation="server", model=fed["spec"], train={"epochs": 1, "batch_size": 8},
+                num_rounds=3, min_clients=1, seed=5, partition_dir=fed["dir"], eval_samples=200)
     return FederatedConfig.from_dict({**base, **overrides})
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fedrs.federated.server.loop import RunInterrupted, record_round, run_rounds
-from fedrs.federated.server.steps import aggregate_round, collect_updates, configure_round, evaluate_round
+from fedrs.federated.server.steps import aggregate_round, collect_updates, configure_round
+from fedrs.federated.server.validation import evaluate_round
 from fedrs.federated.server.watch import SystematicFailure
 from tests.federated.fake_grid import FakeGrid
 from tests.federated.server.runs import config, started
@@ -16,7 +17,7 @@ def test_evaluate_and_record_write_the_row_and_the_checkpoint(tiny_federation, t
     record = configure_round(run, 1)
     collect_updates(grid, run, record)
     aggregate_round(run, record)
-    evaluate_round(run, record)
+    evaluate_round(grid, run, record)
     assert 0.0 <= record.scores["oa"] <= 1.0
     row = record_round(run, record)
     assert row["val_oa"] == record.scores["oa"] and row["accepted"] == [0, 1, 2] and row["train_loss"] > 0

@@ -47,6 +47,7 @@ from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState
 from fedrs.federated.wire import unpack_update
+from fedrs.metrics import CONFUSION
 
 logger = logging.getLogger(__name__)
 WEIGHTINGS = ("samples", "equal")
@@ -63,7 +64,8 @@ class PlainAggregator:
     def update_from_reply(self, run: RunState, record: RoundRecord, cid: int, reply: Message) -> ClientUpdate:
         metrics = dict(reply.content.metric_records["metrics"])
         arrays, codec = reply.content.array_records["arrays"], reply.content.config_records["codec"]
-        coded = run.cfg.compression and record.operation not in ("calibration", "probe")  # class statistics: dense
+        # class statistics and confusion counts: dense
+        coded = run.cfg.compression and record.operation not in ("calibration", "probe", "validation")
         state = (unpack_update(arrays, codec, record.downloads[cid].decoded) if coded
                  else dict(arrays.to_torch_state_dict()))
         info = run.clients[cid]
@@ -278,6 +280,8 @@ def secure_holdings(run: RunState, record: RoundRecord) -> dict[int, list[str]]:
     statistics only) — what its secure sums carry."""
     if record.operation == "calibration":  # every sender holds the same three class statistics
         return {u.client_id: list(STATISTICS) for u in record.updates}
+    if record.operation == "validation":  # and every scorer its confusion counts
+        return {u.client_id: [CONFUSION] for u in record.updates}
     statistics = norm_statistic_names(run.model) if record.operation == "statistics" else None
     holdings = {}
     for u in record.updates:
@@ -295,8 +299,8 @@ def secure_sums(grid: Grid, run: RunState, record: RoundRecord) -> None:
     is in them. A group with fewer than two members cannot be summed securely and keeps its global
     values; a client that fails inside the protocol is dropped from its sums by SecAgg+ itself."""
     cfg, secure = run.cfg, SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {})
-    # DP averages clipped updates with equal weights; class statistics are summed, not averaged
-    equal = cfg.weighting == "equal" or bool(cfg.privacy) or record.operation == "calibration"
+    # DP averages clipped updates with equal weights; class statistics and counts are summed, not averaged
+    equal = cfg.weighting == "equal" or bool(cfg.privacy) or record.operation in ("calibration", "validation")
     node_of = {u.client_id: run.clients[u.client_id]["node"] for u in record.updates}
     client_of = {node: cid for cid, node in node_of.items()}
     metered = MeteredGrid(grid)

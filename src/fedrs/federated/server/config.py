@@ -14,6 +14,9 @@ RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "n
              "failure_tolerance", "loss_growth_rounds"}
 
 
+VALIDATION_MODES = ("server", "clients")
+
+
 @dataclass
 class FederatedConfig:
     algorithm: str
@@ -28,7 +31,11 @@ class FederatedConfig:
     lr_schedule: str = "cosine"            # per-round learning rate: cosine | constant
     outlier_factor: float = 10.0
     max_update_norm: float | None = None
-    eval_samples: int | None = 4000        # validation pixels scored each round (seeded subset); None: all
+    eval_samples: int | None = 4000        # validation pixels the server scores (seeded subset); None: all
+    validation: str = "clients"            # who scores each round: clients (each its own validation pixels; the
+                                           # server sums their confusion counts) | server (its copy of them;
+                                           # stage 1's DDPMs, whose scores are no confusion counts)
+    validation_every: int = 1              # score every N rounds (and the last); 0: the last round only
     failure_tolerance: int | None = 2      # consecutive rounds of the same failure that stop a run; None: never
     loss_growth_rounds: int = 3            # rounds of rising training loss that raise a warning
     checkpoint_dir: str | None = None
@@ -54,6 +61,17 @@ class FederatedConfig:
                                          # against the raw bands (fedrs.feddiff.probe)
     client_threads: int = 1  # PyTorch threads per client on either engine: the same bits from simulation and
                              # deployment (set the simulation's num_cpus_per_client to match)
+
+    def __post_init__(self) -> None:
+        if self.validation not in VALIDATION_MODES:
+            raise ValueError(f"federated.validation is {self.validation!r}; expected one of {VALIDATION_MODES}")
+        if self.validation_every < 0:
+            raise ValueError(f"federated.validation_every is {self.validation_every}; expected 0 (the last round "
+                             "only) or a positive number of rounds")
+
+    def validation_due(self, rnd: int) -> bool:
+        """Whether round ``rnd``'s global model is scored on the validation pixels."""
+        return rnd == self.num_rounds or (self.validation_every > 0 and rnd % self.validation_every == 0)
 
     @property
     def secure(self) -> bool:

@@ -20,15 +20,23 @@ class Downlink:
     references: dict[int, tuple[int, State]] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
 
-    def encode(self, cid: int, state: State, rnd: int, exact: bool = False) -> tuple[dict[str, Any], int, int, State]:
+    def encode(self, cid: int, state: State, rnd: int, exact: bool = False, aside: bool = False
+               ) -> tuple[dict[str, Any], int, int, State]:
         """Records to send, dense bytes, bytes as sent, and the weights the client will decode.
         ``exact``: the client must hold exactly ``state`` — only the tensors that changed since its
-        last download travel, raw (nothing goes through the codec)."""
+        last download travel, raw (nothing goes through the codec). ``aside``: the client scores
+        these weights and keeps training from its copy (exact; the reference stays as it was)."""
+        exact = exact or aside
         if self.codec is None or cid not in self.references:
-            self.references[cid] = (rnd, state)
+            if not aside:
+                self.references[cid] = (rnd, state)
             size = payload_bytes(state)
             return {"arrays": ArrayRecord.from_torch_state_dict(state)}, size, size, state
         ref_round, reference = self.references[cid]
+        if aside:
+            arrays, consts, dense, sent = pack_exact(state, reference)
+            content = {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}
+            return content, dense, sent, unpack_tensors(arrays, consts, reference)
         if exact:
             arrays, consts, dense, sent = pack_exact(state, reference)
         else:

@@ -31,8 +31,8 @@ from fedrs.federated.server.steps import (
     average_tail,
     collect_updates,
     configure_round,
-    evaluate_round,
 )
+from fedrs.federated.server.validation import check_validation, evaluate_round
 from fedrs.federated.server.watch import FailureWatch, loss_growth
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expe
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
+    check_validation(cfg, algorithm, {c: clients[c] for c in eligible})
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
@@ -100,7 +101,8 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
         average_tail(run)
         statistics_round(grid, run, record)
         calibration_round(grid, run, record)
-    evaluate_round(run, record)
+    if run.cfg.validation_due(rnd):
+        evaluate_round(grid, run, record)
     probe_round(grid, run, record)
     return record
 

@@ -29,7 +29,8 @@ def make_message(content: dict[str, Any], settings: dict[str, Any], node: int, k
 
 
 def discover_clients(grid: Grid, nodes: list[int], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Ask every node which partition it holds: client id → {node, modalities, num_samples, site}."""
+    """Ask every node which partition it holds: client id → {node, modalities, num_samples, site,
+    validation_samples}."""
     replies = grid.send_and_receive([make_message({}, settings, n, "query", 0) for n in nodes])
     clients: dict[int, dict[str, Any]] = {}
     for reply in replies:
@@ -40,7 +41,8 @@ def discover_clients(grid: Grid, nodes: list[int], settings: dict[str, Any]) -> 
         if cid in clients:
             raise RuntimeError(f"two nodes hold the partition of client {cid}")
         clients[cid] = {"node": reply.metadata.src_node_id, "modalities": tuple(str(info["modalities"]).split(",")),
-                        "num_samples": int(str(info["num_samples"])), "site": int(str(info.get("site", -1)))}
+                        "num_samples": int(str(info["num_samples"])), "site": int(str(info.get("site", -1))),
+                        "validation_samples": int(str(info.get("validation_samples", 0)))}
     return clients
 
 

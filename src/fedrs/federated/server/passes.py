@@ -23,9 +23,10 @@ from fedrs.federated.calibration import (
 from fedrs.federated.local import derive_seed, norm_statistic_names
 from fedrs.federated.server.aggregators import account_calibration
 from fedrs.federated.server.config import FederatedConfig
-from fedrs.federated.server.record import RoundRecord
+from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
-from fedrs.federated.server.steps import collect_updates, encode_downloads, evaluate_round
+from fedrs.federated.server.steps import collect_updates, encode_downloads
+from fedrs.federated.server.validation import evaluate_round
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def statistics_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     4 OA points against statistics of the final model."""
     if not (run.cfg.statistics_pass and record.aggregated and norm_statistic_names(run.model)):
         return
-    evaluate_round(run, record)  # the gain of the pass, in the history
+    evaluate_round(grid, run, record)  # the gain of the pass, in the history
     record.scores_before_statistics = dict(record.scores)
     for _ in range(run.protocol.statistics_passes):
         statistics_pass_round(grid, run, record)
@@ -64,23 +65,6 @@ def statistics_pass_round(grid: Grid, run: RunState, record: RoundRecord) -> Non
                 run.cfg.algorithm, len(finite), len(sub.sampled))
 
 
-def merge_pass(record: RoundRecord, sub: RoundRecord, stage: str) -> None:
-    """A pass after the last round counts with that round: its traffic (uploads named after the
-    pass), failures, drops, waiting, client time and secure sums (not their group sizes)."""
-    for entry in sub.traffic:
-        if entry["direction"] == "up" and entry["payload"] == "weights":
-            entry["payload"] = stage
-    record.traffic.extend(sub.traffic)
-    record.failed.extend({**f, "stage": f"{stage} {f['stage']}"} for f in sub.failed)
-    record.dropped.extend({**d, "stage": f"{stage} {d['stage']}"} for d in sub.dropped)
-    record.wait += sub.wait
-    for cid, seconds in sub.client_seconds.items():
-        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
-    for key, value in sub.secure.items():
-        if key != "group_sizes":
-            record.secure[key] = record.secure.get(key, 0) + value
-
-
 def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     """After the last round (and the statistics pass): every client whose features are those of
     the test pixels runs the final model over its pixels — FedDiff clients with their partner's
@@ -92,7 +76,7 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         return
     cfg = CalibrationConfig.from_dict(run.cfg.calibration)
     layer = run.algorithm.require_calibration_layer()
-    evaluate_round(run, record)
+    evaluate_round(grid, run, record)
     record.scores_before_calibration = dict(record.scores)
     settings = {**record.settings, "calibration": run.cfg.calibration}  # the clients' minimum count per class
     if cfg.dense_exchange:  # the statistics of features as a test pixel's are computed: without the codec's error

@@ -37,7 +37,8 @@ class RoundRecord:
     lr: float
     settings: dict[str, Any]
     sampled: list[int]
-    operation: str = "train"  # what the clients are asked for: train | statistics | calibration
+    operation: str = "train"  # what the clients are asked for: train | statistics | calibration | probe |
+                              # validation
     downloads: dict[int, Download] = field(default_factory=dict)
     relayed: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # partner outputs, still encoded
     failed: list[dict[str, Any]] = field(default_factory=list)  # the client raised: its error
@@ -59,6 +60,7 @@ class RoundRecord:
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
     scores_before_calibration: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)  # the calibration pass: clients, classes, losses
+    validation: dict[str, float] = field(default_factory=dict)  # clients' validation: who scored, how many pixels
     secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
     secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
     secure_members: dict[str, int] = field(default_factory=dict)  # tensor → clients in its secure sum
@@ -145,7 +147,8 @@ class RoundRecord:
         """What the passes after the last round changed: scores before each, calibration's report."""
         return {**{f"val_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
                 **{f"val_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
-                **{f"calibration_{k}": v for k, v in self.calibration.items()}}
+                **{f"calibration_{k}": v for k, v in self.calibration.items()},
+                **{f"validation_{k}": v for k, v in self.validation.items()}}
 
     def protection_summary(self) -> dict[str, Any]:
         """DP's release, SecAgg+'s sums and the exchange protection, as far as the round used them."""
@@ -175,3 +178,21 @@ class RoundRecord:
         if DETERMINISTIC in deterministic:  # test noise: anyone with the run seed can remove it
             out["noise"] = DETERMINISTIC
         return out
+
+
+def merge_pass(record: RoundRecord, sub: RoundRecord, stage: str) -> None:
+    """A pass (after the last round, or a round's validation) counts with its round: its traffic
+    (uploads named after the pass), failures, drops, waiting, client time and secure sums (not their
+    group sizes)."""
+    for entry in sub.traffic:
+        if entry["direction"] == "up" and entry["payload"] == "weights":
+            entry["payload"] = stage
+    record.traffic.extend(sub.traffic)
+    record.failed.extend({**f, "stage": f"{stage} {f['stage']}"} for f in sub.failed)
+    record.dropped.extend({**d, "stage": f"{stage} {d['stage']}"} for d in sub.dropped)
+    record.wait += sub.wait
+    for cid, seconds in sub.client_seconds.items():
+        record.client_seconds[cid] = record.client_seconds.get(cid, 0.0) + seconds
+    for key, value in sub.secure.items():
+        if key != "group_sizes":
+            record.secure[key] = record.secure.get(key, 0) + value

@@ -32,7 +32,8 @@ class RunState:
     rng: np.random.Generator
     clients: dict[int, dict[str, Any]]
     eligible: list[int]
-    validation: dict[str, Any]  # the pixels each round is scored on (a seeded subset of the validation split)
+    validation: dict[str, Any]  # the pixels the server scores each round on (a seeded subset of the validation
+                                # split); with validation: clients, their class names only
     downlink: Downlink
     history: list[dict[str, Any]] = field(default_factory=list)
     traffic: list[dict[str, Any]] = field(default_factory=list)
@@ -47,6 +48,8 @@ class RunState:
 
 
 def eval_subset(patches: dict[str, Any], n: int | None, seed: int) -> dict[str, Any]:
+    if "labels" not in patches:  # the clients hold the validation pixels
+        return patches
     total = len(patches["labels"])
     if not n or n >= total:
         return patches

@@ -1,7 +1,7 @@
 """The steps of one round, each a function over the run and the round's record (tests drive them
-against a fake grid): configure (sample, learning rate, downloads), collect the updates, aggregate,
-evaluate — and the tail average of the last rounds. What an algorithm adds between configure and
-collect is its round protocol's (``protocol``)."""
+against a fake grid): configure (sample, learning rate, downloads), collect the updates, aggregate
+— and the tail average of the last rounds (the round's validation: ``validation``). What an
+algorithm adds between configure and collect is its round protocol's (``protocol``)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,6 @@ def aggregate_round(run: RunState, record: RoundRecord) -> None:
     else:
         logger.warning("round %d: %d usable updates, below min_clients=%d; global model kept", record.round,
                        len(record.accepted), cfg.min_clients)
-
-
-def evaluate_round(run: RunState, record: RoundRecord) -> None:
-    run.model.load_state_dict(run.global_state)
-    report = run.algorithm.evaluate(run.model, run.validation, record.settings["train"])
-    record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
 
 
 def accumulate_tail(run: RunState, rnd: int) -> None:

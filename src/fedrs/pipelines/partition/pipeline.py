@@ -15,7 +15,7 @@ LAYOUTS = ("modality_split", "horizontal")
 def create_template() -> Pipeline:
     return Pipeline(
         [
-            node(partition_clients, ["train_patches", "params:partition", "params:compute"],
+            node(partition_clients, ["train_patches", "validation_patches", "params:partition", "params:compute"],
                  ["federation_manifest", "client_partitions", "partition_plot"], name="partition_clients"),
         ]
     )
@@ -23,7 +23,7 @@ def create_template() -> Pipeline:
 
 def create_pipeline(**kwargs) -> Pipeline:
     return sum(
-        (pipeline(create_template(), namespace=layout, inputs={"train_patches"},
+        (pipeline(create_template(), namespace=layout, inputs={"train_patches", "validation_patches"},
                   parameters={"params:compute": "params:compute"}) for layout in LAYOUTS),
         Pipeline([]),
     )

@@ -1,0 +1,130 @@
+"""Validation on the clients (``validation: clients``): every client scores the global model on its
+own validation pixels and sends confusion counts; the server never holds a validation pixel. The
+claims checked against the server scoring the same pixels itself: the same scores, the same model
+(scoring leaves training untouched), and only counts travel."""
+
+import pytest
+import torch
+
+from fedrs.federated.jobs import RoundsJob
+from fedrs.federated.server.loop import run_rounds
+from fedrs.metrics import CONFUSION
+from tests.federated.fake_grid import FakeGrid
+from tests.federated.server.runs import config, started
+
+CODEC = {"rank": 4, "quantize_bits": 8}
+
+
+def both_ways(fed, **overrides):
+    """The same run with the server scoring its copy of the held-out pixels, and with the clients
+    scoring theirs (each holds its share of the same pixels: tests/federated/tiny.py)."""
+    runs = {}
+    for where in ("server", "clients"):
+        cfg = config(fed, eval_samples=None, validation=where, **overrides)
+        job = RoundsJob(cfg, fed["test"])  # what the simulation and the deployment engines hand the server
+        runs[where] = run_rounds(FakeGrid(fed["num_clients"]), cfg, job.validation, fed["num_clients"])
+    return runs["server"], runs["clients"]
+
+
+def assert_same_model_and_scores(server, clients, pixels):
+    assert all(torch.equal(server["state"][k], v) for k, v in clients["state"].items())  # training untouched
+    for ours, theirs in zip(server["history"], clients["history"], strict=True):
+        for key in ("val_oa", "val_aa", "val_kappa", "val_oa_before_statistics", "val_oa_before_calibration"):
+            if key in ours:  # the same pixels scored: at most one pixel apart (float order in other batches)
+                assert theirs[key] == pytest.approx(ours[key], abs=1.01 / pixels), key
+        assert theirs["validation_pixels"] == pixels
+
+
+def test_fedavg_clients_score_their_own_pixels_as_the_server_would(tiny_federation):
+    fed = tiny_federation
+    # compressed downloads: a scoring pass that moved what the clients train from would change the model
+    server, clients = both_ways(fed, num_rounds=2, downlink_compression=CODEC, calibration={})
+    pixels = len(fed["test"]["labels"])
+    assert_same_model_and_scores(server, clients, pixels)
+    assert [r["validation_clients"] for r in clients["history"]] == [3, 3]
+    assert "validation_clients" not in server["history"][0]
+    ups = [t for t in clients["traffic"] if t["payload"] == "validation"]
+    classes = int(fed["spec"]["num_classes"])
+    # three passes in the last round (before the statistics pass, before calibration, the final model)
+    assert len(ups) == 3 * (1 + 3) and all(t["bytes_sent"] == classes * classes * 8 for t in ups)
+    downs = [t for t in clients["traffic"] if t["payload"] == "validation weights"]
+    assert len(downs) == len(ups) and all(t["direction"] == "down" for t in downs)
+
+
+def test_feddiff_sites_score_with_their_partners_outputs(tiny_split_federation):
+    fed = tiny_split_federation
+    server, clients = both_ways(fed, algorithm="feddiff", min_clients=2, num_rounds=2,
+                                client_data_dirs=[fed["features_dir"]], downlink_compression=CODEC,
+                                exchange_compression=CODEC, compression=CODEC)
+    assert_same_model_and_scores(server, clients, len(fed["test"]["labels"]))
+    # one scorer per site (both of its clients hold the same pixels: each counted once)
+    assert {r["validation_clients"] for r in clients["history"]} == {2}
+    relayed = [t for t in clients["traffic"] if t["payload"] == "validation features"]
+    assert relayed and all(t["bytes_sent"] == t["bytes_dense"] for t in relayed)  # uncoded: exact scores
+
+
+def test_the_server_holds_no_validation_pixel_and_receives_only_counts(tiny_federation, tmp_path):
+    fed = tiny_federation
+    cfg = config(fed, validation="clients", num_rounds=1)
+    job = RoundsJob(cfg, fed["test"])
+    assert set(job.validation) <= {"num_classes", "class_names"}
+    written = job.write(tmp_path)  # a deployment's server reads this file: no pixel, no label in it
+    from fedrs.datasets import NpzDataset
+
+    assert set(NpzDataset(written["validation_patches"]).load()) <= {"num_classes", "class_names"}
+    grid = FakeGrid(3)
+    run_rounds(grid, cfg, job.validation, 3)
+    replies = [r for r in grid.received if r.metadata.message_type == "query.validation"]
+    assert len(replies) == 2 * 3  # before the statistics pass, and the final model
+    for reply in replies:
+        assert list(reply.content["arrays"].keys()) == [CONFUSION]
+
+
+def test_every_and_the_last_round(tiny_federation):
+    _, clients = both_ways(tiny_federation, num_rounds=3, validation_every=2, statistics_pass=False)
+    assert ["val_oa" in r for r in clients["history"]] == [False, True, True]
+    _, last = both_ways(tiny_federation, num_rounds=2, validation_every=0, statistics_pass=False)
+    assert ["val_oa" in r for r in last["history"]] == [False, True]
+
+
+def test_clients_validation_needs_a_classifier_and_scorers(tiny_federation):
+    with pytest.raises(ValueError, match="validation is 'everywhere'"):
+        config(tiny_federation, validation="everywhere")
+    with pytest.raises(ValueError, match="validation_every"):
+        config(tiny_federation, validation_every=-1)
+    # clients that hold no validation pixels (a partition made without them) cannot score
+    fed = {**tiny_federation, "dir": str(tiny_federation["dir"])}
+    grid = FakeGrid(3)
+    for node in grid.contexts.values():
+        node.node_config["partition-path"] = str(strip_validation(node, fed))
+    with pytest.raises(ValueError, match="none of the 3 clients holds validation pixels"):
+        started(fed, grid, validation="clients")
+
+
+def strip_validation(node, fed):
+    from pathlib import Path
+
+    from fedrs.datasets import NpzDataset
+    from fedrs.partition import VALIDATION_PREFIX
+
+    source = Path(fed["dir"]) / f"client_{int(node.node_config['partition-id']):03d}.npz"
+    bundle = {k: v for k, v in NpzDataset(str(source)).load().items() if not k.startswith(VALIDATION_PREFIX)}
+    target = source.parent.parent / f"stripped_{source.name}"
+    NpzDataset(str(target)).save(bundle)
+    return target
+
+
+def test_under_secagg_the_server_sees_only_the_sum_of_the_counts(tiny_federation):
+    fed = tiny_federation
+    overrides = dict(num_rounds=1, statistics_pass=False, secure_aggregation={}, eval_samples=None)
+    plain = run_rounds(FakeGrid(3), config(fed, **overrides), fed["test"], 3)
+    grid = FakeGrid(3)
+    cfg = config(fed, validation="clients", **overrides)
+    secure = run_rounds(grid, cfg, RoundsJob(cfg, fed["test"]).validation, 3)
+    # the counts come back exactly from the quantised secure sum (rounded to whole pixels)
+    pixels = len(fed["test"]["labels"])
+    assert secure["history"][0]["val_oa"] == pytest.approx(plain["history"][0]["val_oa"], abs=1.01 / pixels)
+    assert secure["history"][0]["validation_pixels"] == len(fed["test"]["labels"])
+    replies = [m for m in grid.received if m.metadata.message_type == "query.validation"]
+    assert len(replies) == 3 and all(len(r) == 0 for m in replies for r in m.content.array_records.values())
+    assert secure["history"][0]["secagg_sums"] == 2 + 1  # the round's two, and the counts'
