@@ -6,7 +6,8 @@ grid: ``configure_round`` (sample clients, learning rate, each client's download
 the protocol's ``before_updates`` (``protocol.RoundProtocol``: nothing, or FedDiff's partner relay,
 ``fedrs.feddiff.relay``), ``collect_updates`` (train messages, who failed or was dropped),
 ``aggregate_round`` (the run's ``aggregators.Aggregator``: plain, DP or SecAgg+) and
-``evaluate_round``; after the last round the passes (``passes``: BatchNorm statistics of the final
+``validation.evaluate_round`` (on the server's copy of the validation pixels, or the clients' own);
+after the last round the passes (``passes``: BatchNorm statistics of the final
 model, classifier calibration). ``record_round`` writes the history row and checkpoint;
 ``watch.FailureWatch`` stops a run whose failures are systematic. Messages: ``messaging``.
 
