@@ -111,7 +111,9 @@ def loss_trend(losses: list[float | None]) -> str:
 
 
 def client_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str, Any]], str]:
-    off = {"calibration": None}  # classifier calibration is refused beside DP: off in every run, so like meets like
+    # classifier calibration and the clients' validation counts are refused beside client-level DP: calibration
+    # off and the server scoring its copy of the validation pixels in every run, so like meets like
+    off = {"calibration": None, "validation": "server"}
     rows = [{"setting": "no DP (sample weights)", "sigma": None,
              **run(project, args.env, args.algorithm, overrides(args.algorithm, {**off, "privacy": None}))}]
     probe = run(project, args.env, args.algorithm, overrides(args.algorithm, {

@@ -202,10 +202,10 @@ def assign_validation(clients: list[ClientSpec], train_set: dict[str, Any], vali
     if not groups:
         held = {m for c in clients for m in c.modalities}
         groups = {("client", i): [i] for i, c in enumerate(clients) if set(c.modalities) >= held}
-    empty = [np.zeros(0, dtype=np.int64) for _ in clients]
+    owned = [np.zeros(0, dtype=np.int64) for _ in clients]
     n_val = len(validation_set["labels"])
     if not groups or not n_val:
-        return empty
+        return owned
     keys = sorted(groups, key=str)
     owner_rows = [clients[groups[k][0]].indices for k in keys]
     train_group = np.concatenate([np.full(r.size, g) for g, r in enumerate(owner_rows)])
@@ -219,14 +219,17 @@ def assign_validation(clients: list[ClientSpec], train_set: dict[str, Any], vali
         wanted = np.flatnonzero(val_labels == klass)
         pool = np.flatnonzero(train_labels == klass)
         pool = pool if pool.size else np.arange(train_labels.size)
-        # nearest by (distance, training order): ties go to the first group in a fixed order
-        _, nearest = cKDTree(points[pool]).query(val_points[wanted], k=1)
-        owner[wanted] = train_group[pool[np.asarray(nearest, dtype=np.int64)]]
+        tree = cKDTree(points[pool])
+        distance, _ = tree.query(val_points[wanted], k=1)
+        # equidistant training pixels are common on a pixel grid: the first of them in training order
+        # decides, whatever order the tree returns them in
+        tied = tree.query_ball_point(val_points[wanted], distance + 1e-9)
+        owner[wanted] = train_group[pool[[min(t) for t in tied]]]
     for g, key in enumerate(keys):
         mine = np.flatnonzero(owner == g)
         for position in groups[key]:
-            empty[position] = mine
-    return empty
+            owned[position] = mine
+    return owned
 
 
 def client_bundle(patch_set: dict[str, Any], client: ClientSpec, validation_set: dict[str, Any] | None = None,

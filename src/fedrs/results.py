@@ -58,7 +58,7 @@ ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_con
               "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_oa_before_statistics",
               "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
               "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "calibration_pixels",
-              "calibration_classes", "validation_clients", "validation_pixels", "noise",
+              "calibration_classes", "validation_clients", "validation_pixels", "bytes_validation", "noise",
               "dp_unit", "dp_record_epsilon", "dp_record_unit")
 
 # the per-round curves an MLflow run shows (step = round)
@@ -108,6 +108,8 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
         "rounds": [{k: r[k] for k in ROUND_KEYS if r.get(k) is not None} for r in rounds],
         "num_rounds": len(rounds),
         "bytes_sent": int(sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in every_round)),
+        # the clients' scoring of the rounds (validation: clients), both ways, apart from training's bytes
+        "validation_bytes_sent": int(sum(r.get("bytes_validation", 0) for r in every_round)),
         "bytes_dense": int(sum(r.get("bytes_up_dense", r.get("bytes_up", 0))
                                + r.get("bytes_down_dense", r.get("bytes_down", 0)) for r in every_round)),
         "wall_seconds": float(sum(h.get("wall_seconds", 0.0) for h in stages)),

@@ -50,7 +50,7 @@ class PartnerRelay(RoundProtocol):
     def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
         exchange_features(grid, run, record)
 
-    def calibration_senders(self, run: RunState, record: RoundRecord) -> list[int]:
+    def pixel_senders(self, run: RunState, record: RoundRecord) -> list[int]:
         """One client per site (the lowest id whose partner's outputs arrived): both members hold the
         same fused features of the same pixels, so a second sender would count every pixel twice."""
         chosen: dict[Any, int] = {}

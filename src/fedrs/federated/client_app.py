@@ -383,7 +383,7 @@ def validation(msg: Message, context: Context) -> Message:
                                                                  "bytes_sent": size}
     records: dict[str, Any] = {}
     if job.settings.get("secure_aggregation") is not None:
-        scale = int(job.settings["validation_pixels"])
+        scale = int(job.settings["validation_scale"])
         if scale < len(labels):  # a scale below this client's own count could push its counts out of range
             raise ValueError("validation: the secure sum's pixel scale is below this client's pixel count; refused")
         hold_update(context, {CONFUSION: counts / scale}, job.round,

@@ -23,9 +23,9 @@ from fedrs.datasets.npz import NpzDataset
 from fedrs.feddiff.features import FeatureJob, run_feature_job
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
+from fedrs.federated.server.validation import server_validation
 
 Progress = Callable[[dict[str, Any]], None]
-SERVER_VALIDATION_KEYS = ("num_classes", "class_names")  # what the server knows of validation on the clients
 
 
 class Job(Protocol):
@@ -50,8 +50,7 @@ class RoundsJob:
 
     def __post_init__(self) -> None:
         # the clients score their own validation pixels: the server holds none (nor writes any for a deployment)
-        if self.cfg.validation == "clients":
-            self.validation = {k: self.validation[k] for k in SERVER_VALIDATION_KEYS if k in self.validation}
+        self.validation = server_validation(self.cfg, self.validation)
 
     @property
     def label(self) -> str:

@@ -29,6 +29,9 @@ def both_ways(fed, **overrides):
 def assert_same_model_and_scores(server, clients, pixels):
     assert all(torch.equal(server["state"][k], v) for k, v in clients["state"].items())  # training untouched
     for ours, theirs in zip(server["history"], clients["history"], strict=True):
+        # training's traffic as it was; the scoring's apart
+        assert (theirs["bytes_up"], theirs["bytes_down"]) == (ours["bytes_up"], ours["bytes_down"])
+        assert theirs["bytes_validation"] > 0 and "bytes_validation" not in ours
         for key in ("val_oa", "val_aa", "val_kappa", "val_oa_before_statistics", "val_oa_before_calibration"):
             if key in ours:  # the same pixels scored: at most one pixel apart (float order in other batches)
                 assert theirs[key] == pytest.approx(ours[key], abs=1.01 / pixels), key
@@ -128,3 +131,52 @@ def test_under_secagg_the_server_sees_only_the_sum_of_the_counts(tiny_federation
     replies = [m for m in grid.received if m.metadata.message_type == "query.validation"]
     assert len(replies) == 3 and all(len(r) == 0 for m in replies for r in m.content.array_records.values())
     assert secure["history"][0]["secagg_sums"] == 2 + 1  # the round's two, and the counts'
+
+
+def test_a_scorer_that_fails_leaves_training_as_it_was(tiny_federation, monkeypatch):
+    from fedrs.federated import client_app
+    from fedrs.federated.inprocess import HANDLERS
+
+    def fails_on_client_1(msg, context):
+        if int(context.node_config["partition-id"]) == 1:
+            raise RuntimeError("no validation today")
+        return client_app.validation(msg, context)
+
+    monkeypatch.setitem(HANDLERS, "query.validation", fails_on_client_1)
+    fed = tiny_federation
+    # (a scorer failing alike round after round stops the run like any systematic failure: not here)
+    server, clients = both_ways(fed, num_rounds=2, downlink_compression=CODEC, statistics_pass=False,
+                                failure_tolerance=None)
+    # its next download is still the compressed delta against the copy it trains from
+    assert all(torch.equal(server["state"][k], v) for k, v in clients["state"].items())
+    first = clients["history"][0]
+    assert first["failed"] == [{"client_id": 1, "stage": "validation train", "reason": first["failed"][0]["reason"]}]
+    assert first["validation_clients"] == 2 and 0 < first["validation_pixels"] < len(fed["test"]["labels"])
+
+
+def test_a_model_scored_again_is_not_asked_for_again(tiny_federation):
+    """A round that aggregates nothing keeps the global model: its scores are the last ones, and no
+    second sum is formed whose senders could differ from the first by one organisation."""
+    fed = tiny_federation
+    cfg = config(fed, validation="clients", num_rounds=2, statistics_pass=False, failure_tolerance=None,
+                 faults={"raise": [[2, 0], [2, 1], [2, 2]]})
+    grid = FakeGrid(3)
+    result = run_rounds(grid, cfg, RoundsJob(cfg, fed["test"]).validation, 3)
+    first, second = result["history"]
+    assert not second["aggregated"] and second["val_oa"] == first["val_oa"]
+    asked = [int(m.metadata.group_id) for m in grid.sent if m.metadata.message_type == "query.validation"]
+    assert asked == [1, 1, 1]
+
+
+def test_a_sole_scorer_is_a_scorer():
+    from fedrs.federated.algorithms import get_algorithm
+    from fedrs.federated.server.config import FederatedConfig
+    from fedrs.federated.server.validation import check_validation
+
+    cfg = FederatedConfig(algorithm="fedavg", model={})
+    clients = {0: {"modalities": ("hsi", "lidar"), "validation_samples": 4},
+               1: {"modalities": ("hsi",), "validation_samples": 0}}
+    check_validation(cfg, get_algorithm("fedavg"), clients)  # client 0 alone scores
+    with pytest.raises(ValueError, match="privacy"):
+        check_validation(FederatedConfig(algorithm="fedavg", model={}, privacy={"noise_multiplier": 1.0}),
+                         get_algorithm("fedavg"), clients)

@@ -11,7 +11,7 @@ from fedrs.config import from_mapping
 
 # settings that do not change the result, so a checkpoint made with other values can be resumed
 RESUMABLE = {"resume", "stop_after_round", "checkpoint_dir", "round_timeout", "node_wait_timeout", "faults",
-             "failure_tolerance", "loss_growth_rounds"}
+             "failure_tolerance", "loss_growth_rounds", "validation", "validation_every"}
 
 
 VALIDATION_MODES = ("server", "clients")

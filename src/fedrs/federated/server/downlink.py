@@ -33,17 +33,14 @@ class Downlink:
             size = payload_bytes(state)
             return {"arrays": ArrayRecord.from_torch_state_dict(state)}, size, size, state
         ref_round, reference = self.references[cid]
-        if aside:
-            arrays, consts, dense, sent = pack_exact(state, reference)
-            content = {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}
-            return content, dense, sent, unpack_tensors(arrays, consts, reference)
         if exact:
             arrays, consts, dense, sent = pack_exact(state, reference)
         else:
             arrays, consts, dense, sent = pack_tensors(state, self.codec, reference,
                                                        self.feedback.setdefault(cid, ErrorFeedback()))
         decoded = unpack_tensors(arrays, consts, reference)  # bit-identical to what the client decodes
-        self.references[cid] = (rnd, decoded)
+        if not aside:
+            self.references[cid] = (rnd, decoded)
         content = {"arrays": arrays, "down_codec": consts, "reference": ConfigRecord({"round": ref_round})}
         return content, dense, sent, decoded
 

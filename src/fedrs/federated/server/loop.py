@@ -32,7 +32,7 @@ from fedrs.federated.server.steps import (
     collect_updates,
     configure_round,
 )
-from fedrs.federated.server.validation import check_validation, evaluate_round
+from fedrs.federated.server.validation import check_validation, evaluate_round, server_validation
 from fedrs.federated.server.watch import FailureWatch, loss_growth
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expe
     nodes = wait_for_nodes(grid, expected_nodes, cfg.node_wait_timeout)
     clients = discover_clients(grid, nodes, {**cfg.settings(), "round": 0})
     eligible = sorted(c for c, info in clients.items() if algorithm.is_eligible(info["modalities"]))
-    check_validation(cfg, algorithm, {c: clients[c] for c in eligible})
     if len(eligible) < cfg.min_clients:
         raise RuntimeError(f"{len(eligible)} clients can train {cfg.algorithm}; min_clients is {cfg.min_clients}")
+    check_validation(cfg, algorithm, {c: clients[c] for c in eligible})
     downlink = Downlink(CodecConfig.from_dict(cfg.downlink_compression) if cfg.downlink_compression else None)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run = RunState(cfg, algorithm, aggregator, protocol, model, initial,
                    np.random.default_rng(derive_seed(cfg.seed, 1)), clients, eligible,
-                   eval_subset(validation, cfg.eval_samples, cfg.seed), downlink)
+                   eval_subset(server_validation(cfg, validation), cfg.eval_samples, cfg.seed), downlink)
     return run, resume(run)
 
 

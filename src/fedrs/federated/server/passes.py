@@ -85,7 +85,7 @@ def calibration_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     sub = RoundRecord(record.round, record.lr, settings, contributors, "calibration")
     encode_downloads(run, sub, exact=True)  # the features must be those of the exact final weights
     run.protocol.before_updates(grid, run, sub)
-    sub.sampled = run.protocol.calibration_senders(run, sub)
+    sub.sampled = run.protocol.pixel_senders(run, sub)
     # the secure sums' public scale: the most pixels any sender holds (sample counts are public)
     sub.settings["calibration_pixels"] = max((int(run.clients[c]["num_samples"]) for c in sub.sampled), default=1)
     collect_updates(grid, run, sub)

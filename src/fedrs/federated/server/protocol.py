@@ -40,8 +40,9 @@ class RoundProtocol:
     def before_updates(self, grid: Grid, run: RunState, record: RoundRecord) -> None:
         """Runs after the downloads are encoded and before the update requests go out."""
 
-    def calibration_senders(self, run: RunState, record: RoundRecord) -> list[int]:
-        """Who of the calibration pass's clients sends class statistics: each pixel once."""
+    def pixel_senders(self, run: RunState, record: RoundRecord) -> list[int]:
+        """Who of a pass's clients sends what is summed over pixels (calibration's class statistics,
+        validation's counts): each pixel once."""
         return list(record.sampled)
 
     def update_content(self, record: RoundRecord, cid: int) -> dict[str, Any]:

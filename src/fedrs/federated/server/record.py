@@ -139,9 +139,15 @@ class RoundRecord:
                    for k in reported}}
 
     def traffic_sums(self) -> dict[str, int]:
-        return {f"{key}{suffix}": sum(t[field_] for t in self.traffic if t["direction"] == direction)
-                for key, direction in (("bytes_down", "down"), ("bytes_up", "up"))
-                for suffix, field_ in (("", "bytes_sent"), ("_dense", "bytes_dense"))}
+        """Bytes each way of training (and its passes), and — apart, so that what a method costs to
+        train stays comparable — of the clients' validation (both ways)."""
+        training = [t for t in self.traffic if not t["payload"].startswith("validation")]
+        scoring = [t for t in self.traffic if t["payload"].startswith("validation")]
+        return {**{f"{key}{suffix}": sum(t[field_] for t in training if t["direction"] == direction)
+                   for key, direction in (("bytes_down", "down"), ("bytes_up", "up"))
+                   for suffix, field_ in (("", "bytes_sent"), ("_dense", "bytes_dense"))},
+                **({"bytes_validation": sum(t["bytes_sent"] for t in scoring),
+                    "bytes_validation_dense": sum(t["bytes_dense"] for t in scoring)} if scoring else {})}
 
     def pass_summary(self) -> dict[str, Any]:
         """What the passes after the last round changed: scores before each, calibration's report."""

@@ -41,6 +41,8 @@ class RunState:
     tail_rounds: int = 0
     privacy_releases: list[tuple[float, float]] = field(default_factory=list)  # (σ, sampling rate) per DP aggregate
     record_releases: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)  # client → (σ, q, steps)
+    # validation: clients — the last model the clients scored (its digest), its scores and who scored
+    last_scored: tuple[str, dict[str, float], dict[str, float]] | None = None
 
     @property
     def per_round(self) -> int:

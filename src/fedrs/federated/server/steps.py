@@ -57,6 +57,8 @@ def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:
         record.updates.append(run.aggregator.update_from_reply(run, record, cid, reply))
         record.log_traffic(cid, "up", "weights", *payload_counts(reply))
     run.aggregator.after_replies(grid, run, record)
+    if record.operation == "validation":  # its downloads were set aside: what the client trains from is intact
+        return
     for entry in record.failed + record.dropped:  # it may not hold what we sent: dense next time
         run.downlink.forget(entry["client_id"])
 

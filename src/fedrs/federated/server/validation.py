@@ -10,13 +10,16 @@ the clients score the exact global weights and keep training from the copy they 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.serverapp import Grid
 
 from fedrs.federated.algorithm_base import ClassifierAlgorithm
+from fedrs.federated.secure import SecureAggregationConfig
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import Download, RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
@@ -26,11 +29,12 @@ from fedrs.metrics import CONFUSION, confusion_report
 logger = logging.getLogger(__name__)
 
 SCORES = ("oa", "aa", "kappa", "per_class_spread")
+SERVER_VALIDATION_KEYS = ("num_classes", "class_names")  # what the server knows of validation on the clients
 
 
 def check_validation(cfg: FederatedConfig, algorithm: object, clients: dict[int, dict]) -> None:
-    """``validation: clients`` needs a classifier, no exchange protection (its accountant counts the
-    training pixels' releases only), and clients holding validation pixels."""
+    """``validation: clients`` needs a classifier, no client-level DP nor exchange protection (their
+    accountants count training's releases only), and clients holding validation pixels."""
     if cfg.validation != "clients":
         return
     if not isinstance(algorithm, ClassifierAlgorithm):
@@ -40,7 +44,11 @@ def check_validation(cfg: FederatedConfig, algorithm: object, clients: dict[int,
         raise ValueError("validation: clients with exchange_privacy: the partners' outputs of the validation pixels "
                          "would be relayed too, releases the privacy accountant does not count; set validation: "
                          "server")
-    if not any(scorers(algorithm, clients, list(clients))):
+    if cfg.privacy:
+        raise ValueError("validation: clients with privacy (client-level DP): each organisation's counts would be "
+                         "releases of unbounded sensitivity that the accountant does not count; set validation: "
+                         "server")
+    if not scorers(algorithm, clients, list(clients)):
         raise ValueError(f"validation: clients, but none of the {len(clients)} clients holds validation pixels it "
                          "can score the whole model on (partitions made without validation pixels, or no client "
                          "holds every modality); re-run the partition or set validation: server")
@@ -49,6 +57,14 @@ def check_validation(cfg: FederatedConfig, algorithm: object, clients: dict[int,
 def scorers(algorithm: ClassifierAlgorithm, clients: dict[int, dict], eligible: list[int]) -> list[int]:
     return [c for c in eligible if clients[c].get("validation_samples", 0)
             and algorithm.scores_whole_model(clients[c]["modalities"])]
+
+
+def server_validation(cfg: FederatedConfig, validation: dict[str, Any]) -> dict[str, Any]:
+    """What the server holds of the validation split: all of it (``validation: server``), or — the
+    clients scoring their own — its class names only."""
+    if cfg.validation != "clients":
+        return validation
+    return {k: validation[k] for k in SERVER_VALIDATION_KEYS if k in validation}
 
 
 def evaluate_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
@@ -61,38 +77,70 @@ def evaluate_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
     record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     assert isinstance(run.algorithm, ClassifierAlgorithm)
+    digest = state_digest(run.global_state)
+    if run.last_scored is not None and run.last_scored[0] == digest:
+        # the same model scored again (a round that aggregated nothing, a pass that changed nothing): the
+        # same scores, and no second sum whose senders could differ by one organisation — whose counts
+        # the difference of the two sums would then be
+        record.scores, record.validation = dict(run.last_scored[1]), dict(run.last_scored[2])
+        return
     # uncoded exchange: a validation pixel is scored as the assembled model scores it, without the codec's error
     settings = {**record.settings, "split": "validation", "exchange_compression": None}
-    sub = RoundRecord(record.round, record.lr, settings, scorers(run.algorithm, run.clients, run.eligible),
-                      "validation")
+    asked = scorers(run.algorithm, run.clients, run.eligible)
+    sub = RoundRecord(record.round, record.lr, settings, asked, "validation")
     for cid in sub.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
         content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys}, sub.round,
                                                             aside=True)
         sub.downloads[cid] = Download(content, dense, sent, decoded)
-        sub.log_traffic(cid, "down", "weights", dense, sent)
+        sub.log_traffic(cid, "down", "validation weights", dense, sent)
     run.protocol.before_updates(grid, run, sub)
-    sub.sampled = run.protocol.calibration_senders(run, sub)  # each validation pixel counted once
+    sub.sampled = run.protocol.pixel_senders(run, sub)  # each validation pixel counted once
     # the secure sum's public scale: the most validation pixels any sender holds (their counts are public)
-    sub.settings["validation_pixels"] = max((int(run.clients[c]["validation_samples"]) for c in sub.sampled),
-                                            default=1)
+    scale = max((int(run.clients[c]["validation_samples"]) for c in sub.sampled), default=1)
+    sub.settings["validation_scale"] = scale
     collect_updates(grid, run, sub)
     counts = confusion_received(run, sub)
-    for entry in sub.traffic:  # what scoring on the clients costs, apart from training's traffic: the counts
-        up_counts = entry["direction"] == "up" and entry["payload"] == "weights"  # ("validation"), the downloads
-        entry["payload"] = "validation" if up_counts else f"validation {entry['payload']}"  # and the relayed outputs
+    for entry in sub.traffic:  # the relayed outputs of the validation pixels (the counts: merge_pass)
+        if entry["payload"] == "features":
+            entry["payload"] = "validation features"
     merge_pass(record, sub, "validation")
     senders = len(sub.secure_from) if run.cfg.secure else len(sub.updates)
-    if counts is None or not counts.sum():
+    pixels = 0 if counts is None else int(counts.sum())
+    expected = expected_pixels(run, asked)
+    record.validation = {"clients": float(senders), "pixels": float(pixels)}
+    if not pixels:
         logger.warning("%s round %d: no client's validation counts arrived; the round is not scored",
                        run.cfg.algorithm, record.round)
-        record.scores, record.validation = {}, {"clients": float(senders), "pixels": 0.0}
+        record.scores = {}
         return
+    if pixels < expected:
+        logger.warning("%s round %d: validation scored on %d of the clients' %d validation pixels (a scorer or its "
+                       "partner failed)", run.cfg.algorithm, record.round, pixels, expected)
+    assert counts is not None
     report = confusion_report(counts, list(run.validation.get("class_names") or []) or None)
     record.scores = {k: float(report[k]) for k in SCORES}
-    record.validation = {"clients": float(senders), "pixels": float(counts.sum())}
+    run.last_scored = (digest, dict(record.scores), dict(record.validation))
+
+
+def expected_pixels(run: RunState, asked: list[int]) -> int:
+    """The validation pixels the scorers hold, each once (a site's two organisations hold the same)."""
+    held: dict[Any, int] = {}
+    for cid in asked:
+        site = run.clients[cid].get("site", -1)
+        held[("site", site) if site is not None and site >= 0 else ("client", cid)] = int(
+            run.clients[cid]["validation_samples"])
+    return sum(held.values())
 
 
 def confusion_received(run: RunState, sub: RoundRecord) -> np.ndarray | None:
@@ -101,7 +149,15 @@ def confusion_received(run: RunState, sub: RoundRecord) -> np.ndarray | None:
     if run.cfg.secure:
         if CONFUSION not in sub.secure_means:
             return None
-        total = sub.secure_means[CONFUSION] * sub.secure_members[CONFUSION] * int(sub.settings["validation_pixels"])
+        members, scale = sub.secure_members[CONFUSION], int(sub.settings["validation_scale"])
+        # SecAgg+ quantises each share to 2·clipping_range / quantization_range; rounding recovers whole
+        # counts while the members' summed quantisation error stays below half a pixel
+        secure = SecureAggregationConfig.from_dict(run.cfg.secure_aggregation or {})
+        error = members * scale * secure.clipping_range / secure.quantization_range
+        if error >= 0.5:
+            logger.warning("round %d: the secure sum of %d scorers' counts (up to %d pixels each) may be off by up "
+                           "to %.1f pixels per cell", sub.round, members, scale, error)
+        total = sub.secure_means[CONFUSION] * members * scale
         return np.rint(total.numpy()).clip(min=0).astype(np.int64)
     parts = [u.state[CONFUSION] for u in sub.updates if CONFUSION in u.state]
     if not parts:

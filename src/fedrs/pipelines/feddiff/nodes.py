@@ -153,8 +153,9 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
                            features_manifest["seed"], diffusion_modalities(diffusion))
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
-    # the server holds the global U-Nets after stage 1, so it scores the global model centrally: each
-    # round on validation pixels, the final model once on the test pixels (the evaluation pipeline)
+    # the server holds the global U-Nets after stage 1, so the evaluation pipeline scores the final model
+    # centrally (validation and test pixels); the rounds are scored by the clients (validation: clients)
+    # or, with validation: server, on these validation inputs
     validation_inputs, test_inputs = (get_algorithm(name).prepare(model_artifact, patches, with_compute({}, compute))
                                       for patches in (validation_patches, test_patches))
     digests = {m: content_digest(u["spec"], u["state"]) for m, u in unets.items()}
