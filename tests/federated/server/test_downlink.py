@@ -45,3 +45,22 @@ def test_without_a_codec_every_download_is_dense():
     for rnd in (1, 2):
         _, dense, sent, _ = link.encode(0, _state(rnd), rnd)
         assert dense == sent
+
+
+def test_a_download_set_aside_leaves_the_reference_and_the_feedback_as_they_were():
+    """What a client scores (validation: clients) is sent aside: coded or exact, the next training
+    download is encoded exactly as if it had never been sent."""
+    codec = CodecConfig.from_dict({"rank": 2, "quantize_bits": 8})
+    plain, scored = Downlink(codec), Downlink(codec)
+    states = [_state(0)] + [{k: v + 0.01 * (i + 1) * torch.randn_like(v) for k, v in _state(0).items()}
+                            for i in range(3)]
+    for rnd, state in enumerate(states, start=1):
+        if rnd > 1:
+            for exact in (False, True):
+                content, _, _, decoded = scored.encode(7, state, rnd, exact=exact, aside=True)
+                assert int(content["reference"]["round"]) == rnd - 1  # against what the client trains from
+                if exact:
+                    assert all(torch.equal(decoded[k], state[k]) for k in state)
+        ours, theirs = plain.encode(7, state, rnd), scored.encode(7, state, rnd)
+        assert all(torch.equal(ours[3][k], theirs[3][k]) for k in state)
+        assert all(torch.equal(plain.references[7][1][k], scored.references[7][1][k]) for k in state)

@@ -25,8 +25,8 @@ class Downlink:
         """Records to send, dense bytes, bytes as sent, and the weights the client will decode.
         ``exact``: the client must hold exactly ``state`` — only the tensors that changed since its
         last download travel, raw (nothing goes through the codec). ``aside``: the client scores
-        these weights and keeps training from its copy (exact; the reference stays as it was)."""
-        exact = exact or aside
+        these weights and keeps training from its copy — the reference and the error feedback stay
+        as they were (coded: through a copy of the feedback)."""
         if self.codec is None or cid not in self.references:
             if not aside:
                 self.references[cid] = (rnd, state)
@@ -36,8 +36,10 @@ class Downlink:
         if exact:
             arrays, consts, dense, sent = pack_exact(state, reference)
         else:
-            arrays, consts, dense, sent = pack_tensors(state, self.codec, reference,
-                                                       self.feedback.setdefault(cid, ErrorFeedback()))
+            feedback = self.feedback.setdefault(cid, ErrorFeedback())
+            if aside:
+                feedback = ErrorFeedback.from_state(feedback.state())
+            arrays, consts, dense, sent = pack_tensors(state, self.codec, reference, feedback)
         decoded = unpack_tensors(arrays, consts, reference)  # bit-identical to what the client decodes
         if not aside:
             self.references[cid] = (rnd, decoded)

@@ -2,7 +2,8 @@
 
 ``server``: the server scores the global model on its own validation pixels. ``clients``: no
 validation pixel leaves its organisation — every client that can score the whole model runs the
-global weights over its own validation pixels (FedDiff's clients with their site partner's outputs
+global weights (the last round's exactly, earlier rounds' as the downlink's codec delivers them)
+over its own validation pixels (FedDiff's clients with their site partner's outputs
 of those pixels, relayed uncoded) and sends only its confusion counts, into one more SecAgg+ sum
 where the run aggregates securely; the server scores their sum. The pass does not touch training:
 the clients score the exact global weights and keep training from the copy they hold
@@ -87,7 +88,11 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     assert isinstance(run.algorithm, ClassifierAlgorithm)
-    digest = state_digest(run.global_state)
+    # the last round's models exactly (what settings are chosen on); a round before it through the downlink's
+    # codec, as the clients would receive it to train (every weight changes each round: exact, the scoring
+    # would cost about twice what training sends)
+    exact = record.round == run.cfg.num_rounds
+    digest = f"{state_digest(run.global_state)}:{exact}"
     if run.last_scored is not None and run.last_scored[0] == digest:
         # the same model scored again (a round that aggregated nothing, a pass that changed nothing): the
         # same scores, and no second sum whose senders could differ by one organisation — whose counts
@@ -101,7 +106,7 @@ def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     for cid in sub.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
         content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys}, sub.round,
-                                                            aside=True)
+                                                            exact=exact, aside=True)
         sub.downloads[cid] = Download(content, dense, sent, decoded)
         sub.log_traffic(cid, "down", "validation weights", dense, sent)
     run.protocol.before_updates(grid, run, sub)
