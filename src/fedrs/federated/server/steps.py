@@ -29,15 +29,17 @@ def configure_round(run: RunState, rnd: int) -> RoundRecord:
     return record
 
 
-def encode_downloads(run: RunState, record: RoundRecord, exact: bool = False) -> None:
+def encode_downloads(run: RunState, record: RoundRecord, exact: bool = False, aside: bool = False,
+                     payload: str = "weights") -> None:
     """Each sampled client's download of the global weights it holds a part in; ``exact``: the
-    client decodes exactly the global weights (only what changed since its last download travels)."""
+    client decodes exactly the global weights (only what changed since its last download travels);
+    ``aside``: it scores them and keeps training from its own copy (``Downlink.encode``)."""
     for cid in record.sampled:
         keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
         state = {k: run.global_state[k] for k in keys}
-        content, dense, sent, decoded = run.downlink.encode(cid, state, record.round, exact)
+        content, dense, sent, decoded = run.downlink.encode(cid, state, record.round, exact, aside)
         record.downloads[cid] = Download(content, dense, sent, decoded)
-        record.log_traffic(cid, "down", "weights", dense, sent)
+        record.log_traffic(cid, "down", payload, dense, sent)
 
 
 def collect_updates(grid: Grid, run: RunState, record: RoundRecord) -> None:

@@ -22,9 +22,9 @@ from flwr.serverapp import Grid
 from fedrs.federated.algorithm_base import ClassifierAlgorithm
 from fedrs.federated.secure import SecureAggregationConfig
 from fedrs.federated.server.config import FederatedConfig
-from fedrs.federated.server.record import Download, RoundRecord, merge_pass
+from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
-from fedrs.federated.server.steps import collect_updates
+from fedrs.federated.server.steps import collect_updates, encode_downloads
 from fedrs.metrics import CONFUSION, confusion_report
 
 logger = logging.getLogger(__name__)
@@ -103,12 +103,7 @@ def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     settings = {**record.settings, "split": "validation", "exchange_compression": None}
     asked = scorers(run.algorithm, run.clients, run.eligible)
     sub = RoundRecord(record.round, record.lr, settings, asked, "validation")
-    for cid in sub.sampled:
-        keys = sorted(run.algorithm.client_keys(run.model, run.clients[cid]["modalities"]))
-        content, dense, sent, decoded = run.downlink.encode(cid, {k: run.global_state[k] for k in keys}, sub.round,
-                                                            exact=exact, aside=True)
-        sub.downloads[cid] = Download(content, dense, sent, decoded)
-        sub.log_traffic(cid, "down", "validation weights", dense, sent)
+    encode_downloads(run, sub, exact=exact, aside=True, payload="validation weights")
     run.protocol.before_updates(grid, run, sub)
     sub.sampled = run.protocol.pixel_senders(run, sub)  # each validation pixel counted once
     # the secure sum's public scale: the most validation pixels any sender holds (their counts are public)
