@@ -13,6 +13,11 @@ variance of the first component; what a federation can fit from per-client covar
 ``binK`` the bands averaged in K contiguous groups (no statistics at all);
 ``wide`` twice the base channels. Each row also gives the raw probes of the same inputs, and the
 held-out denoising PSNR gain at t = 10 and 50 (how much of the signal the model learned).
+
+``--layers middle,decoder2,decoder5`` probes decoder blocks as well (``decoderN``: the N-th block's
+output; for the default U-Net blocks 2–5 are at the input's 8×8, so their centre reading is a pixel's
+own features); ``--untrained`` probes each U-Net before training too, which separates what diffusion
+training adds from what any random convolutional map of the patch gives a linear probe.
 """
 
 from __future__ import annotations
@@ -119,12 +124,54 @@ def psnr_gain(unet: DiffusionUNet, x0: torch.Tensor, kind: str, step: int) -> fl
 
 
 @torch.no_grad()
-def middle(unet: DiffusionUNet, x0: torch.Tensor, step: int, seed: int) -> np.ndarray:
+def layer_features(unet: DiffusionUNet, x0: torch.Tensor, step: int, seed: int, layers: list[str]
+                   ) -> dict[str, np.ndarray]:
+    """Each named layer's activations for x0 noised to ``step`` (one noise draw shared by every pixel, as
+    stage 2 does): ``middle`` (the features FedDiff extracts) and ``decoderN``, the output of the N-th
+    decoder block (the last ones at the input's full resolution, where each position is still a pixel)."""
     schedule = schedule_of(unet.spec)
     unet.eval()
     noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed)).expand_as(x0)
     t = torch.full((len(x0),), step, dtype=torch.long)
-    return unet.middle_features(schedule.q_sample(x0, t, noise), t).numpy()
+    xt = schedule.q_sample(x0, t, noise)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [unet.decoder[int(name[len("decoder"):])][-1].register_forward_hook(
+        lambda _m, _i, out, name=name: captured.__setitem__(name, out)) for name in layers if name != "middle"]
+    try:
+        if any(name != "middle" for name in layers):
+            unet(xt, t)
+        if "middle" in layers:
+            captured["middle"] = unet.middle_features(xt, t)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: captured[name].numpy() for name in layers}
+
+
+def centre(a: np.ndarray) -> np.ndarray:
+    """The central 2×2 positions averaged: an even-sided map's centre pixel."""
+    h = a.shape[-1] // 2
+    return a[:, :, h - 1:h + 1, h - 1:h + 1].mean(axis=(2, 3))
+
+
+def probes(unet: DiffusionUNet, x0: dict[str, torch.Tensor], labels: dict[str, np.ndarray], k: int,
+           timesteps: list[int], layers: list[str], seed: int, base: dict) -> list[dict]:
+    """One row per timestep, layer and reading (pooled, flattened, centre) of the layer's activations."""
+    readings = {"pooled": lambda a: a.mean(axis=(2, 3)), "flattened": lambda a: a.reshape(len(a), -1),
+                "centre": centre}
+    rows = []
+    for step in timesteps:
+        feats = {n: layer_features(unet, x, step, seed, layers) for n, x in x0.items()}
+        for layer in layers:
+            for how, f in readings.items():
+                if how == "centre" and layer == "middle":
+                    continue
+                inputs = {n: f(v[layer]) for n, v in feats.items()}
+                oa = probe(inputs["train"], labels["train"], inputs["validation"], labels["validation"], k)
+                where = "" if layer == "middle" else f"{layer} "
+                rows.append({**base, "input": f"diffusion t={step}, {where}{how}", "val_oa": oa,
+                             "dims": inputs["train"].shape[1]})
+    return rows
 
 
 def main() -> None:
@@ -137,6 +184,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["eps", "x0", "v", "pca16-eps", "pca16-x0"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default="")
+    parser.add_argument("--layers", default="middle",
+                        help="comma-separated: middle, decoderN (N-th decoder block's output)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="also probe each variant's U-Net before training (what training adds)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     root = Path(args.project)
@@ -146,6 +197,7 @@ def main() -> None:
     labels = {name: np.asarray(s["labels"]) for name, s in sets.items()}
     k = int(sets["train"]["num_classes"])
     timesteps = [int(t) for t in args.timesteps.split(",")]
+    layers = args.layers.split(",")
     rows = []
     half = raw["train"].shape[-1] // 2
     baselines = {"raw centre pixel": {n: r[:, :, half, half] for n, r in raw.items()},
@@ -166,6 +218,8 @@ def main() -> None:
         x0 = {n: unet_input(d, 8) for n, d in data.items()}
         torch.manual_seed(args.seed)
         unet = DiffusionUNet(UNetSpec(in_channels=int(x0["train"].shape[1]), base_channels=64 if wide else 32))
+        if args.untrained:
+            rows += probes(unet, x0, labels, k, timesteps, layers, args.seed, {"variant": f"{variant} untrained"})
         losses = train(unet, x0["train"], kind, args.epochs, args.seed)
         gains = {f"psnr_gain_t{s}": psnr_gain(unet, x0["validation"], kind, s) for s in (10, 50)}
         base = {"variant": variant, "loss_first": losses[0], "loss_last": losses[-1], **gains,
@@ -175,13 +229,7 @@ def main() -> None:
             oa = probe(flat["train"], labels["train"], flat["validation"], labels["validation"], k)
             name = "PCA" if reduce[0] == "pca" else "binned"
             rows.append({**base, "input": f"{name}-{reduce[1]} bands, pooled (raw)", "val_oa": oa, "dims": reduce[1]})
-        for step in timesteps:
-            feats = {n: middle(unet, x, step, args.seed) for n, x in x0.items()}
-            for how, f in (("pooled", lambda a: a.mean(axis=(2, 3))), ("flattened", lambda a: a.reshape(len(a), -1))):
-                inputs = {n: f(v) for n, v in feats.items()}
-                oa = probe(inputs["train"], labels["train"], inputs["validation"], labels["validation"], k)
-                rows.append({**base, "input": f"diffusion t={step}, {how}", "val_oa": oa,
-                             "dims": inputs["train"].shape[1]})
+        rows += probes(unet, x0, labels, k, timesteps, layers, args.seed, base)
         print(f"{variant}: loss {losses[0]:.3f} → {losses[-1]:.3f}, PSNR gain t10 {gains['psnr_gain_t10']:.2f} dB "
               f"t50 {gains['psnr_gain_t50']:.2f} dB; " + ", ".join(
                   f"{r['input']} {r['val_oa']:.3f}" for r in rows if r["variant"] == variant)

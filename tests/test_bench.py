@@ -117,7 +117,8 @@ def test_the_real_scene_table_pairs_cross_validation_folds_by_seed_and_fold(monk
 
 def test_the_diffusion_recipe_bench_probes_each_variant_against_raw_inputs(tmp_path):
     """Two recipes (ε-prediction on the bands, x0-prediction on a 3-component band projection) on a
-    tiny patch set: every variant gets its features probed, the projection its own raw probe."""
+    tiny patch set: every variant gets its features probed (middle block and a full-resolution decoder
+    block, trained and untrained), the projection its own raw probe."""
     import numpy as np
 
     from fedrs.datasets import NpzDataset
@@ -130,7 +131,8 @@ def test_the_diffusion_recipe_bench_probes_each_variant_against_raw_inputs(tmp_p
             {"hsi": hsi, "labels": labels, "num_classes": 3})
     env = {**os.environ, "FEDRS_BENCH_RESULTS": str(tmp_path)}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "diffusion_variants.py"), "--project", str(tmp_path),
-                           "--scene", "tiny", "--epochs", "1", "--timesteps", "5", "--variants", "eps", "pca3-x0"],
+                           "--scene", "tiny", "--epochs", "1", "--timesteps", "5", "--variants", "eps", "pca3-x0",
+                           "--layers", "middle,decoder5", "--untrained"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "diffusion_variants_tiny.json").read_text())["rows"]
@@ -139,6 +141,12 @@ def test_the_diffusion_recipe_bench_probes_each_variant_against_raw_inputs(tmp_p
             ("pca3-x0", "PCA-3 bands, pooled (raw)"), ("raw centre pixel", "raw")} <= inputs
     assert all(0.0 <= r["val_oa"] <= 1.0 for r in rows)
     assert next(r for r in rows if r["variant"] == "pca3-x0" and r["input"].startswith("PCA"))["dims"] == 3
+    # the last decoder block is at the input's resolution with C = 32 channels: its centre reading is one
+    # pixel's 32 values, its flattened reading every position's; the untrained U-Net is probed the same way
+    decoder = {r["input"]: r["dims"] for r in rows if r["variant"] == "eps" and "decoder5" in r["input"]}
+    assert decoder == {"diffusion t=5, decoder5 pooled": 32, "diffusion t=5, decoder5 flattened": 32 * 64,
+                       "diffusion t=5, decoder5 centre": 32}
+    assert ("eps untrained", "diffusion t=5, decoder5 centre") in inputs
 
 
 def test_the_gpu_bench_measures_each_models_local_update():
