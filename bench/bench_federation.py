@@ -110,7 +110,16 @@ def scaling_bench(work: Path, num_rounds: int) -> None:
     save("scaling", {"num_rounds": num_rounds, "rows": rows}, markdown)
 
 
-def e2e_bench(work: Path, variants: list[str]) -> None:
+# environment variables that pick the CPU kernels: a run under them says so in its table
+KERNEL_SETTINGS = ("FEDRS_REPRODUCIBLE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def minutes(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s"
+
+
+def e2e_bench(work: Path, variants: list[str], name: str = "end_to_end") -> None:
     """Each variant ``pipeline`` or ``pipeline:k=v,...`` (kedro ``--params``) from an empty data/."""
     rows = []
     for i, variant in enumerate(variants):
@@ -124,15 +133,17 @@ def e2e_bench(work: Path, variants: list[str]) -> None:
         "`kedro run --pipelines=<name> [--params=...]` from an empty data/ (scene generation, training, "
         "evaluation and the classification map), default settings otherwise.",
         "",
+        *([f"Kernels: {', '.join(f'{k}={os.environ[k]}' for k in KERNEL_SETTINGS if os.environ.get(k))}.", ""]
+          if any(os.environ.get(k) for k in KERNEL_SETTINGS) else []),
         "| pipeline | params | wall time | peak memory (process tree) | OA | MB sent |",
         "|---|---|---|---|---|---|",
     ]
     markdown += [
-        f"| {r['pipeline']} | {r['params'] or '–'} | {r['wall_s'] // 60:.0f} min {r['wall_s'] % 60:.0f} s | "
+        f"| {r['pipeline']} | {r['params'] or '–'} | {minutes(r['wall_s'])} | "
         f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} | {r['mb_sent']:,.0f} |"
         for r in rows
     ]
-    save("end_to_end", {"rows": rows}, markdown)
+    save(name, {"rows": rows}, markdown)
 
 
 def main() -> None:
@@ -141,6 +152,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=["feddiff", "fedcmi"],
                         help="e2e: pipeline or pipeline:k=v,... (e.g. 'feddiff:feddiff.diffusion.modalities=[lidar]')")
+    parser.add_argument("--name", default="end_to_end", help="e2e: the results file (bench/results/<name>)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedrs-bench-") as tmp:
         if args.what == "rounds":
@@ -148,7 +160,7 @@ def main() -> None:
         elif args.what == "scaling":
             scaling_bench(Path(tmp), args.rounds)
         else:
-            e2e_bench(Path(tmp), args.variants)
+            e2e_bench(Path(tmp), args.variants, args.name)
 
 
 if __name__ == "__main__":

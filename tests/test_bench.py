@@ -55,6 +55,16 @@ def test_round_summary_splits_time_and_leaves_out_the_first_round():
     assert summary["overhead_seconds"] == pytest.approx(0.2) and summary["overhead_share"] == pytest.approx(0.2)
 
 
+def test_wall_times_round_to_whole_seconds_before_splitting_minutes():
+    """179.6 s is 3 min 0 s, not "2 min 60 s" (how the end-to-end table once printed it)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from bench_federation import minutes
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert minutes(179.6) == "3 min 0 s" and minutes(59.4) == "0 min 59 s" and minutes(217.0) == "3 min 37 s"
+
+
 def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_path, monkeypatch):
     """The SVM reference on the tiny scene's real patch sets: C and γ are the validation argmax of the
     grid, and the test split is scored by the chosen model only."""
