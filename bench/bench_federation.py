@@ -119,6 +119,13 @@ def minutes(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60} s"
 
 
+def e2e_row(r: dict) -> str:
+    """One run's line of the end-to-end table."""
+    validation = "–" if r.get("val_oa") is None else f"{r['val_oa']:.4f}"
+    return (f"| {r['pipeline']} | {r['params'] or '–'} | {minutes(r['wall_s'])} | {r['peak_mb'] / 1024:.2f} GiB | "
+            f"{r['oa']:.4f} | {r['aa']:.4f} | {r['kappa']:.4f} | {validation} | {r['mb_sent']:,.0f} |")
+
+
 def e2e_bench(work: Path, variants: list[str], name: str = "end_to_end") -> None:
     """Each variant ``pipeline`` or ``pipeline:k=v,...`` (kedro ``--params``) from an empty data/."""
     rows = []
@@ -128,6 +135,8 @@ def e2e_bench(work: Path, variants: list[str], name: str = "end_to_end") -> None
         wall, peak = kedro_run(root, pipeline, [f"--params={params}"] if params else None)
         metrics = json.loads((root / "data/08_reporting/synthetic" / pipeline / "metrics.json").read_text())
         rows.append({"pipeline": pipeline, "params": params, "wall_s": wall, "peak_mb": peak, "oa": metrics["oa"],
+                     "aa": metrics["aa"], "kappa": metrics["kappa"],
+                     "val_oa": metrics.get("validation", {}).get("oa"),
                      "mb_sent": metrics.get("run", {}).get("bytes_sent", 0) / 1e6})
     markdown = [
         "`kedro run --pipelines=<name> [--params=...]` from an empty data/ (scene generation, training, "
@@ -135,14 +144,10 @@ def e2e_bench(work: Path, variants: list[str], name: str = "end_to_end") -> None
         "",
         *([f"Kernels: {', '.join(f'{k}={os.environ[k]}' for k in KERNEL_SETTINGS if os.environ.get(k))}.", ""]
           if any(os.environ.get(k) for k in KERNEL_SETTINGS) else []),
-        "| pipeline | params | wall time | peak memory (process tree) | OA | MB sent |",
-        "|---|---|---|---|---|---|",
+        "| pipeline | params | wall time | peak memory (process tree) | OA | AA | κ | validation OA | MB sent |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    markdown += [
-        f"| {r['pipeline']} | {r['params'] or '–'} | {minutes(r['wall_s'])} | "
-        f"{r['peak_mb'] / 1024:.2f} GiB | {r['oa']:.4f} | {r['mb_sent']:,.0f} |"
-        for r in rows
-    ]
+    markdown += [e2e_row(r) for r in rows]
     save(name, {"rows": rows}, markdown)
 
 

@@ -65,6 +65,18 @@ def test_wall_times_round_to_whole_seconds_before_splitting_minutes():
     assert minutes(179.6) == "3 min 0 s" and minutes(59.4) == "0 min 59 s" and minutes(217.0) == "3 min 37 s"
 
 
+def test_the_end_to_end_table_gives_test_and_validation_scores():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from bench_federation import e2e_row
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    row = {"pipeline": "feddiff", "params": "", "wall_s": 179.6, "peak_mb": 4608.0, "oa": 0.90648, "aa": 0.95725,
+           "kappa": 0.90261, "val_oa": 0.9, "mb_sent": 198.04}
+    assert e2e_row(row) == "| feddiff | – | 3 min 0 s | 4.50 GiB | 0.9065 | 0.9573 | 0.9026 | 0.9000 | 198 |"
+    assert e2e_row({**row, "val_oa": None}).split(" | ")[-2] == "–"
+
+
 def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_path, monkeypatch):
     """The SVM reference on the tiny scene's real patch sets: C and γ are the validation argmax of the
     grid, and the test split is scored by the chosen model only."""
