@@ -77,6 +77,33 @@ def test_the_end_to_end_table_gives_test_and_validation_scores():
     assert e2e_row({**row, "val_oa": None}).split(" | ")[-2] == "–"
 
 
+def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
+    """bench/pool_results.py: seeds 1–2 from one file and 3–4 from another become one paired table; only
+    the named rows are taken (the other file's feddiff, at other settings, stays out)."""
+    def run(algorithm, seed, oa):
+        return {"algorithm": algorithm, "params": "", "seed": seed, "oa": oa, "aa": oa, "kappa": oa,
+                "val_oa_final": oa + 0.1, "mb_sent": 1.0, "mb_dense": 1.0, "training_seconds": 1.0}
+
+    first = [run("feddiff", 1, 0.80), run("feddiff", 2, 0.82), run("fedavg", 1, 0.70), run("fedavg", 2, 0.71)]
+    second = [run("feddiff", 3, 0.81), run("feddiff", 4, 0.83), run("fedavg", 3, 0.72), run("fedavg", 4, 0.70),
+              run("feddiff, other settings", 3, 0.10)]
+    for name, rows in (("a", first), ("b", second)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    env = {**os.environ, "FEDRS_BENCH_RESULTS": str(tmp_path)}
+    command = [sys.executable, str(REPO / "bench" / "pool_results.py"), "--name", "pooled", "--scene", "tiny",
+               "a:feddiff", "b:feddiff", "a:fedavg", "b:fedavg"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pooled = json.loads((tmp_path / "real_scene_pooled.json").read_text())["rows"]
+    assert sorted((r["algorithm"], r["seed"]) for r in pooled) == sorted(
+        [(a, s) for a in ("feddiff", "fedavg") for s in (1, 2, 3, 4)])
+    table = (tmp_path / "real_scene_pooled.md").read_text()
+    assert "| feddiff | 1, 2, 3, 4 |" in table and "feddiff is better than fedavg (+10.8 points" in table
+    assert "4 seeds" in table
+    missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
+
+
 def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_path, monkeypatch):
     """The SVM reference on the tiny scene's real patch sets: C and γ are the validation argmax of the
     grid, and the test split is scored by the chosen model only."""
