@@ -138,12 +138,12 @@ def e2e_bench(work: Path, variants: list[str], name: str = "end_to_end") -> None
                      "aa": metrics["aa"], "kappa": metrics["kappa"],
                      "val_oa": metrics.get("validation", {}).get("oa"),
                      "mb_sent": metrics.get("run", {}).get("bytes_sent", 0) / 1e6})
+    kernels = [f"{k}={os.environ[k]}" for k in KERNEL_SETTINGS if os.environ.get(k)]
     markdown = [
         "`kedro run --pipelines=<name> [--params=...]` from an empty data/ (scene generation, training, "
         "evaluation and the classification map), default settings otherwise.",
         "",
-        *([f"Kernels: {', '.join(f'{k}={os.environ[k]}' for k in KERNEL_SETTINGS if os.environ.get(k))}.", ""]
-          if any(os.environ.get(k) for k in KERNEL_SETTINGS) else []),
+        *([f"Kernels: {', '.join(kernels)}.", ""] if kernels else []),
         "| pipeline | params | wall time | peak memory (process tree) | OA | AA | κ | validation OA | MB sent |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -135,13 +135,12 @@ def layer_features(unet: DiffusionUNet, x0: torch.Tensor, step: int, seed: int, 
     t = torch.full((len(x0),), step, dtype=torch.long)
     xt = schedule.q_sample(x0, t, noise)
     captured: dict[str, torch.Tensor] = {}
-    hooks = [unet.decoder[int(name[len("decoder"):])][-1].register_forward_hook(
-        lambda _m, _i, out, name=name: captured.__setitem__(name, out)) for name in layers if name != "middle"]
-    try:
-        if any(name != "middle" for name in layers):
-            unet(xt, t)
-        if "middle" in layers:
-            captured["middle"] = unet.middle_features(xt, t)
+    modules = {name: unet.middle[-1] if name == "middle" else unet.decoder[int(name[len("decoder"):])][-1]
+               for name in layers}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+             for name, module in modules.items()]
+    try:  # one pass: through the decoder only where a decoder layer is asked for
+        unet.middle_features(xt, t) if layers == ["middle"] else unet(xt, t)
     finally:
         for hook in hooks:
             hook.remove()

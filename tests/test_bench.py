@@ -102,6 +102,13 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     assert "4 seeds" in table
     missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
+    # a seed run again in a later source replaces the earlier run
+    (tmp_path / "c.json").write_text(json.dumps({"rows": [run("feddiff", 2, 0.50)]}))
+    again = subprocess.run(command[:3] + ["again", *command[4:6], "a:feddiff", "c:feddiff"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = json.loads((tmp_path / "real_scene_again.json").read_text())["rows"]
+    assert sorted((r["seed"], r["oa"], r["source"]) for r in rerun) == [(1, 0.80, "a"), (2, 0.50, "c")]
 
 
 def test_the_classical_reference_chooses_on_validation_and_scores_test_once(tmp_path, monkeypatch):

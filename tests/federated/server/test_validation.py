@@ -48,8 +48,8 @@ def test_fedavg_clients_score_their_own_pixels_as_the_server_would(tiny_federati
     # round 1 scored as the codec delivers the weights (its bytes: a coded delta), the last round exactly
     assert_same_model_and_scores(server, clients, pixels, every_round=False)
     assert 0 < clients["history"][0]["val_oa"] <= 1
-    dense, _ = both_ways(fed, num_rounds=2, calibration={})  # no downlink codec: every round exactly
-    assert_same_model_and_scores(dense, both_ways(fed, num_rounds=2, calibration={})[1], pixels)
+    dense_server, dense_clients = both_ways(fed, num_rounds=2, calibration={})  # no downlink codec: every round exactly
+    assert_same_model_and_scores(dense_server, dense_clients, pixels)
     assert [r["validation_clients"] for r in clients["history"]] == [3, 3]
     assert "validation_clients" not in server["history"][0]
     ups = [t for t in clients["traffic"] if t["payload"] == "validation"]
