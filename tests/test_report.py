@@ -95,7 +95,14 @@ def test_runs_that_lost_clients_or_kept_raising_their_loss_are_marked():
     assert table.set_index("algorithm").loc["fine"]["clients_lost"] == "–"
     md = render_markdown("t", {}, table, [], {})
     assert "**shaky** lost clients during training" in md and "**fine** lost" not in md
-    assert "training loss grew in each of its last 2 rounds" in md
+    assert "training loss grew in each of its last 2 rounds —" in md  # no validation loss: nothing to add
+    # with the global model's validation loss: what it did over those rounds, and a warning of its own
+    scored = [{**r, "val_loss": v} for r, v in zip(rounds, (0.9, 0.8, 1.2), strict=True)]
+    scored[-1]["val_loss_growing_rounds"] = 3
+    table = comparison_table({"creep": _metrics(0.6, run=run_summary({"rounds": scored}))}, [])
+    md = render_markdown("t", {}, table, [], {})
+    assert "(the global model's validation loss over them: 0.900 → 1.200)" in md
+    assert "**creep**: the global model's validation loss grew over its last 3 scored rounds" in md
 
 
 def test_a_private_runs_budget_reaches_the_table_and_mlflow():

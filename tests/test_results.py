@@ -35,5 +35,12 @@ def test_the_summary_counts_every_stage_and_every_lost_client():
     assert summary["clients_failed"] == 1 and summary["clients_dropped"] == 1 and summary["lost_clients"]
     assert summary["rounds_not_aggregated"] == 1 and summary["oa_before_calibration"] == 0.5
     assert summary["wall_seconds"] >= 3.0 and summary["compute"]["precision"] == "fp32"
+    # a training loss that grew: the global model's validation loss over the same rounds goes with the warning
+    creep = [{"round": r, "train_loss": t, "val_loss": v, "loss_growing_rounds": g}
+             for r, t, v, g in ((1, 0.60, 0.50, 0), (2, 0.65, 0.45, 1), (3, 0.70, 0.44, 2))]
+    summary = run_summary(run_history("fedavg", creep, started=0.0))
+    assert summary["loss_growing_rounds"] == 2 and summary["val_loss_over_growth"] == [0.50, 0.44]
+    assert [r["val_loss"] for r in summary["rounds"]] == [0.50, 0.45, 0.44]
+    assert "val_loss_over_growth" not in run_summary(run_history("fedavg", creep[:1], started=0.0))
     assert lost_clients([]) == {"clients_failed": 0, "clients_dropped": 0, "updates_rejected": 0,
                                 "rounds_not_aggregated": 0}

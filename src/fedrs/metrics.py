@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 CONFUSION = "confusion"  # the name confusion counts go by (in reports, and on their way from a client)
+CROSS_ENTROPY = "cross_entropy_sum"  # a client's summed cross-entropy of the pixels it scored (validation)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -156,8 +156,13 @@ def curves_figure(history: dict[str, Any]) -> Figure:
             ax.set_axis_off()
         return fig
     r = [row["round"] for row in rounds]
-    axes[0].plot(r, [row.get("train_loss") or np.nan for row in rounds], marker="o")
-    axes[0].set_title("training loss")
+    axes[0].plot(r, [row.get("train_loss") or np.nan for row in rounds], marker="o",
+                 label="training (clients' mean over local steps)")
+    held_out = any(row.get("val_loss") is not None for row in rounds)
+    if held_out:  # the global model's own loss: tells a creeping clients' mean from a diverging model
+        axes[0].plot(r, [row.get("val_loss", np.nan) for row in rounds], marker=".", label="validation (global model)")
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("loss (cross-entropy)" if held_out else "training loss")
     # a round not scored (validation_every, or no counts arrived) is a gap, not a zero
     oa = [row.get("val_oa", np.nan) for row in rounds]
     axes[1].plot(r, oa, marker="o", label="OA")

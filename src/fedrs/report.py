@@ -68,6 +68,8 @@ def comparison_table(metrics: dict[str, dict[str, Any]], order: list[str]) -> pd
                "wall_seconds": run.get("wall_seconds", np.nan), "peak_rss_mb": run.get("peak_rss_mb", np.nan),
                "precision": (run.get("compute") or {}).get("precision", "–"), "clients_lost": lost_note(run),
                "loss_growing_rounds": run.get("loss_growing_rounds", 0),
+               "val_loss_growing_rounds": run.get("val_loss_growing_rounds", 0),
+               "val_loss_over_growth": run.get("val_loss_over_growth"),
                "dp_epsilon": run.get("dp_epsilon", np.nan), "dp_unit": run.get("dp_unit"),
                "dp_not_covered": run.get("dp_not_covered"),
                **{f"dp_record_{k}": run.get(f"dp_record_{k}", np.nan if k == "epsilon" else None)
@@ -107,8 +109,15 @@ def warnings_of(table: pd.DataFrame) -> list[str]:
             lines.append(f"**{row['algorithm']}** lost clients during training ({row['clients_lost'][2:]}): "
                          "its scores come from fewer updates than configured.")
         if row.get("loss_growing_rounds", 0):
+            span = row.get("val_loss_over_growth")
+            held_out = ("" if not isinstance(span, list | tuple) else
+                        f" (the global model's validation loss over them: {span[0]:.3f} → {span[1]:.3f})")
             lines.append(f"**{row['algorithm']}**: the training loss grew in each of its last "
-                         f"{int(row['loss_growing_rounds'])} rounds — a diverging run until shown otherwise.")
+                         f"{int(row['loss_growing_rounds'])} rounds{held_out} — a diverging run until shown "
+                         "otherwise.")
+        if row.get("val_loss_growing_rounds", 0):
+            lines.append(f"**{row['algorithm']}**: the global model's validation loss grew over its last "
+                         f"{int(row['val_loss_growing_rounds'])} scored rounds — overfitting or divergence.")
     return lines
 
 

@@ -54,20 +54,20 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
 
 
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
-              "train_infiltration_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up", "bytes_down",
-              "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_oa_before_statistics",
-              "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std", "exchange_clipped_fraction",
-              "secagg_sums", "secagg_seconds", "val_oa_before_calibration", "calibration_clients", "calibration_pixels",
-              "calibration_classes", "validation_clients", "validation_pixels", "bytes_validation", "noise",
-              "dp_unit", "dp_record_epsilon", "dp_record_unit")
+              "train_infiltration_loss", "val_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up",
+              "bytes_down", "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_loss_growing_rounds",
+              "val_oa_before_statistics", "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std",
+              "exchange_clipped_fraction", "secagg_sums", "secagg_seconds", "val_oa_before_calibration",
+              "calibration_clients", "calibration_pixels", "calibration_classes", "validation_clients",
+              "validation_pixels", "bytes_validation", "noise", "dp_unit", "dp_record_epsilon", "dp_record_unit")
 
 # the per-round curves an MLflow run shows (step = round)
-MLFLOW_ROUND_KEYS = ("train_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon",
+MLFLOW_ROUND_KEYS = ("train_loss", "val_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon",
                      "dp_record_epsilon")
 # the run-summary values an MLflow run logs beside the final scores
 MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
-                       "updates_rejected", "loss_growing_rounds", "dp_epsilon", "dp_record_epsilon",
-                       "secagg_seconds_per_round",
+                       "updates_rejected", "loss_growing_rounds", "val_loss_growing_rounds", "dp_epsilon",
+                       "dp_record_epsilon", "secagg_seconds_per_round",
                        "oa_before_calibration", "deterministic_noise")
 
 
@@ -118,7 +118,12 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
         **lost,
         "lost_clients": bool(lost["clients_failed"] or lost["clients_dropped"]),
         "loss_growing_rounds": int(rounds[-1].get("loss_growing_rounds", 0)) if rounds else 0,
+        "val_loss_growing_rounds": int(rounds[-1].get("val_loss_growing_rounds", 0)) if rounds else 0,
     }
+    grown = summary["loss_growing_rounds"]
+    span = [rounds[-grown - 1].get("val_loss"), rounds[-1].get("val_loss")] if grown else [None]
+    if None not in span:  # the global model's validation loss over the rounds the training loss grew
+        summary["val_loss_over_growth"] = [float(v) for v in span]
     for key in ("mean_oa", "worst_oa", "best_oa"):
         if key in history:
             summary[key] = history[key]

@@ -54,3 +54,19 @@ def test_scoring_keeps_only_the_inference_settings():
     assert inference_config({"lr": 0.1, "epochs": 3, "device": "cpu", "precision": "fp32", "eval_batch_size": 7}) == \
         {"device": "cpu", "precision": "fp32", "eval_batch_size": 7}
     assert inference_config(None) == {}
+
+
+@pytest.mark.parametrize("name", [*BASELINES, "fedcmi"])
+def test_the_scored_loss_is_the_models_cross_entropy_over_every_pixel(name):
+    algorithm = ALGORITHMS[name]
+    torch.manual_seed(0)
+    model = algorithm.build_model(FUSION_SPEC).eval()
+    data = {**tiny_client_data(np.random.default_rng(3), n=23), "num_classes": 3}
+    # batches of 5 over 23 pixels: the last one short, every pixel counted once
+    report = algorithm.score(model, data, {"eval_batch_size": 5}, algorithm.modalities)
+    with torch.no_grad():
+        logits = model(**{m: torch.as_tensor(data[m]) for m in algorithm.modalities})
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    expected = torch.nn.functional.cross_entropy(logits, torch.as_tensor(data["labels"])).item()
+    assert report["loss"] == pytest.approx(expected, rel=1e-5)
+    assert report["oa"] == pytest.approx(float((logits.argmax(1).numpy() == data["labels"]).mean()))

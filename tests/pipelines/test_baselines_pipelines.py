@@ -34,8 +34,9 @@ def test_fedavg_simulation_from_a_kedro_session(tiny_baselines):
     # round 1 and twice in round 2 (before the statistics pass, and the final model)
     assert len(traffic) == 18 + 18 and set(traffic["direction"]) == {"down", "up"}
     counts = traffic[traffic["payload"] == "validation"]
-    assert len(counts) == 9 and set(counts["direction"]) == {"up"} and set(counts["bytes_sent"]) == {10 * 10 * 8}
-    assert all(r["validation_clients"] == 3 for r in history["rounds"])
+    # a 10-class confusion matrix and one summed cross-entropy, float64
+    assert len(counts) == 9 and set(counts["direction"]) == {"up"} and set(counts["bytes_sent"]) == {(10 * 10 + 1) * 8}
+    assert all(r["validation_clients"] == 3 and r["val_loss"] > 0 for r in history["rounds"])
     statistics = traffic[traffic["payload"] == "statistics"]
     assert len(statistics) == 3 and set(statistics["round"]) == {2}
     metrics = json.loads(p("data/08_reporting/synthetic/fedavg/metrics.json").read_text())

@@ -22,7 +22,15 @@ from fedrs.feddiff.classifier import FedDiffClassifier, FedDiffSpec, conv_weight
 from fedrs.feddiff.ddpm import diffusion_feature_bundle, unet_input
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.algorithm_base import ClassifierAlgorithm, Modalities, inference_config, layer_inputs
-from fedrs.federated.local import Batch, Objective, TrainConfig, inference_batches, predict_batches, split_config
+from fedrs.federated.local import (
+    Batch,
+    CrossEntropyTally,
+    Objective,
+    TrainConfig,
+    inference_batches,
+    predict_batches,
+    split_config,
+)
 
 MODALITIES = ("hsi", "lidar")
 
@@ -101,13 +109,14 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
                 or super().scores_whole_model(client_modalities))
 
     def client_predict(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None,
+                       tally: CrossEntropyTally | None = None) -> np.ndarray:
         if not self.exchanges_features:
-            return super().client_predict(model, data, client_modalities, config)
+            return super().client_predict(model, data, client_modalities, config, tally=tally)
         if partner is None:
             raise ValueError("feddiff: a client holding one modality needs its site partner's branch outputs")
         (modality,) = self.usable_modalities(client_modalities)
-        return self.predict(model, data, config, (modality,), partner=partner)
+        return self.predict(model, data, config, (modality,), partner=partner, tally=tally)
 
     def client_features(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
                         config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -221,7 +230,7 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
 
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
                 modalities: Modalities | None = None, partner: dict[str, torch.Tensor] | None = None,
-                **forward: Any) -> np.ndarray:
+                *, tally: CrossEntropyTally | None = None, **forward: Any) -> np.ndarray:
         """o1 of the assembled model; with ``modalities`` naming one of two, the other branch's
         outputs are ``partner``'s (its site partner's, on a client) or zero-filled (the
         single-modality evaluation of the two-branch model)."""
@@ -245,4 +254,4 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
             cnn_l, diff_l = outputs.get("lidar", (torch.zeros_like(ref), torch.zeros_like(ref)))
             return model.fuse(cnn_h, diff_h, cnn_l, diff_l)[0]
 
-        return predict_batches(len(data[use[0]]), cfg, logits)
+        return predict_batches(len(data[use[0]]), cfg, logits, tally)

@@ -19,6 +19,7 @@ from torch import nn
 
 from fedrs.federated.aggregation import ClientUpdate, State, aggregate_modality_aware
 from fedrs.federated.local import (
+    CrossEntropyTally,
     Objective,
     TrainConfig,
     batch_inputs,
@@ -181,24 +182,30 @@ class ClassifierAlgorithm(Algorithm):
                             lambda sl, device: model(**batch_inputs(data, sl, use, device)))
 
     def predict(self, model: nn.Module, data: dict[str, Any], config: dict[str, Any],
-                modalities: Modalities | None = None, **forward: Any) -> np.ndarray:
-        """Predicted class index (0-based) of every sample of ``data``."""
+                modalities: Modalities | None = None, *, tally: CrossEntropyTally | None = None,
+                **forward: Any) -> np.ndarray:
+        """Predicted class index (0-based) of every sample of ``data`` (``tally``: their cross-entropy
+        added to it)."""
         use = self.modalities if modalities is None else modalities
-        return predict(model, data, use, TrainConfig.from_dict(inference_config(config)), forward or None)
+        return predict(model, data, use, TrainConfig.from_dict(inference_config(config)), forward or None, tally)
 
     def client_predict(self, model: nn.Module, data: dict[str, Any], client_modalities: Modalities,
-                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                       config: dict[str, Any], partner: dict[str, torch.Tensor] | None = None,
+                       tally: CrossEntropyTally | None = None) -> np.ndarray:
         """A client's prediction of its own pixels with the whole model (``scores_whole_model``)."""
         if not self.scores_whole_model(client_modalities):
             raise ValueError(f"{self.name}: a client holding {'+'.join(client_modalities)} cannot score the whole "
                              f"model (it takes {'+'.join(self.modalities)})")
-        return self.predict(model, data, config)
+        return self.predict(model, data, config, tally=tally)
 
     def score(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities,
               **forward: Any) -> dict[str, Any]:
-        pred = self.predict(model, test, config, modalities, **forward)
-        return classification_report(np.asarray(test["labels"]), pred, int(test["num_classes"]),
-                                     list(test.get("class_names") or []) or None)
+        labels = np.asarray(test["labels"])
+        tally = CrossEntropyTally(labels)
+        pred = self.predict(model, test, config, modalities, tally=tally, **forward)
+        report = classification_report(labels, pred, int(test["num_classes"]),
+                                       list(test.get("class_names") or []) or None)
+        return {**report, "loss": tally.mean}  # the scored model's own cross-entropy
 
     def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                  modalities: Modalities | None = None) -> dict[str, Any]:

@@ -38,13 +38,13 @@ from fedrs.federated.algorithm_base import Algorithm, ClassifierAlgorithm
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.calibration import CalibrationConfig, client_minimum, client_statistics, secure_scales
 from fedrs.federated.codec import CodecConfig
-from fedrs.federated.local import derive_seed
+from fedrs.federated.local import CrossEntropyTally, derive_seed
 from fedrs.federated.noise import noise_generator
 from fedrs.federated.privacy import ExchangeProtection, protect_exchange, public_metrics
 from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution, hold_update
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
-from fedrs.metrics import CONFUSION, confusion_matrix
+from fedrs.metrics import CONFUSION, CROSS_ENTROPY, confusion_matrix
 from fedrs.partition import validation_count, validation_view
 from fedrs.reproducible import torch_threads
 
@@ -370,17 +370,19 @@ def probe(msg: Message, context: Context) -> Message:
 @reports_traceback
 def validation(msg: Message, context: Context) -> Message:
     """The global model's confusion counts on the client's own validation pixels (FedDiff: with its
-    partner's outputs of them) — dense, or held for one more SecAgg+ sum, scaled by the public
-    bound on any client's validation pixels. No prediction, no pixel leaves."""
+    partner's outputs of them) — dense, with their summed cross-entropy, or held for one more SecAgg+
+    sum, scaled by the public bound on any client's validation pixels (the cross-entropy is not sent
+    then: one organisation's loss in the clear would tell what the secure sum hides). No prediction,
+    no pixel leaves."""
     started = time.perf_counter()
     job = round_inputs(msg, context)
     assert isinstance(job.algorithm, ClassifierAlgorithm)
     labels = np.asarray(job.data["labels"])
-    predicted = job.algorithm.client_predict(job.model, job.data, job.modalities, job.settings["train"], **job.extra)
+    tally = CrossEntropyTally(labels)
+    predicted = job.algorithm.client_predict(job.model, job.data, job.modalities, job.settings["train"],
+                                             tally=tally, **job.extra)
     counts = torch.as_tensor(confusion_matrix(labels, predicted, int(job.data["num_classes"])), dtype=torch.float64)
-    size = payload_bytes({CONFUSION: counts})
-    metrics: dict[str, int | float | list[int] | list[float]] = {"client_id": job.client_id, "bytes_dense": size,
-                                                                 "bytes_sent": size}
+    metrics: dict[str, int | float | list[int] | list[float]] = {"client_id": job.client_id}
     records: dict[str, Any] = {}
     if job.settings.get("secure_aggregation") is not None:
         scale = int(job.settings["validation_scale"])
@@ -388,9 +390,11 @@ def validation(msg: Message, context: Context) -> Message:
             raise ValueError("validation: the secure sum's pixel scale is below this client's pixel count; refused")
         hold_update(context, {CONFUSION: counts / scale}, job.round,
                     derive_seed(job.settings["seed"], 5_005, job.round, job.client_id))
-        metrics["bytes_sent"] = 0
+        metrics.update(bytes_dense=payload_bytes({CONFUSION: counts}), bytes_sent=0)
     else:
-        records = {"arrays": ArrayRecord.from_torch_state_dict({CONFUSION: counts}), "codec": ConfigRecord({})}
+        sums = {CONFUSION: counts, CROSS_ENTROPY: torch.tensor([tally.total], dtype=torch.float64)}
+        records = {"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({})}
+        metrics.update(bytes_dense=payload_bytes(sums), bytes_sent=payload_bytes(sums))
     metrics["compute_seconds"] = time.perf_counter() - started
     return Message(RecordDict({**records, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

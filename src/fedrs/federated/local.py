@@ -383,9 +383,31 @@ def inference_batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def predict_batches(n: int, cfg: TrainConfig, logits_of: Callable[[slice, torch.device], torch.Tensor]) -> np.ndarray:
+@dataclass
+class CrossEntropyTally:
+    """The summed cross-entropy of a model's logits against ``labels`` (0-based), gathered batch by
+    batch while predicting — the loss of the scored model itself, at no second forward pass (a round's
+    logged training loss is the clients' mean over their local steps, not the global model's)."""
+
+    labels: np.ndarray
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, logits: torch.Tensor, rows: slice) -> None:
+        target = torch.as_tensor(np.asarray(self.labels[rows]), dtype=torch.long, device=logits.device)
+        self.total += float(F.cross_entropy(logits.float(), target, reduction="sum").double())
+        self.count += int(target.numel())
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+def predict_batches(n: int, cfg: TrainConfig, logits_of: Callable[[slice, torch.device], torch.Tensor],
+                    tally: CrossEntropyTally | None = None) -> np.ndarray:
     """Class predictions of ``n`` samples in batches of ``cfg.eval_batch_size`` under the precision
-    policy; ``logits_of(slice, device)`` scores one batch (the model is already in eval mode)."""
+    policy; ``logits_of(slice, device)`` scores one batch (the model is already in eval mode);
+    ``tally``: their cross-entropy is added to it."""
     policy = cfg.policy()
     out = np.empty(n, dtype=np.int64)
     with torch.inference_mode():
@@ -393,6 +415,8 @@ def predict_batches(n: int, cfg: TrainConfig, logits_of: Callable[[slice, torch.
             with policy.autocast():
                 logits = logits_of(sl, policy.device)
             out[sl] = logits.float().argmax(1).cpu().numpy()
+            if tally is not None:
+                tally.add(logits, sl)
     return out
 
 
@@ -402,11 +426,12 @@ def predict(
     modalities: tuple[str, ...],
     cfg: TrainConfig,
     forward: dict[str, Any] | None = None,
+    tally: CrossEntropyTally | None = None,
 ) -> np.ndarray:
     """Class predictions for every sample of ``data`` using only ``modalities`` (others absent);
     ``forward`` holds extra keyword arguments of the model's forward (e.g. ``zero_fill``)."""
     model.to(cfg.policy().device).eval()
     n = len(data["labels"]) if "labels" in data else len(next(data[m] for m in modalities if m in data))
     return predict_batches(
-        n, cfg, lambda sl, device: model(**batch_inputs(data, sl, modalities, device), **(forward or {}))
+        n, cfg, lambda sl, device: model(**batch_inputs(data, sl, modalities, device), **(forward or {})), tally
     )

@@ -8,7 +8,7 @@ import torch
 
 from fedrs.federated.jobs import RoundsJob
 from fedrs.federated.server.loop import run_rounds
-from fedrs.metrics import CONFUSION
+from fedrs.metrics import CONFUSION, CROSS_ENTROPY
 from tests.federated.fake_grid import FakeGrid
 from tests.federated.server.runs import config, started
 
@@ -37,6 +37,9 @@ def assert_same_model_and_scores(server, clients, pixels, every_round=True):
             # the same pixels scored: at most one pixel apart (float order in other batches)
             if key in ours and (every_round or ours is server["history"][-1]):
                 assert theirs[key] == pytest.approx(ours[key], abs=1.01 / pixels), key
+        if every_round or ours is server["history"][-1]:
+            # the global model's cross-entropy, from the clients' sums as from the server's own pass
+            assert theirs["val_loss"] == pytest.approx(ours["val_loss"], rel=1e-4)
         assert theirs["validation_pixels"] == pixels
 
 
@@ -55,7 +58,8 @@ def test_fedavg_clients_score_their_own_pixels_as_the_server_would(tiny_federati
     ups = [t for t in clients["traffic"] if t["payload"] == "validation"]
     classes = int(fed["spec"]["num_classes"])
     # three passes in the last round (before the statistics pass, before calibration, the final model)
-    assert len(ups) == 3 * (1 + 3) and all(t["bytes_sent"] == classes * classes * 8 for t in ups)
+    # the counts and one summed cross-entropy, float64
+    assert len(ups) == 3 * (1 + 3) and all(t["bytes_sent"] == (classes * classes + 1) * 8 for t in ups)
     downs = [t for t in clients["traffic"] if t["payload"] == "validation weights"]
     assert len(downs) == len(ups) and all(t["direction"] == "down" for t in downs)
 
@@ -86,7 +90,9 @@ def test_the_server_holds_no_validation_pixel_and_receives_only_counts(tiny_fede
     replies = [r for r in grid.received if r.metadata.message_type == "query.validation"]
     assert len(replies) == 2 * 3  # before the statistics pass, and the final model
     for reply in replies:
-        assert list(reply.content["arrays"].keys()) == [CONFUSION]
+        arrays = reply.content["arrays"]
+        assert list(arrays.keys()) == [CONFUSION, CROSS_ENTROPY]
+        assert arrays[CROSS_ENTROPY].numpy().shape == (1,)  # one sum: no pixel's own loss leaves
 
 
 def test_every_and_the_last_round(tiny_federation):
@@ -133,6 +139,8 @@ def test_under_secagg_the_server_sees_only_the_sum_of_the_counts(tiny_federation
     # the counts come back exactly from the quantised secure sum (rounded to whole pixels)
     pixels = len(fed["test"]["labels"])
     assert secure["history"][0]["val_oa"] == pytest.approx(plain["history"][0]["val_oa"], abs=1.01 / pixels)
+    # no organisation's loss in the clear beside its hidden counts: no validation loss under SecAgg+
+    assert "val_loss" in plain["history"][0] and "val_loss" not in secure["history"][0]
     assert secure["history"][0]["validation_pixels"] == len(fed["test"]["labels"])
     replies = [m for m in grid.received if m.metadata.message_type == "query.validation"]
     assert len(replies) == 3 and all(len(r) == 0 for m in replies for r in m.content.array_records.values())

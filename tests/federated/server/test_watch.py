@@ -41,3 +41,8 @@ def test_loss_growth_by_hand():
     assert loss_growth(rows[:2], 1) == 0 and loss_growth([], 1) == 0
     wobble = [{"train_loss": v} for v in (0.516, 0.517, 0.520, 0.525)]  # +1.7 %: a converged run's noise
     assert loss_growth(wobble, 3) == 0 and loss_growth(wobble, 3, min_rise=0.01) == 3
+
+
+def test_validation_loss_growth_reads_its_own_key():
+    rows = [{"train_loss": v, "val_loss": w} for v, w in ((1.0, 0.9), (0.9, 1.0), (0.8, 1.1), (0.7, 1.3))]
+    assert loss_growth(rows, 3) == 0 and loss_growth(rows, 3, key="val_loss") == 3

@@ -115,10 +115,22 @@ def record_round(run: RunState, record: RoundRecord) -> dict[str, Any]:
     run.traffic.extend(record.traffic)
     grown = loss_growth(run.history, cfg.loss_growth_rounds)
     row["loss_growing_rounds"] = grown
+    scored = [r for r in run.history if r.get("val_loss") is not None]
+    if scored:  # a classifier's validation loss (the DDPMs' rounds have their own measures)
+        row["val_loss_growing_rounds"] = loss_growth(scored, cfg.loss_growth_rounds, key="val_loss")
     if grown:
-        logger.warning("%s: the training loss has grown for %d rounds in a row (%.4g → %.4g); a federated loss "
-                       "that climbs round after round is a divergence until shown otherwise", cfg.algorithm, grown,
-                       run.history[-grown - 1]["train_loss"], row["train_loss"])
+        # the logged training loss is the clients' mean over their local steps; the global model's own
+        # validation loss over the same rounds tells a creeping mean from a model that diverges
+        span = [r.get("val_loss") for r in (run.history[-grown - 1], row)]
+        logger.warning("%s: the training loss has grown for %d rounds in a row (%.4g → %.4g; the global model's "
+                       "validation loss %s); a federated loss that climbs round after round is a divergence until "
+                       "shown otherwise", cfg.algorithm, grown, run.history[-grown - 1]["train_loss"],
+                       row["train_loss"], "not scored" if None in span else f"{span[0]:.4g} → {span[1]:.4g}")
+    if row.get("val_loss_growing_rounds"):
+        n = row["val_loss_growing_rounds"]
+        logger.warning("%s: the global model's validation loss has grown over its last %d scored rounds (%.4g → "
+                       "%.4g): overfitting or divergence", cfg.algorithm, n, scored[-n - 1]["val_loss"],
+                       row["val_loss"])
     headline = next(iter(record.scores.items()), ("score", float("nan")))
     logger.info("%s round %d/%d: %d/%d updates used (%d failed, %d dropped, %d rejected), train loss %s, "
                 "validation %s %.4f",

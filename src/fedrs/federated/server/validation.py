@@ -25,11 +25,11 @@ from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
 from fedrs.federated.server.steps import collect_updates, encode_downloads
-from fedrs.metrics import CONFUSION, confusion_report
+from fedrs.metrics import CONFUSION, CROSS_ENTROPY, confusion_report
 
 logger = logging.getLogger(__name__)
 
-SCORES = ("oa", "aa", "kappa", "per_class_spread")
+SCORES = ("oa", "aa", "kappa", "per_class_spread")  # and the cross-entropy ("loss") where the clients send it
 SERVER_VALIDATION_KEYS = ("num_classes", "class_names")  # what the server knows of validation on the clients
 
 
@@ -130,6 +130,9 @@ def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     assert counts is not None
     report = confusion_report(counts, list(run.validation.get("class_names") or []) or None)
     record.scores = {k: float(report[k]) for k in SCORES}
+    loss = cross_entropy_received(sub, pixels)
+    if loss is not None:
+        record.scores["loss"] = loss
     run.last_scored = (digest, dict(record.scores), dict(record.validation))
 
 
@@ -141,6 +144,15 @@ def expected_pixels(run: RunState, asked: list[int]) -> int:
         held[("site", site) if site is not None and site >= 0 else ("client", cid)] = int(
             run.clients[cid]["validation_samples"])
     return sum(held.values())
+
+
+def cross_entropy_received(sub: RoundRecord, pixels: int) -> float | None:
+    """The global model's mean cross-entropy over the scored pixels, from the senders' sums (none
+    under SecAgg+, whose clients keep their loss home; none if a sender's counts came without it)."""
+    senders = [u.state for u in sub.updates if CONFUSION in u.state]
+    if not senders or any(CROSS_ENTROPY not in state for state in senders):
+        return None
+    return sum(float(state[CROSS_ENTROPY].double().sum()) for state in senders) / pixels
 
 
 def confusion_received(run: RunState, sub: RoundRecord) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""Noticing when a run goes wrong: a training loss that climbs round after round, and failures
+"""Noticing when a run goes wrong: a training or validation loss that climbs round after round, and failures
 that are systematic rather than transient (``FailureWatch``)."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ class SystematicFailure(RuntimeError):
     """Clients fail in a way that more rounds will not mend; the message carries their error."""
 
 
-def loss_growth(history: list[dict[str, Any]], rounds: int, min_rise: float = 0.05) -> int:
-    """For how many consecutive rounds, up to the last, the training loss has risen — when that is
+def loss_growth(history: list[dict[str, Any]], rounds: int, min_rise: float = 0.05, key: str = "train_loss") -> int:
+    """For how many consecutive rounds, up to the last, the loss ``key`` has risen — when that is
     at least ``rounds`` rounds and the loss rose by at least ``min_rise`` (relative) over them; else 0.
-    Noise-level wobbles of a converged run are not a divergence."""
-    losses = [r.get("train_loss") for r in history]
+    Noise-level wobbles of a converged run are not a divergence. A round without the loss (DP kept
+    it home) ends the streak; for the validation loss pass only the rounds that were scored."""
+    losses = [r.get(key) for r in history]
     grown = 0
     for before, after in zip(losses[-2::-1], losses[::-1], strict=False):
         if before is None or after is None or not after > before:
