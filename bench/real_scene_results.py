@@ -62,10 +62,12 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
             "mb_sent": run_.get("bytes_sent", 0) / 1e6, "mb_dense": run_.get("bytes_dense", 0) / 1e6,
             "train_loss": [r.get("train_loss") for r in run_.get("rounds", [])],
             "val_oa": [r.get("val_oa") for r in run_.get("rounds", [])],
+            "val_loss": [r.get("val_loss") for r in run_.get("rounds", [])],  # the global model's own
             "val_oa_before_statistics": next((r["val_oa_before_statistics"] for r in run_.get("rounds", [])
                                                if "val_oa_before_statistics" in r), None),
             "oa_before_calibration": run_.get("oa_before_calibration"),
-            "loss_growing_rounds": run_.get("loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
+            "loss_growing_rounds": run_.get("loss_growing_rounds"),
+            "val_loss_growing_rounds": run_.get("val_loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
             "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started}
 
 
