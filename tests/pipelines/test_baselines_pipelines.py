@@ -218,6 +218,34 @@ def test_feddiff_with_lidar_diffusion_features_only(tiny_feddiff):
     assert 0.0 <= metrics["oa"] <= 1.0
 
 
+@pytest.mark.heavy(20)
+def test_feddiff_without_any_ddpm(tiny_feddiff):
+    """``feddiff.diffusion.modalities: []``: stage 1 trains nothing, stage 2 starts no federation and
+    sends no U-Net, and the classifier takes no diffusion features — at the patch size it would have
+    had with them."""
+    conf = copy.deepcopy(TINY_FEDDIFF)
+    conf["feddiff"]["diffusion"]["modalities"] = []
+    conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 1
+    tiny_feddiff.write_conf("local", "parameters_feddiff.yml", conf)
+    tiny_feddiff.run(["feddiff"], to_nodes=["feddiff.evaluate"])
+    p = tiny_feddiff.path
+    diffusion = json.loads(p("data/07_model_output/synthetic/feddiff/diffusion_history.json").read_text())
+    assert diffusion["stages"] == {}
+    features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
+    assert features["unets"] == {} and features["clients"] == {} and features["traffic"] == []
+    traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    assert not (traffic["payload"] == "unet").any()
+    artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
+    assert artifact["unets"] == {} and artifact["spec"]["use_diffusion"] is False
+    assert artifact["spec"]["unet_size"] == 8 and artifact["spec"]["diffusion_modalities"] == []
+    assert not any(".stem." in k for k in artifact["state"])
+    history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
+    assert history["rounds"][0]["accepted"] == [0, 1, 2, 3] and history["rounds"][0]["val_loss"] > 0
+    metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    assert 0.0 <= metrics["oa"] <= 1.0 and metrics["run"]["bytes_sent"] == int(
+        sum(r["bytes_up"] + r["bytes_down"] for r in history["rounds"]))  # the classifier's rounds alone
+
+
 @pytest.mark.heavy(25)
 def test_centralized_feddiff_pipeline(tiny_baselines):
     tiny_baselines.write_conf(

@@ -45,7 +45,8 @@ def test_diffusion_modalities_decide_which_branches_get_a_stem():
     assert diffusion_modalities({}) == ("hsi", "lidar")
     assert diffusion_modalities({"modalities": ["lidar", "hsi"]}) == ("hsi", "lidar")
     assert diffusion_modalities({"modalities": ["lidar"]}) == ("lidar",)
-    for bad in ([], ["dsm"], ["lidar", "lidar"], "lidar", None):
+    assert diffusion_modalities({"modalities": []}) == ()  # no diffusion at all
+    for bad in (["dsm"], ["lidar", "lidar"], "lidar", None):
         with pytest.raises(ValueError, match="feddiff.diffusion.modalities is"):
             diffusion_modalities({"modalities": bad})
     patches = {"hsi": np.zeros((4, 6, 7, 7), np.float32), "lidar": np.zeros((4, 1, 7, 7), np.float32),
@@ -67,3 +68,11 @@ def test_diffusion_modalities_decide_which_branches_get_a_stem():
     plain = classifier_spec(patches, both, {"model": {"use_diffusion": False}, "modalities": ["hsi"]}, [5], 0,
                             ("lidar",))
     assert plain["use_diffusion"] is False
+    # no DDPM at all: no stem, no feature channels, and the branches still see patches at patches.unet_size
+    bare = classifier_spec(patches, {}, {"model": {}}, [5], 0, (), unet_size=6)
+    assert bare["use_diffusion"] is False and bare["diffusion_modalities"] == [] and bare["unet_size"] == 6
+    assert bare["hsi_feature_channels"] == bare["lidar_feature_channels"] == 0
+    with pytest.raises(ValueError, match="share no modality"):  # asking for features no stage 1 made
+        classifier_spec(patches, {}, {"model": {"use_diffusion": True}}, [5], 0, (), unet_size=6)
+    with pytest.raises(ValueError, match=r"patches.unet_size is 6, but stage 1's U-Nets take \{'lidar': 8\}"):
+        classifier_spec(patches, unets, {"model": {}}, [5], 0, ("lidar",), unet_size=6)

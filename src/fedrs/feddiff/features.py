@@ -178,16 +178,25 @@ def run_feature_job(grid: Grid, job: FeatureJob, expected_nodes: int) -> dict[st
     if reused:
         logger.info("Diffusion features reused from the clients' stores for %d of %d clients", len(reused),
                     len(reports))
+    return feature_manifest(job, reports, reused, traffic, time.perf_counter() - started)
+
+
+def feature_manifest(job: FeatureJob, reports: dict[int, dict[str, Any]] | None = None,
+                     reused: list[int] | None = None, traffic: list[dict[str, Any]] | None = None,
+                     seconds: float = 0.0) -> dict[str, Any]:
+    """What stage 3 reads of stage 2: the settings naming the clients' features, each client's
+    feature shapes, what came from their stores, the U-Nets' traffic. Without U-Nets (no DDPM),
+    the manifest of nothing computed."""
     feature_settings = job.feature_settings()
     return {
         "settings": asdict(feature_settings),
         "timesteps": list(job.timesteps),
         "seed": int(job.seed),
         "unets": feature_settings.unets,
-        "reused_from_cache": reused,
-        "clients": {str(cid): {m: r["shape"] for m, r in rep.items()} for cid, rep in sorted(reports.items())},
-        "traffic": traffic,
-        "seconds": time.perf_counter() - started,
+        "reused_from_cache": reused or [],
+        "clients": {str(cid): {m: r["shape"] for m, r in rep.items()} for cid, rep in sorted((reports or {}).items())},
+        "traffic": traffic or [],
+        "seconds": seconds,
     }
 
 

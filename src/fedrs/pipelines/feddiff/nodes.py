@@ -14,7 +14,7 @@ import pandas as pd
 from fedrs.cache import content_digest
 from fedrs.compute import with_compute
 from fedrs.feddiff.algorithm import MODALITIES
-from fedrs.feddiff.features import FeatureJob
+from fedrs.feddiff.features import FeatureJob, feature_manifest
 from fedrs.feddiff.unet import UNetSpec
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.engine import FederationConfig, SimulationResources, run_job
@@ -34,30 +34,39 @@ def unet_spec(patches: dict[str, Any], modality: str, diffusion: dict[str, Any],
 
 
 def diffusion_modalities(diffusion: dict[str, Any]) -> tuple[str, ...]:
-    """The modalities stage 1 trains a DDPM for (``feddiff.diffusion.modalities``): a non-empty subset
-    of hsi, lidar. Stage 2 computes their features and stage 3 gives their branches a diffusion stem."""
+    """The modalities stage 1 trains a DDPM for (``feddiff.diffusion.modalities``): a subset of hsi,
+    lidar. Stage 2 computes their features and stage 3 gives their branches a diffusion stem; none
+    (``[]``): no DDPM is trained or sent, and the classifier takes no diffusion features."""
     chosen = diffusion.get("modalities", list(MODALITIES))
-    if (not isinstance(chosen, list | tuple) or not chosen or len(set(chosen)) != len(chosen)
+    if (not isinstance(chosen, list | tuple) or len(set(chosen)) != len(chosen)
             or not set(chosen) <= set(MODALITIES)):
-        raise ValueError(f"feddiff.diffusion.modalities is {chosen!r}; expected a non-empty list of distinct "
-                         f"modalities from {list(MODALITIES)} (no diffusion at all: "
-                         "feddiff.classifier.model.use_diffusion: false)")
+        raise ValueError(f"feddiff.diffusion.modalities is {chosen!r}; expected a list of distinct modalities "
+                         f"from {list(MODALITIES)} ([]: no diffusion at all)")
     return tuple(m for m in MODALITIES if m in chosen)
 
 
 def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: dict[str, Any],
-                    timesteps: list[int], seed: int, diffused: tuple[str, ...] | None = None) -> dict[str, Any]:
+                    timesteps: list[int], seed: int, diffused: tuple[str, ...] | None = None,
+                    unet_size: int | None = None) -> dict[str, Any]:
     """The classifier's spec: data shapes, the modalities whose branches get a diffusion stem
     (``diffused``, from ``feddiff.diffusion.modalities``; default: every modality with a U-Net),
     their feature channels at the diffusion features' timesteps, and the seed that drew the
-    features' noise. A stage-3 run may use fewer U-Nets than stage 1 trained, never more."""
+    features' noise. A stage-3 run may use fewer U-Nets than stage 1 trained, never more. The
+    branches see patches at ``unet_size`` (``patches.unet_size``), U-Net or none; ``use_diffusion``
+    unset (null) is whether any modality is diffused."""
     timesteps = list(timesteps)
     diffused = tuple(m for m in MODALITIES if m in unets) if diffused is None else tuple(diffused)
     missing = [m for m in diffused if m not in unets]
     if missing:
         raise ValueError(f"feddiff.diffusion.modalities names {missing}, but stage 1 trained no DDPM for them "
                          f"(its U-Nets: {sorted(unets)}): run stage 1 (feddiff.train_diffusion) again")
-    model = {"use_diffusion": True, **classifier["model"]}
+    sizes = {m: int(unets[m]["spec"]["size"]) for m in diffused}
+    if unet_size is not None and set(sizes.values()) - {int(unet_size)}:
+        raise ValueError(f"patches.unet_size is {unet_size}, but stage 1's U-Nets take {sizes}: run stage 1 "
+                         "(feddiff.train_diffusion) again")
+    model = dict(classifier["model"])
+    if model.get("use_diffusion") is None:  # unset: diffusion features wherever stage 1 trained a DDPM
+        model["use_diffusion"] = bool(diffused)
     branches = classifier.get("modalities", list(MODALITIES))
     if model["use_diffusion"] and not set(diffused) & set(branches):
         raise ValueError(f"feddiff.classifier.modalities {list(branches)} and feddiff.diffusion.modalities "
@@ -66,6 +75,8 @@ def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: 
     spec = {"hsi_channels": int(patches["hsi"].shape[1]), "lidar_channels": int(patches["lidar"].shape[1]),
             "num_classes": int(patches["num_classes"]), **model,
             "diffusion_modalities": list(diffused), "timesteps": timesteps, "feature_seed": int(seed)}
+    if unet_size is not None:
+        spec["unet_size"] = int(unet_size)
     for modality in MODALITIES:
         channels = 0
         if modality in diffused:
@@ -133,8 +144,11 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_
                      device=str(compute["device"]), precision=str(compute["precision"]),
                      cache=bool(features.get("cache", True)), partition_dir=partition_dir,
                      store=_store(feature_cache_dir, federation))
-    result = run_job(FeaturesJob(job), int(manifest["num_clients"]), federation,
-                     SimulationResources.from_dict(resources), deployment_dir)
+    if unets:
+        result = run_job(FeaturesJob(job), int(manifest["num_clients"]), federation,
+                         SimulationResources.from_dict(resources), deployment_dir)
+    else:  # no DDPM (diffusion.modalities: []): nothing to send or compute, no federation to start
+        result = feature_manifest(job)
     policy = TrainConfig.from_dict(with_compute({}, compute)).policy()
     return {**result, "compute": policy.describe()}
 
@@ -142,15 +156,15 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_
 def train_classifier(manifest: dict[str, Any], partition_dir: str, features_manifest: dict[str, Any],
                      checkpoint_dir: str, deployment_dir: str, unets: dict[str, Any], diffusion_history: dict[str, Any],
                      validation_patches: dict[str, Any], test_patches: dict[str, Any], diffusion: dict[str, Any],
-                     classifier: dict[str, Any], resources: dict[str, Any], federation: dict[str, Any],
-                     compute: dict[str, Any]
+                     classifier: dict[str, Any], patch_params: dict[str, Any], resources: dict[str, Any],
+                     federation: dict[str, Any], compute: dict[str, Any]
                      ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Stage 3: federated classifier rounds with the compressed feature exchange; each client reads
     the features it computed in stage 2 (named by ``features_manifest``)."""
     started = time.perf_counter()
     # the features the clients computed in stage 2, as its manifest names them
     spec = classifier_spec(validation_patches, unets, classifier, features_manifest["timesteps"],
-                           features_manifest["seed"], diffusion_modalities(diffusion))
+                           features_manifest["seed"], diffusion_modalities(diffusion), patch_params["unet_size"])
     name = classifier_algorithm(classifier)
     model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so the evaluation pipeline scores the final model
@@ -220,12 +234,13 @@ def train_classifier_pooled(
     diffusion: dict[str, Any],
     classifier: dict[str, Any],
     features: dict[str, Any],
+    patch_params: dict[str, Any],
     compute: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Centralized FedDiff, stage 3: the whole classifier on every training pixel — the upper bound."""
     started = time.perf_counter()
     spec = classifier_spec(train_patches, unets, classifier, features["timesteps"], compute["seed"],
-                           diffusion_modalities(diffusion))
+                           diffusion_modalities(diffusion), patch_params["unet_size"])
     name = classifier_algorithm(classifier, centralized=True)
     model_artifact = _artifact(name, spec, unets, {})
     algorithm = get_algorithm(name)

@@ -33,7 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         node(train_classifier, ["modality_split.federation_manifest", "modality_split.client_partition_dir",
                                 "features_manifest", "checkpoint_dir", "deployment_dir", "unets",
                                 "diffusion_history", "validation_patches", "test_patches",
-                                "params:feddiff.diffusion", "params:feddiff.classifier",
+                                "params:feddiff.diffusion", "params:feddiff.classifier", "params:patches",
                                 "params:feddiff.resources", "params:federation", "params:compute"],
              ["model", "history", "traffic", "validation_inputs", "test_inputs"], name="train_classifier"),
     ])
@@ -50,7 +50,7 @@ def create_centralized_pipeline(**kwargs) -> Pipeline:
              ["unets", "diffusion_history"], name="train_diffusion"),
         node(train_classifier_pooled, ["train_patches", "unets", "diffusion_history", "validation_patches",
                                        "test_patches", "params:feddiff.diffusion", "params:feddiff.classifier",
-                                       "params:feddiff.features", "params:compute"],
+                                       "params:feddiff.features", "params:patches", "params:compute"],
              ["model", "history", "traffic", "validation_inputs", "test_inputs"], name="train_classifier"),
     ])
     used = {k: v for k, v in {**PARAMETERS, **SHARED_PARAMETERS}.items() if k in stages.inputs()}
