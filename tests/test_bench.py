@@ -100,6 +100,14 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     table = (tmp_path / "real_scene_pooled.md").read_text()
     assert "| feddiff | 1, 2, 3, 4 |" in table and "feddiff is better than fedavg (+10.8 points" in table
     assert "4 seeds" in table
+    # a row listed under another name (the same settings measured before a default changed)
+    renamed = subprocess.run(command[:3] + ["renamed", *command[4:6], "a:fedavg=baseline", "b:fedavg=baseline",
+                                            "a:feddiff", "b:feddiff"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert renamed.returncode == 0, renamed.stderr[-2000:]
+    relabelled = json.loads((tmp_path / "real_scene_renamed.json").read_text())["rows"]
+    assert sorted({r["algorithm"] for r in relabelled}) == ["baseline", "feddiff"]
+    assert "feddiff is better than baseline (+10.8 points" in (tmp_path / "real_scene_renamed.md").read_text()
     missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
     # a seed run again in a later source replaces the earlier run
