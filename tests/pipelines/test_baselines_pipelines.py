@@ -233,6 +233,7 @@ def test_feddiff_without_any_ddpm(tiny_feddiff):
     assert diffusion["stages"] == {}
     features = json.loads(p("data/04_feature/synthetic/feddiff_features_manifest.json").read_text())
     assert features["unets"] == {} and features["clients"] == {} and features["traffic"] == []
+    assert not any(p("data/04_feature/synthetic/feddiff_feature_cache").iterdir())  # the store, empty (a DVC out)
     traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
     assert not (traffic["payload"] == "unet").any()
     artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()

@@ -15,7 +15,7 @@ def test_the_paper_overlay_trains_the_ddpms_by_fedavg_not_one_shot_averaging():
     assert paper["classifier"]["federated"]["num_rounds"] * paper["classifier"]["train"]["epochs"] == 200
     # the overlay changes sizes and restores the paper's two DDPMs: the stage-1 codec and the rest come from base
     assert "compression" in base["diffusion"]["federated"] and "compression" not in paper["diffusion"]["federated"]
-    assert base["diffusion"]["modalities"] == ["lidar"] and paper["diffusion"]["modalities"] == ["hsi", "lidar"]
+    assert base["diffusion"]["modalities"] == [] and paper["diffusion"]["modalities"] == ["hsi", "lidar"]
 
 
 def test_the_unet_size_of_the_patch_parameters_reaches_the_unet_and_the_classifier():

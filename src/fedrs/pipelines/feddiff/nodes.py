@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -147,7 +148,10 @@ def extract_features(unets: dict[str, Any], manifest: dict[str, Any], partition_
     if unets:
         result = run_job(FeaturesJob(job), int(manifest["num_clients"]), federation,
                          SimulationResources.from_dict(resources), deployment_dir)
-    else:  # no DDPM (diffusion.modalities: []): nothing to send or compute, no federation to start
+    else:  # no DDPM (diffusion.modalities: []): nothing to send or compute, no federation to start;
+        # the store is there, empty, as every run's output (DVC tracks it)
+        if job.store:
+            Path(job.store).mkdir(parents=True, exist_ok=True)
         result = feature_manifest(job)
     policy = TrainConfig.from_dict(with_compute({}, compute)).policy()
     return {**result, "compute": policy.describe()}
