@@ -8,13 +8,16 @@ Each source is ``FILE:ALGORITHM`` (a results file under bench/results without ``
 name in it), or ``FILE:ALGORITHM=LABEL`` to list its runs under another name (the same settings
 measured before a default changed: ``...:feddiff=feddiff, LiDAR DDPM``); a run of the same row and
 seed in a later source replaces an earlier one. Nothing is re-run: the table is
-``real_scene_results.summary`` over the pooled rows.
+``real_scene_results.summary`` over the pooled rows. ``--mean-over-folds`` first makes each
+algorithm's runs of one seed (its validation folds; a run without a fold is fold 0) one row, every
+measure their mean, so the pairing is by seed over several validation folds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 from common import RESULTS, save
 from real_scene_results import key, summary
@@ -35,16 +38,45 @@ def pooled(sources: list[str]) -> list[dict]:
     return list(rows.values())
 
 
+MEASURES = ("oa", "aa", "kappa", "val_oa_final", "mb_sent", "mb_dense", "training_seconds")
+
+
+def mean_over_folds(rows: list[dict]) -> list[dict]:
+    """One row per algorithm and seed, each measure the mean over that seed's folds."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["algorithm"], row["seed"]), []).append(row)
+    out = []
+    for (algorithm, seed), runs in groups.items():
+        merged = {"algorithm": algorithm, "seed": seed, "folds": sorted(r.get("fold") or 0 for r in runs),
+                  "source": ", ".join(dict.fromkeys(r["source"] for r in runs))}
+        for measure in MEASURES:
+            values = [r[measure] for r in runs if r.get(measure) is not None]
+            merged[measure] = statistics.mean(values) if values else None
+        out.append(merged)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True, help="the results file: real_scene_<name>")
     parser.add_argument("--scene", default="houston2013")
     parser.add_argument("--reference", default="feddiff")
+    parser.add_argument("--mean-over-folds", action="store_true",
+                        help="pair by seed, each seed's runs averaged over their validation folds")
     parser.add_argument("sources", nargs="+", help="FILE:ALGORITHM or FILE:ALGORITHM=LABEL")
     args = parser.parse_args()
     rows = pooled(args.sources)
+    if args.mean_over_folds:
+        rows = mean_over_folds(rows)
+        folds = sorted({tuple(r["folds"]) for r in rows})
+        if len(folds) > 1:
+            raise SystemExit(f"--mean-over-folds: the seeds' runs cover different folds {folds}; pool the same "
+                             "folds for every algorithm and seed")
     save(f"real_scene_{args.name}", {"sources": args.sources, "rows": rows},
-         [f"Pooled from {', '.join(f'`{s}`' for s in args.sources)} (no run repeated)."] + [""]
+         [f"Pooled from {', '.join(f'`{s}`' for s in args.sources)} (no run repeated)"
+          + (f"; each seed's runs averaged over validation folds {rows[0]['folds']}." if args.mean_over_folds
+             else ".")] + [""]
          + summary(rows, args.scene, args.reference))
 
 

@@ -108,6 +108,23 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     relabelled = json.loads((tmp_path / "real_scene_renamed.json").read_text())["rows"]
     assert sorted({r["algorithm"] for r in relabelled}) == ["baseline", "feddiff"]
     assert "feddiff is better than baseline (+10.8 points" in (tmp_path / "real_scene_renamed.md").read_text()
+    # several validation folds per seed: each seed's runs averaged before the pairing
+    folds = [{**run("feddiff", 1, 0.60), "fold": 1}, {**run("feddiff", 2, 0.62), "fold": 1},
+             {**run("fedavg", 1, 0.70), "fold": 1}, {**run("fedavg", 2, 0.91), "fold": 1}]
+    (tmp_path / "f.json").write_text(json.dumps({"rows": folds}))
+    by_seed = subprocess.run(command[:3] + ["folds", *command[4:6], "--mean-over-folds", "a:feddiff", "f:feddiff",
+                                            "a:fedavg", "f:fedavg"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert by_seed.returncode == 0, by_seed.stderr[-2000:]
+    averaged = {(r["algorithm"], r["seed"]): r for r in
+                json.loads((tmp_path / "real_scene_folds.json").read_text())["rows"]}
+    assert len(averaged) == 4 and averaged["feddiff", 1]["oa"] == pytest.approx(0.70)
+    assert averaged["fedavg", 2]["folds"] == [0, 1] and averaged["fedavg", 2]["oa"] == pytest.approx(0.81)
+    # feddiff − fedavg per seed: 0.70 − 0.70 and 0.72 − 0.81
+    assert "feddiff is level with fedavg (-4.5 points" in (tmp_path / "real_scene_folds.md").read_text()
+    uneven = subprocess.run(command[:3] + ["uneven", *command[4:6], "--mean-over-folds", "a:feddiff", "f:feddiff",
+                                           "a:fedavg"], env=env, capture_output=True, text=True, timeout=120)
+    assert uneven.returncode != 0 and "cover different folds" in uneven.stderr
     missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
     # a seed run again in a later source replaces the earlier run
