@@ -66,6 +66,25 @@ def test_client_update_uses_the_partner_and_trains_only_its_side(rng):
     assert not torch.equal(state["fr1.gate_col.weight"], before["fr1.gate_col.weight"])
 
 
+def test_an_augmented_client_update_is_seeded_and_turns_its_patches(rng):
+    """With ``augment: dihedral`` the client trains on turned patches, features and partner maps
+    (turned alike: ``Batch.take``); the same seed gives the same update, augmentation another one."""
+    alg = get_algorithm("feddiff")
+    hsi, lidar = client(rng, "hsi"), client(rng, "lidar")
+    lidar["labels"] = hsi["labels"]
+
+    def update(augment):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        partner = alg.client_exchange(model, lidar, ("lidar",), {})
+        config = {"epochs": 1, "batch_size": 32, "augment": augment}
+        return alg.client_update(model, hsi, ("hsi",), config, seed=1, rnd=1, partner=partner)[0]
+
+    plain, turned, again = update("none"), update("dihedral"), update("dihedral")
+    assert all(torch.equal(turned[k], again[k]) for k in turned)
+    assert not torch.equal(turned["hsi_branch.layer1.0.weight"], plain["hsi_branch.layer1.0.weight"])
+
+
 def test_single_modality_feddiff_needs_no_partner(rng):
     alg = get_algorithm("feddiff_lidar")
     assert not alg.exchanges_features and get_algorithm("feddiff").exchanges_features

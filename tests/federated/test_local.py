@@ -186,3 +186,65 @@ def test_a_statistics_pass_recomputes_batchnorm_statistics_and_trains_nothing(rn
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 2  # one pass, whatever the epochs
     assert all(torch.equal(weights[k], v) for k, v in model.named_parameters())
     assert metrics["num_samples"] == 40 and metrics["statistics_loss"] > 0
+
+
+def test_dihedral_turns_are_the_eight_symmetries_of_the_square_and_keep_the_centre():
+    from fedrs.federated.local import dihedral
+
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(1, 2, 4, 4).repeat(8, 1, 1, 1)
+    turned = dihedral(x, torch.arange(8))
+    images = {tuple(t.flatten().tolist()) for t in turned}
+    assert len(images) == 8  # eight distinct elements
+    assert torch.equal(turned[0], x[0]) and torch.equal(turned[4], x[0].flip(-1))
+    assert torch.equal(turned[1], torch.rot90(x[0], 1, dims=(-2, -1)))
+    for t in turned:  # the centre 2×2 block of an even patch keeps its pixels (the label's pixel stays in it)
+        assert sorted(t[:, 1:3, 1:3].flatten().tolist()) == sorted(x[0, :, 1:3, 1:3].flatten().tolist())
+    odd = torch.randn(8, 3, 5, 5)
+    assert torch.equal(dihedral(odd, torch.arange(8))[:, :, 2, 2], odd[:, :, 2, 2])  # the centre pixel itself
+    with pytest.raises(ValueError, match=r"square .*\(2, 1, 4, 3\)"):
+        dihedral(torch.zeros(2, 1, 4, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_a_batch_turns_every_image_shaped_array_alike_and_nothing_else(rng):
+    from fedrs.federated.local import Batch
+
+    hsi = rng.standard_normal((6, 4, 8, 8)).astype("float32")
+    lidar = hsi[:, :1].copy()  # a second modality, pixel-aligned with the first
+    maps = torch.as_tensor(hsi[:, :, 3:5, 3:5].copy())  # a partner's 2×2 branch maps of the same pixels
+    labels = torch.arange(6)
+    batch = Batch(rng.permutation(6), torch.device("cpu"), torch.Generator(), torch.tensor([1, 2, 3, 5, 6, 7]))
+    h, li, m = batch.take(hsi), batch.take(lidar), batch.take(maps)
+    assert torch.equal(li, h[:, :1]) and torch.equal(m, h[:, :, 3:5, 3:5])  # still aligned after the turn
+    assert not torch.equal(h, torch.as_tensor(hsi[batch.index]))
+    assert torch.equal(batch.take(labels, torch.long), labels[batch.index])  # not image-shaped: as it was
+
+
+def test_augmentation_is_seeded_and_off_leaves_the_shuffle_as_it_was(rng):
+    from fedrs.federated.local import Batch, dihedral, local_training
+
+    x = torch.as_tensor(rng.standard_normal((12, 2, 3, 3)), dtype=torch.float32)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(18, 1))
+
+    def run(augment: str) -> list[tuple[list[int], torch.Tensor]]:
+        seen = []
+
+        def loss(batch: Batch):
+            taken = batch.take(x)
+            seen.append((batch.index.tolist(), taken))
+            return model(taken).pow(2).mean()
+
+        local_training(model, 12, loss, TrainConfig(epochs=2, batch_size=4, lr=0.0, augment=augment), seed=5)
+        return seen
+
+    plain, turned, again = run("none"), run("dihedral"), run("dihedral")
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(5)).tolist()
+    assert plain[0][0] == order[:4]  # without augmentation the generator draws only the shuffle
+    assert all(torch.equal(a, x[i]) for i, a in plain)
+    assert all(torch.equal(a[1], b[1]) and a[0] == b[0] for a, b in zip(turned, again, strict=True))  # seeded
+    assert any(not torch.equal(a, x[i]) for i, a in turned)
+    for i, a in turned:  # every sample is one of its own eight symmetries
+        candidates = dihedral(x[i].repeat_interleave(8, 0).reshape(len(i), 8, 2, 3, 3).flatten(0, 1),
+                              torch.arange(8).repeat(len(i))).reshape(len(i), 8, 2, 3, 3)
+        assert all(any(torch.equal(s, c) for c in cs) for s, cs in zip(a, candidates, strict=True))
+    with pytest.raises(ValueError, match="augment 'flip'.*dihedral"):
+        TrainConfig(augment="flip")

@@ -34,6 +34,7 @@ from fedrs.federated.record_privacy import (
 )
 
 MODALITIES = ("hsi", "lidar")
+AUGMENTS = ("none", "dihedral")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class TrainConfig:
     keep_optimizer_state: bool = False  # carry the optimiser's moments from round to round (else fresh)
     decoupled_decay: dict[str, float] | None = None  # {name prefix or "conv": λ}: w ← w − lr·2λ·w per step
     record_privacy: dict[str, Any] | None = None  # DP-SGD per record (fedrs.federated.record_privacy); None: off
+    augment: str = "none"         # dihedral: each training sample turned by a random symmetry of the square
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"training config: augment {self.augment!r}; expected one of {list(AUGMENTS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
@@ -177,20 +183,49 @@ class LocalTrainer:
             self.carry["optimizer"] = self.optimizer.state_dict()
 
 
+def dihedral(x: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+    """Sample i of ``x`` (N, C, S, S) turned by element ``elements[i]`` of the square's symmetry group:
+    0-3 quarter turns, 4-7 the same followed by a left-right mirror. A patch's centre pixel (or
+    centre 2×2 block) stays where it is, so its label still holds."""
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral augmentation needs square (N, C, S, S) samples; got shape {tuple(x.shape)}")
+    out = torch.empty_like(x)
+    elements = elements.to(x.device)
+    for g in elements.unique().tolist():
+        rows = (elements == g).nonzero().squeeze(1)
+        turned = torch.rot90(x[rows], g % 4, dims=(-2, -1))
+        out[rows] = turned.flip(-1) if g >= 4 else turned
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     """What a batch-loss function gets: which samples, where to put them, and the run's generator
-    (for anything random in the loss, e.g. the DDPM's timesteps and noise)."""
+    (for anything random in the loss, e.g. the DDPM's timesteps and noise). With ``turns`` (one
+    dihedral element per sample) every image-shaped array taken is turned alike — the patches of both
+    modalities, their diffusion features and a partner's branch maps stay aligned pixel for pixel."""
 
     index: np.ndarray
     device: torch.device
     generator: torch.Generator
+    turns: torch.Tensor | None = None
 
     def take(self, array: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``array[index]`` as a tensor on the device (NumPy arrays and CPU tensors alike)."""
+        """``array[index]`` as a tensor on the device (NumPy arrays and CPU tensors alike), turned by
+        ``turns`` when it is image-shaped (N, C, S, S)."""
         index = self.index
         tensor = array[index] if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array)[index])
+        if self.turns is not None and tensor.ndim == 4:
+            tensor = dihedral(tensor, self.turns)
         return tensor.to(self.device, dtype)
+
+
+def training_batch(index: np.ndarray, device: torch.device, generator: torch.Generator, augment: str) -> Batch:
+    """The batch a training step sees: with ``augment`` its dihedral elements drawn from the run's
+    generator (seeded: the same run turns the same samples alike; "none" draws nothing, so runs
+    without augmentation shuffle as they always did)."""
+    turns = torch.randint(0, 8, (len(index),), generator=generator) if augment == "dihedral" else None
+    return Batch(index, device, generator, turns)
 
 
 BatchLoss = Callable[[Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
@@ -264,8 +299,9 @@ def local_training(model: nn.Module, num_samples: int, batch_loss: BatchLoss, cf
             for idx in iter_batches(num_samples, cfg.batch_size, generator):
                 if idx.size < min_batch:
                     continue
+                batch = training_batch(idx, policy.device, generator, cfg.augment)
                 with policy.autocast():
-                    out = batch_loss(Batch(idx, policy.device, generator))
+                    out = batch_loss(batch)
                 loss, metrics = out if isinstance(out, tuple) else (out, {})
                 total += trainer.step(loss.float()) * idx.size
                 seen += idx.size
@@ -296,8 +332,9 @@ def private_local_training(model: nn.Module, num_samples: int, batch_loss: Batch
     expected = sampling_rate(num_samples, cfg.batch_size) * num_samples
 
     def record_loss(index: np.ndarray) -> torch.Tensor:
+        batch = training_batch(index, policy.device, draws, cfg.augment)
         with policy.autocast():
-            out = batch_loss(Batch(index, policy.device, draws))
+            out = batch_loss(batch)
         return (out[0] if isinstance(out, tuple) else out).float()
 
     total, steps, all_norms = 0.0, 0, list[float]()
