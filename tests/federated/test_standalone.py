@@ -31,6 +31,24 @@ def test_centralized_training_repeats_for_a_seed_and_records_every_round(tiny_fe
     assert any(not torch.equal(state[k], other[k]) for k in state)
 
 
+def test_centralized_flags_a_validation_loss_that_grows_round_after_round(tiny_federation):
+    """Scored on its own training pixels with every label shifted by one class, the model's validation
+    loss grows as it learns the true ones, while its training loss falls: the flag reads the former."""
+    from fedrs.federated.server.watch import loss_growth
+
+    parts = _partitions(tiny_federation)
+    pooled = {k: np.concatenate([p[k] for p in parts.values()]) for k in ("hsi", "lidar", "labels")}
+    classes = int(tiny_federation["test"]["num_classes"])
+    mislabelled = {**tiny_federation["test"], **{k: pooled[k] for k in ("hsi", "lidar")},
+                   "labels": (pooled["labels"] + 1) % classes}
+    cfg = _cfg(tiny_federation, num_rounds=6, loss_growth_rounds=3, lr_schedule="constant", eval_samples=None,
+               train={"epochs": 2, "batch_size": 8, "lr": 0.01})
+    _, history = train_centralized(pooled, mislabelled, cfg)
+    assert history[-1]["val_loss_growing_rounds"] >= 3 and history[-1]["loss_growing_rounds"] == 0
+    for i, row in enumerate(history):  # every round's flag from the validation losses up to that round
+        assert row["val_loss_growing_rounds"] == loss_growth(history[:i + 1], 3, key="val_loss")
+
+
 def test_local_clients_train_alone_and_are_summarised(tiny_federation):
     parts = _partitions(tiny_federation)
     results, states = train_local(parts, tiny_federation["test"], _cfg(tiny_federation, algorithm="local"))

@@ -46,6 +46,8 @@ def train_centralized(train: dict[str, Any], validation: dict[str, Any], cfg: Fe
             }
         )
         history[-1]["loss_growing_rounds"] = loss_growth(history, cfg.loss_growth_rounds)
+        if "val_loss" in history[-1]:  # the model's own validation loss, flagged as the federated runs' is
+            history[-1]["val_loss_growing_rounds"] = loss_growth(history, cfg.loss_growth_rounds, key="val_loss")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
 
 
