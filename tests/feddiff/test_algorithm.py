@@ -67,8 +67,8 @@ def test_client_update_uses_the_partner_and_trains_only_its_side(rng):
 
 
 def test_an_augmented_client_update_is_seeded_and_turns_its_patches(rng):
-    """With ``augment: dihedral`` the client trains on turned patches, features and partner maps
-    (turned alike: ``Batch.take``); the same seed gives the same update, augmentation another one."""
+    """With ``augment: dihedral`` the client trains on turned patches, features and partner maps; the
+    same seed gives the same update, augmentation another one."""
     alg = get_algorithm("feddiff")
     hsi, lidar = client(rng, "hsi"), client(rng, "lidar")
     lidar["labels"] = hsi["labels"]
@@ -83,6 +83,51 @@ def test_an_augmented_client_update_is_seeded_and_turns_its_patches(rng):
     plain, turned, again = update("none"), update("dihedral"), update("dihedral")
     assert all(torch.equal(turned[k], again[k]) for k in turned)
     assert not torch.equal(turned["hsi_branch.layer1.0.weight"], plain["hsi_branch.layer1.0.weight"])
+
+
+def test_an_augmented_pixel_keeps_its_patch_features_and_partner_maps_aligned(rng):
+    """Inside the real client objective: every sample the HSI branch trains on is some pixel's patch
+    under some symmetry g, and the features beside it and the partner's maps fused with it are that
+    same pixel's, under the same g."""
+    from fedrs.federated.local import dihedral
+
+    alg = get_algorithm("feddiff")
+    hsi, lidar = client(rng, "hsi", n=12), client(rng, "lidar", n=12)
+    lidar["labels"] = hsi["labels"]
+    hsi["hsi"] = rng.standard_normal((12, 6, 8, 8)).astype(np.float32)  # even side: the 2×2 maps turn exactly
+    lidar["lidar"] = rng.standard_normal((12, 2, 8, 8)).astype(np.float32)
+    torch.manual_seed(0)
+    model = alg.build_model(SPEC)
+    partner = alg.client_exchange(model, lidar, ("lidar",), {})
+    seen: dict[str, list[torch.Tensor]] = {"patch": [], "features": [], "cnn": [], "diff": []}
+    def record(_, args):
+        seen["patch"].append(args[0].detach())
+        seen["features"].append(args[1].detach())
+
+    model.hsi_branch.register_forward_pre_hook(record)
+    fuse = model.fuse
+
+    def spy(cnn_h, diff_h, cnn_l, diff_l):
+        seen["cnn"].append(cnn_l.detach())
+        seen["diff"].append(diff_l.detach())
+        return fuse(cnn_h, diff_h, cnn_l, diff_l)
+
+    model.fuse = spy
+    alg.client_update(model, hsi, ("hsi",), {"epochs": 2, "batch_size": 6, "augment": "dihedral"}, seed=3,
+                      rnd=1, partner=partner)
+    patches, elements = torch.as_tensor(hsi["hsi"]), torch.arange(8)
+    found = set()
+    for patch, features, cnn, diff in zip(*(torch.cat(v) for v in seen.values()), strict=True):
+        matches = [(i, g) for i in range(12) for g in range(8)
+                   if torch.equal(dihedral(patches[i:i + 1], elements[g:g + 1])[0], patch)]
+        assert len(matches) == 1
+        ((i, g),) = matches
+        found.add(g)
+        turn = elements[g:g + 1]
+        assert torch.equal(features, dihedral(torch.as_tensor(hsi["hsi_features"][i:i + 1]), turn)[0])
+        assert torch.equal(cnn, dihedral(partner["cnn"][i:i + 1], turn)[0])
+        assert torch.equal(diff, dihedral(partner["diff"][i:i + 1], turn)[0])
+    assert len(found) > 1  # turns were drawn
 
 
 def test_single_modality_feddiff_needs_no_partner(rng):

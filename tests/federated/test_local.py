@@ -195,18 +195,22 @@ def test_dihedral_turns_are_the_eight_symmetries_of_the_square_and_keep_the_cent
     turned = dihedral(x, torch.arange(8))
     images = {tuple(t.flatten().tolist()) for t in turned}
     assert len(images) == 8  # eight distinct elements
-    assert torch.equal(turned[0], x[0]) and torch.equal(turned[4], x[0].flip(-1))
-    assert torch.equal(turned[1], torch.rot90(x[0], 1, dims=(-2, -1)))
+    for g in range(8):  # g quarter turns (counter-clockwise), then a left-right mirror for g >= 4
+        expected = torch.rot90(x[0], g % 4, dims=(-2, -1))
+        assert torch.equal(turned[g], expected.flip(-1) if g >= 4 else expected)
+    assert torch.equal(turned[4], x[0].flip(-1)) and torch.equal(turned[2], x[0].flip(-1).flip(-2))
     for t in turned:  # the centre 2×2 block of an even patch keeps its pixels (the label's pixel stays in it)
         assert sorted(t[:, 1:3, 1:3].flatten().tolist()) == sorted(x[0, :, 1:3, 1:3].flatten().tolist())
     odd = torch.randn(8, 3, 5, 5)
     assert torch.equal(dihedral(odd, torch.arange(8))[:, :, 2, 2], odd[:, :, 2, 2])  # the centre pixel itself
     with pytest.raises(ValueError, match=r"square .*\(2, 1, 4, 3\)"):
         dihedral(torch.zeros(2, 1, 4, 3), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="1 elements for 2 samples"):
+        dihedral(torch.zeros(2, 1, 4, 4), torch.zeros(1, dtype=torch.long))
 
 
 def test_a_batch_turns_every_image_shaped_array_alike_and_nothing_else(rng):
-    from fedrs.federated.local import Batch
+    from fedrs.federated.local import Batch, dihedral
 
     hsi = rng.standard_normal((6, 4, 8, 8)).astype("float32")
     lidar = hsi[:, :1].copy()  # a second modality, pixel-aligned with the first
@@ -215,6 +219,8 @@ def test_a_batch_turns_every_image_shaped_array_alike_and_nothing_else(rng):
     batch = Batch(rng.permutation(6), torch.device("cpu"), torch.Generator(), torch.tensor([1, 2, 3, 5, 6, 7]))
     h, li, m = batch.take(hsi), batch.take(lidar), batch.take(maps)
     assert torch.equal(li, h[:, :1]) and torch.equal(m, h[:, :, 3:5, 3:5])  # still aligned after the turn
+    for j, (i, g) in enumerate(zip(batch.index, batch.turns, strict=True)):  # sample j: its own pixel, its own turn
+        assert torch.equal(h[j], dihedral(torch.as_tensor(hsi[i:i + 1]), g.reshape(1))[0])
     assert not torch.equal(h, torch.as_tensor(hsi[batch.index]))
     assert torch.equal(batch.take(labels, torch.long), labels[batch.index])  # not image-shaped: as it was
 
@@ -237,8 +243,10 @@ def test_augmentation_is_seeded_and_off_leaves_the_shuffle_as_it_was(rng):
         return seen
 
     plain, turned, again = run("none"), run("dihedral"), run("dihedral")
-    order = torch.randperm(12, generator=torch.Generator().manual_seed(5)).tolist()
-    assert plain[0][0] == order[:4]  # without augmentation the generator draws only the shuffle
+    generator = torch.Generator().manual_seed(5)
+    orders = [torch.randperm(12, generator=generator).tolist() for _ in range(2)]
+    # without augmentation the generator draws only the shuffles: the second epoch's too is as it was
+    assert [b for b, _ in plain] == [orders[e][k:k + 4] for e in range(2) for k in (0, 4, 8)]
     assert all(torch.equal(a, x[i]) for i, a in plain)
     assert all(torch.equal(a[1], b[1]) and a[0] == b[0] for a, b in zip(turned, again, strict=True))  # seeded
     assert any(not torch.equal(a, x[i]) for i, a in turned)

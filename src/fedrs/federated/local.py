@@ -189,6 +189,8 @@ def dihedral(x: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
     centre 2×2 block) stays where it is, so its label still holds."""
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         raise ValueError(f"dihedral augmentation needs square (N, C, S, S) samples; got shape {tuple(x.shape)}")
+    if len(elements) != len(x):
+        raise ValueError(f"dihedral augmentation: {len(elements)} elements for {len(x)} samples")
     out = torch.empty_like(x)
     elements = elements.to(x.device)
     for g in elements.unique().tolist():
