@@ -206,3 +206,41 @@ def test_stage_ones_ddpm_trains_under_record_privacy(rng):
     state, metrics = alg.client_update(model, client(rng, "lidar"), ("lidar",),
                                        {"epochs": 1, "batch_size": 8, "record_privacy": PRIVATE}, seed=0)
     assert metrics["dp_steps"] > 0 and any(not torch.equal(state[k], before[k]) for k in before)
+
+
+def test_augmented_records_are_each_turned_alone_and_the_turns_are_secret():
+    """Under record DP a record's loss sees that record alone, turned by its own element; the turns, like
+    the batches, come from the client's secret draws — a participant knowing the seed cannot replay them."""
+    from fedrs.federated.local import Batch, dihedral
+
+    x = torch.randn(10, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(18, 3))
+
+    def run(privacy) -> list[tuple[int, torch.Tensor]]:
+        seen = []
+
+        def loss(batch: Batch) -> torch.Tensor:
+            taken = batch.take(x)
+            assert len(batch.index) == 1 and batch.turns is not None and len(batch.turns) == 1
+            seen.append((int(batch.index[0]), taken[0]))
+            return model(taken).pow(2).mean()
+
+        cfg = TrainConfig(epochs=2, batch_size=5, lr=0.0, augment="dihedral", record_privacy=privacy)
+        local_training(model, 10, loss, cfg, seed=4)
+        return seen
+
+    every = dihedral(x.repeat_interleave(8, 0), torch.arange(8).repeat(10)).reshape(10, 8, 2, 3, 3)
+
+    def elements(seen: list[tuple[int, torch.Tensor]]) -> list[int]:
+        """The element each record call was turned by (one of its own eight symmetries, or the test fails)."""
+        found = [next((g for g in range(8) if torch.equal(t, every[i, g])), None) for i, t in seen]
+        assert None not in found
+        return found
+
+    first, second = elements(run(PRIVATE)), elements(run(PRIVATE))
+    assert len(set(first)) > 1
+    # the k-th record call's turn is not the k-th draw of anything the seed fixes: two runs differ
+    shared = min(len(first), len(second))
+    assert first[:shared] != second[:shared]
+    replay = {**PRIVATE, "deterministic_noise": True}  # the test-only switch replays them
+    assert elements(run(replay)) == elements(run(replay))
