@@ -10,6 +10,7 @@ the DDPM noise loss and FedDiff's three-head loss are all such functions.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from collections.abc import Callable, Iterator
@@ -183,21 +184,27 @@ class LocalTrainer:
             self.carry["optimizer"] = self.optimizer.state_dict()
 
 
+@functools.lru_cache(maxsize=8)
+def dihedral_permutations(size: int) -> torch.Tensor:
+    """(8, size²): where each cell of a size×size patch comes from under each of the square's eight
+    symmetries (0-3 quarter turns, 4-7 the same followed by a left-right mirror)."""
+    cells = torch.arange(size * size).reshape(size, size)
+    turns = [torch.rot90(cells, k) for k in range(4)]
+    return torch.stack(turns + [t.flip(-1) for t in turns]).reshape(8, -1)
+
+
 def dihedral(x: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
     """Sample i of ``x`` (N, C, S, S) turned by element ``elements[i]`` of the square's symmetry group:
     0-3 quarter turns, 4-7 the same followed by a left-right mirror. A patch's centre pixel (or
-    centre 2×2 block) stays where it is, so its label still holds."""
+    centre 2×2 block) stays where it is, so its label still holds. One gather of exact copies (a
+    loop over the elements present cost 2.5-3.5× more: bench/bench_augment.py)."""
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         raise ValueError(f"dihedral augmentation needs square (N, C, S, S) samples; got shape {tuple(x.shape)}")
     if len(elements) != len(x):
         raise ValueError(f"dihedral augmentation: {len(elements)} elements for {len(x)} samples")
-    out = torch.empty_like(x)
-    elements = elements.to(x.device)
-    for g in elements.unique().tolist():
-        rows = (elements == g).nonzero().squeeze(1)
-        turned = torch.rot90(x[rows], g % 4, dims=(-2, -1))
-        out[rows] = turned.flip(-1) if g >= 4 else turned
-    return out
+    n, c, size = x.shape[0], x.shape[1], x.shape[-1]
+    source = dihedral_permutations(size)[elements.cpu().long()].to(x.device)
+    return torch.gather(x.flatten(2), 2, source[:, None, :].expand(n, c, size * size)).view_as(x)
 
 
 @dataclass(frozen=True)
