@@ -1,11 +1,12 @@
 """Tiny federated runs of every kind of work the pipelines do, for the strict mode's cross-CPU check:
 FedAvg with the low-rank codec both ways and classifier calibration, with DP, with SecAgg+ and DP,
-FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration, and a DDPM
+FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration (and once more with
+dihedral augmentation), and a DDPM
 stage-1 round with features — on
 the in-process grid (the real ClientApp handlers, no Ray). Prints one digest per run, of the final
 weights and every number of its history but the clock's.
 
-    FEDRS_REPRODUCIBLE=1 .venv/bin/python -m tests.strict_runs     # (also under qemu-x86_64 -cpu X)
+    FEDRS_REPRODUCIBLE=1 .venv/bin/python -m tests.strict_runs [NAME ...]  # (also under qemu-x86_64 -cpu X)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def digest(result: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def runs(root: Path) -> dict[str, str]:
+def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
     flat = horizontal_federation(root / "horizontal")
     split = split_federation(root / "split")
     # the server scores (the digests were measured on other CPU kinds before the clients could score)
@@ -60,12 +61,20 @@ def runs(root: Path) -> dict[str, str]:
         "feddiff": (split, {"algorithm": "feddiff", "model": split["spec"], "client_data_dirs": [split["features_dir"]],
                             "compression": CODEC, "exchange_compression": {"rank": 4},
                             "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        # dihedral augmentation: integer draws and exact copies (rot90, flip), so no kernel choice should
+        # enter — this digest is what shows it, on patches, features and the partner's maps alike
+        "feddiff_augmented": (split, {"algorithm": "feddiff", "model": split["spec"],
+                                      "client_data_dirs": [split["features_dir"]], "compression": CODEC,
+                                      "exchange_compression": {"rank": 4},
+                                      "train": {**base["train"], "augment": "dihedral"}}),
         "ddpm_hsi": (split, {"algorithm": "ddpm_hsi", "num_rounds": 1, "train": {"epochs": 1, "batch_size": 16},
                              "model": {"in_channels": int(split["test"]["hsi"].shape[1]), "base_channels": 8,
                                        "steps": 50}}),
     }
     out = {}
     for name, (fed, overrides) in configs.items():
+        if only and name not in only and not (name == "ddpm_hsi" and "ddpm_features" in only):
+            continue
         cfg = FederatedConfig.from_dict({**base, "partition_dir": fed["dir"], **overrides})
         result = run_rounds(FakeGrid(fed["num_clients"]), cfg, fed["test"], fed["num_clients"])
         out[name] = digest(result)
@@ -78,6 +87,8 @@ def runs(root: Path) -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    import sys
+
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as folder:
-        print(json.dumps(runs(Path(folder))))
+    with tempfile.TemporaryDirectory() as folder:  # names as arguments: only those runs (emulation is slow)
+        print(json.dumps(runs(Path(folder), set(sys.argv[1:]) or None)))

@@ -72,27 +72,29 @@ def test_the_trace_names_the_first_operation_that_differs():
 
 
 # tests/strict_runs.py's digests (tiny FedAvg with codec and calibration, with DP, with SecAgg+ and DP,
-# FedCMI, FedDiff with exchange, codec and calibration, a DDPM round and its features), measured as
-# STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see docs/reproducibility.md). They
-# also pin behaviour: a refactoring that changes one changed what a run computes. (2026-12-03: the DP and
-# FedDiff digests moved with their history rows — no loss or norm under DP, the DP unit, the relayed
-# outputs counted; their weights and test scores were checked equal to the commit before. Later that
-# day every one moved again only because the per-round scores were renamed test_* → val_* (each round
-# is now scored on validation pixels): with the old names the six digests were the committed ones.
-# Then the two calibrated runs moved because calibration changed what is sent: a client withholds a class
-# it holds fewer than 5 pixels of, FedDiff sends once per site, a class nobody sent keeps its row of the
-# last layer; the other five stayed. The DDPM round's
-# digest moved when its history rows gained the denoising measure (val_psnr_t*, val_psnr_gain_t*); the
-# features computed from its U-Net stayed. 2026-12-04: the two calibrated runs moved because their last
-# history row gained calibration_feature_norm_max (without it: the committed digests); the SecAgg+ DP run
-# because its secure sums' requests carry two more numbers (the range and total weight the client checks
-# against: 48 more bytes down a round; its weights and scores were checked bit-equal to the commit
-# before); the other four stayed. 2026-12-05: the five classifier runs moved because each round's history row
-# gained the global model's validation cross-entropy (val_loss, val_loss_growing_rounds); with those keys left
-# out of the digest all seven are the committed ones, measured on the Intel Xeon — the new values are this
-# Xeon's, not yet re-measured under qemu's EPYC-Rome.)
+# FedCMI, FedDiff with exchange, codec and calibration, the same with augmentation, a DDPM round and its
+# features), measured as STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see
+# docs/reproducibility.md). They also pin behaviour: a refactoring that changes one changed what a run
+# computes. (2026-12-03: the DP and FedDiff digests moved with their history rows — no loss or norm under DP,
+# the DP unit, the relayed outputs counted; their weights and test scores were checked equal to the commit
+# before. Later that day every one moved again only because the per-round scores were renamed test_* → val_*
+# (each round is now scored on validation pixels): with the old names the six digests were the committed ones.
+# Then the two calibrated runs moved because calibration changed what is sent: a client withholds a class it
+# holds fewer than 5 pixels of, FedDiff sends once per site, a class nobody sent keeps its row of the last
+# layer; the other five stayed. The DDPM round's digest moved when its history rows gained the denoising
+# measure (val_psnr_t*, val_psnr_gain_t*); the features computed from its U-Net stayed. 2026-12-04: the two
+# calibrated runs moved because their last history row gained calibration_feature_norm_max (without it: the
+# committed digests); the SecAgg+ DP run because its secure sums' requests carry two more numbers (the range
+# and total weight the client checks against: 48 more bytes down a round; its weights and scores were checked
+# bit-equal to the commit before); the other four stayed. 2026-12-05: the five classifier runs moved because
+# each round's history row gained the global model's validation cross-entropy (val_loss,
+# val_loss_growing_rounds); with those keys left out of the digest all seven are the committed ones, measured
+# on the Intel Xeon — the new values are this Xeon's, not yet re-measured under qemu's EPYC-Rome. A FedDiff
+# run with dihedral augmentation joined them: its turns are integer draws and exact copies, and the digest is
+# what shows no kernel enters.)
 STRICT_RUNS = {"fedavg": "08be4d39197dc663", "fedavg_dp": "a34223cfb980a30e", "fedavg_secure_dp": "5688aaf816275c8f",
-               "fedcmi": "a3dd77deccf51d66", "feddiff": "53fa88612f8f5973", "ddpm_hsi": "1a5aef03220395c1",
+               "fedcmi": "a3dd77deccf51d66", "feddiff": "53fa88612f8f5973",
+               "feddiff_augmented": "e08f74c990a67732", "ddpm_hsi": "1a5aef03220395c1",
                "ddpm_features": "49bfba186a94e65a"}
 
 
