@@ -1,7 +1,7 @@
 """Tiny federated runs of every kind of work the pipelines do, for the strict mode's cross-CPU check:
 FedAvg with the low-rank codec both ways and classifier calibration, with DP, with SecAgg+ and DP,
-FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration (and once more with
-dihedral augmentation), and a DDPM
+FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration (and once more,
+without calibration, with dihedral augmentation), and a DDPM
 stage-1 round with features — on
 the in-process grid (the real ClientApp handlers, no Ray). Prints one digest per run, of the final
 weights and every number of its history but the clock's.
@@ -71,6 +71,9 @@ def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
                              "model": {"in_channels": int(split["test"]["hsi"].shape[1]), "base_channels": 8,
                                        "steps": 50}}),
     }
+    unknown = (only or set()) - {*configs, "ddpm_features"}
+    if unknown:
+        raise SystemExit(f"strict_runs: no run named {sorted(unknown)}; the runs are {[*configs, 'ddpm_features']}")
     out = {}
     for name, (fed, overrides) in configs.items():
         if only and name not in only and not (name == "ddpm_hsi" and "ddpm_features" in only):

@@ -207,6 +207,13 @@ def test_dihedral_turns_are_the_eight_symmetries_of_the_square_and_keep_the_cent
         dihedral(torch.zeros(2, 1, 4, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="1 elements for 2 samples"):
         dihedral(torch.zeros(2, 1, 4, 4), torch.zeros(1, dtype=torch.long))
+    for bad in (torch.tensor([0, 8]), torch.tensor([-1, 0]), torch.tensor([0.0, 1.0])):  # no silent wrap-around
+        with pytest.raises(ValueError, match="integers 0-7"):
+            dihedral(torch.zeros(2, 1, 4, 4), bad)
+    channels_last = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)  # any layout, same turn
+    assert torch.equal(dihedral(channels_last, torch.tensor([1, 5, 2, 7])),
+                       dihedral(channels_last.contiguous(), torch.tensor([1, 5, 2, 7])))
+    assert dihedral(torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)).shape == (0, 1, 4, 4)
 
 
 def test_a_batch_turns_every_image_shaped_array_alike_and_nothing_else(rng):
