@@ -89,9 +89,10 @@ def test_the_trace_names_the_first_operation_that_differs():
 # bit-equal to the commit before); the other four stayed. 2026-12-05: the five classifier runs moved because
 # each round's history row gained the global model's validation cross-entropy (val_loss,
 # val_loss_growing_rounds); with those keys left out of the digest all seven are the committed ones, measured
-# on the Intel Xeon — the new values are this Xeon's, not yet re-measured under qemu's EPYC-Rome. A FedDiff
-# run with dihedral augmentation joined them: its turns are integer draws and exact copies, and the digest is
-# what shows no kernel enters.)
+# on the Intel Xeon — the new values are this Xeon's; re-measured later that day under qemu's EPYC-Rome
+# (NumPy's AVX2 code off): FedAvg, DP, SecAgg+ with DP and FedCMI equal. A FedDiff run with dihedral
+# augmentation joined them: its turns are integer draws and exact copies, and the digest is what shows no
+# kernel enters — equal under qemu's EPYC-Rome too.)
 STRICT_RUNS = {"fedavg": "08be4d39197dc663", "fedavg_dp": "a34223cfb980a30e", "fedavg_secure_dp": "5688aaf816275c8f",
                "fedcmi": "a3dd77deccf51d66", "feddiff": "53fa88612f8f5973",
                "feddiff_augmented": "e08f74c990a67732", "ddpm_hsi": "1a5aef03220395c1",
