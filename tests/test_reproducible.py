@@ -72,7 +72,7 @@ def test_the_trace_names_the_first_operation_that_differs():
 
 
 # tests/strict_runs.py's digests (tiny FedAvg with codec and calibration, with DP, with SecAgg+ and DP,
-# FedCMI, FedDiff with exchange, codec and calibration, the same with augmentation, a DDPM round and its
+# FedCMI, FedDiff with exchange, codec and calibration, the same uncalibrated with augmentation, a DDPM round and its
 # features), measured as STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see
 # docs/reproducibility.md). They also pin behaviour: a refactoring that changes one changed what a run
 # computes. (2026-12-03: the DP and FedDiff digests moved with their history rows — no loss or norm under DP,
