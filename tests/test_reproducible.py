@@ -72,8 +72,8 @@ def test_the_trace_names_the_first_operation_that_differs():
 
 
 # tests/strict_runs.py's digests (tiny FedAvg with codec and calibration, with DP, with SecAgg+ and DP,
-# FedCMI, FedDiff with exchange, codec and calibration, the same uncalibrated with augmentation, a DDPM round and its
-# features), measured as STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see
+# FedCMI, FedDiff with exchange, codec and calibration, the same uncalibrated with augmentation, a DDPM round
+# and its features), measured as STRICT_DIGEST was (qemu with NumPy's AVX2 code off on both sides: see
 # docs/reproducibility.md). They also pin behaviour: a refactoring that changes one changed what a run
 # computes. (2026-12-03: the DP and FedDiff digests moved with their history rows — no loss or norm under DP,
 # the DP unit, the relayed outputs counted; their weights and test scores were checked equal to the commit
@@ -90,9 +90,9 @@ def test_the_trace_names_the_first_operation_that_differs():
 # each round's history row gained the global model's validation cross-entropy (val_loss,
 # val_loss_growing_rounds); with those keys left out of the digest all seven are the committed ones, measured
 # on the Intel Xeon — the new values are this Xeon's; re-measured later that day under qemu's EPYC-Rome
-# (NumPy's AVX2 code off): FedAvg, DP, SecAgg+ with DP and FedCMI equal. A FedDiff run with dihedral
-# augmentation joined them: its turns are integer draws and exact copies, and the digest is what shows no
-# kernel enters — equal under qemu's EPYC-Rome too.)
+# (NumPy's AVX2 code off): all five equal, and the DDPM pair equal to its native AVX2-off digests. A FedDiff
+# run with dihedral augmentation joined them: its turns are integer draws and exact copies, and the digest is
+# what shows no kernel enters — equal under qemu's EPYC-Rome too.)
 STRICT_RUNS = {"fedavg": "08be4d39197dc663", "fedavg_dp": "a34223cfb980a30e", "fedavg_secure_dp": "5688aaf816275c8f",
                "fedcmi": "a3dd77deccf51d66", "feddiff": "53fa88612f8f5973",
                "feddiff_augmented": "e08f74c990a67732", "ddpm_hsi": "1a5aef03220395c1",
