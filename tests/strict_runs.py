@@ -48,6 +48,8 @@ def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
     # the server scores (the digests were measured on other CPU kinds before the clients could score)
     base = {"train": {"epochs": 1, "batch_size": 8}, "num_rounds": 2, "min_clients": 1, "seed": 5,
             "eval_samples": 200, "validation": "server"}
+    feddiff = {"algorithm": "feddiff", "model": split["spec"], "client_data_dirs": [split["features_dir"]],
+               "compression": CODEC, "exchange_compression": {"rank": 4}}
     configs = {
         "fedavg": (flat, {"algorithm": "fedavg", "model": flat["spec"], "compression": CODEC,
                           "downlink_compression": CODEC, "calibration": {"virtual_per_class": 20, "steps": 20}}),
@@ -58,15 +60,10 @@ def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
                                     "privacy": {"noise_multiplier": 0.5, "clipping_norm": 5.0, "clipping": "client",
                                                 "deterministic_noise": True}}),
         "fedcmi": (flat, {"algorithm": "fedcmi", "model": {**flat["spec"], "width": 8, "dim": 16}}),
-        "feddiff": (split, {"algorithm": "feddiff", "model": split["spec"], "client_data_dirs": [split["features_dir"]],
-                            "compression": CODEC, "exchange_compression": {"rank": 4},
-                            "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        "feddiff": (split, {**feddiff, "calibration": {"virtual_per_class": 20, "steps": 20}}),
         # dihedral augmentation: integer draws and exact copies (rot90, flip), so no kernel choice should
         # enter — this digest is what shows it, on patches, features and the partner's maps alike
-        "feddiff_augmented": (split, {"algorithm": "feddiff", "model": split["spec"],
-                                      "client_data_dirs": [split["features_dir"]], "compression": CODEC,
-                                      "exchange_compression": {"rank": 4},
-                                      "train": {**base["train"], "augment": "dihedral"}}),
+        "feddiff_augmented": (split, {**feddiff, "train": {**base["train"], "augment": "dihedral"}}),
         "ddpm_hsi": (split, {"algorithm": "ddpm_hsi", "num_rounds": 1, "train": {"epochs": 1, "batch_size": 16},
                              "model": {"in_channels": int(split["test"]["hsi"].shape[1]), "base_channels": 8,
                                        "steps": 50}}),
@@ -74,9 +71,11 @@ def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
     unknown = (only or set()) - {*configs, "ddpm_features"}
     if unknown:
         raise SystemExit(f"strict_runs: no run named {sorted(unknown)}; the runs are {[*configs, 'ddpm_features']}")
+    if only and "ddpm_features" in only:  # the features need the DDPM round
+        only = only | {"ddpm_hsi"}
     out = {}
     for name, (fed, overrides) in configs.items():
-        if only and name not in only and not (name == "ddpm_hsi" and "ddpm_features" in only):
+        if only and name not in only:
             continue
         cfg = FederatedConfig.from_dict({**base, "partition_dir": fed["dir"], **overrides})
         result = run_rounds(FakeGrid(fed["num_clients"]), cfg, fed["test"], fed["num_clients"])

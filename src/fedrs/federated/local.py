@@ -203,8 +203,8 @@ def dihedral(x: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"dihedral augmentation needs square (N, C, S, S) samples; got shape {tuple(x.shape)}")
     if len(elements) != len(x):
         raise ValueError(f"dihedral augmentation: {len(elements)} elements for {len(x)} samples")
-    if elements.is_floating_point() or elements.is_complex() or (len(elements) and not
-                                                                  0 <= int(elements.min()) <= int(elements.max()) < 8):
+    integers = not (elements.is_floating_point() or elements.is_complex())
+    if not integers or (len(elements) and not 0 <= int(elements.min()) <= int(elements.max()) < 8):
         raise ValueError(f"dihedral augmentation: elements must be integers 0-7; got {elements.tolist()[:8]}")
     n, c, size = x.shape[0], x.shape[1], x.shape[-1]
     source = _dihedral_permutations(size)[elements.cpu().long()].to(x.device)  # indexing copies the cached table
