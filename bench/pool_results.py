@@ -10,7 +10,10 @@ measured before a default changed: ``...:feddiff=feddiff, LiDAR DDPM``); a run o
 seed in a later source replaces an earlier one. Nothing is re-run: the table is
 ``real_scene_results.summary`` over the pooled rows. ``--mean-over-folds`` first makes each
 algorithm's runs of one seed (its validation folds; a run without a fold is fold 0) one row, every
-measure their mean, so the pairing is by seed over several validation folds.
+measure their mean, so the pairing is by seed over several validation folds. The validation OA is
+pooled instead where every run of the seed says how many pixels it validated (``val_pixels``): the
+OA over all the folds' held-out pixels together, each fold weighted by its pixels — with all k folds
+of a k-fold split, every training pixel scored once by a model that never trained on its blob.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def mean_over_folds(rows: list[dict]) -> list[dict]:
         for measure in MEASURES:
             values = [r[measure] for r in runs if r.get(measure) is not None]
             merged[measure] = statistics.mean(values) if values else None
+        if all(r.get("val_pixels") and r.get("val_oa_final") is not None for r in runs):
+            # folds of whole ROIs differ in size (119–227 pixels here): a mean of their OAs would weigh a
+            # pixel of a small fold more than one of a large fold
+            pixels = sum(r["val_pixels"] for r in runs)
+            merged["val_oa_final"] = sum(r["val_oa_final"] * r["val_pixels"] for r in runs) / pixels
+            merged["val_pixels"] = pixels
         out.append(merged)
     return out
 
@@ -75,8 +84,9 @@ def main() -> None:
                              "folds for every algorithm and seed")
     save(f"real_scene_{args.name}", {"sources": args.sources, "rows": rows},
          [f"Pooled from {', '.join(f'`{s}`' for s in args.sources)} (no run repeated)"
-          + (f"; each seed's runs averaged over validation folds {rows[0]['folds']}." if args.mean_over_folds
-             else ".")] + [""]
+          + (f"; each seed's runs averaged over validation folds {rows[0]['folds']}"
+             + (" (validation OA pooled over the folds' pixels)" if all(r.get("val_pixels") for r in rows)
+                else "") + "." if args.mean_over_folds else ".")] + [""]
          + summary(rows, args.scene, args.reference))
 
 

@@ -58,6 +58,7 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
     return {"algorithm": label or algorithm, "params": params, "seed": seed,
             "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
             "val_oa_final": metrics.get("validation", {}).get("oa"),
+            "val_pixels": metrics.get("validation", {}).get("num_samples"),
             "per_class": metrics.get("per_class"), "variants": metrics.get("variants"),
             "mb_sent": run_.get("bytes_sent", 0) / 1e6, "mb_dense": run_.get("bytes_dense", 0) / 1e6,
             "train_loss": [r.get("train_loss") for r in run_.get("rounds", [])],

@@ -122,6 +122,18 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     assert averaged["fedavg", 2]["folds"] == [0, 1] and averaged["fedavg", 2]["oa"] == pytest.approx(0.81)
     # feddiff − fedavg per seed: 0.70 − 0.70 and 0.72 − 0.81
     assert "feddiff is level with fedavg (-4.5 points" in (tmp_path / "real_scene_folds.md").read_text()
+    # runs that say how many pixels they validated: the seed's validation OA is pooled over those pixels
+    sized = [{**run("feddiff", seed, 0.0), "val_oa_final": val, "val_pixels": pixels, "fold": fold}
+             for seed in (1, 2) for fold, val, pixels in ((0, 0.90, 100), (1, 0.60, 300))]
+    (tmp_path / "s.json").write_text(json.dumps({"rows": sized}))
+    weighted = subprocess.run(command[:3] + ["sized", *command[4:6], "--mean-over-folds", "s:feddiff"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert weighted.returncode == 0, weighted.stderr[-2000:]
+    pooled_val = json.loads((tmp_path / "real_scene_sized.json").read_text())["rows"]
+    assert [r["val_oa_final"] for r in pooled_val] == [pytest.approx(0.675)] * 2  # not the folds' mean 0.75
+    assert [r["val_pixels"] for r in pooled_val] == [400, 400]
+    assert "pooled over the folds' pixels" in (tmp_path / "real_scene_sized.md").read_text()
+    assert "pooled over" not in (tmp_path / "real_scene_folds.md").read_text()
     uneven = subprocess.run(command[:3] + ["uneven", *command[4:6], "--mean-over-folds", "a:feddiff", "f:feddiff",
                                            "a:fedavg"], env=env, capture_output=True, text=True, timeout=120)
     assert uneven.returncode != 0 and "cover different folds" in uneven.stderr
