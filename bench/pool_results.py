@@ -6,7 +6,8 @@ of one sitting and seeds 6–10 of another, for the same algorithms at the same 
 
 Each source is ``FILE:ALGORITHM`` (a results file under bench/results without ``.json``, and the row
 name in it), or ``FILE:ALGORITHM=LABEL`` to list its runs under another name (the same settings
-measured before a default changed: ``...:feddiff=feddiff, LiDAR DDPM``); a run of the same row and
+measured before a default changed: ``...:feddiff=feddiff, LiDAR DDPM``); ``--seeds`` keeps only those
+seeds; a run of the same row and
 seed in a later source replaces an earlier one. Nothing is re-run: the table is
 ``real_scene_results.summary`` over the pooled rows. ``--mean-over-folds`` first makes each
 algorithm's runs of one seed (its validation folds; a run without a fold is fold 0) one row, every
@@ -26,13 +27,13 @@ from common import RESULTS, save
 from real_scene_results import key, summary
 
 
-def pooled(sources: list[str]) -> list[dict]:
+def pooled(sources: list[str], seeds: set[int] | None = None) -> list[dict]:
     rows: dict[tuple, dict] = {}
     for source in sources:
         name, _, wanted = source.partition(":")
         algorithm, _, label = wanted.partition("=")
         found = [r for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]
-                 if r["algorithm"] == algorithm and "error" not in r]
+                 if r["algorithm"] == algorithm and "error" not in r and (seeds is None or r["seed"] in seeds)]
         if not found:
             raise SystemExit(f"{name}.json has no run of {algorithm!r}")
         for row in found:
@@ -73,9 +74,11 @@ def main() -> None:
     parser.add_argument("--reference", default="feddiff")
     parser.add_argument("--mean-over-folds", action="store_true",
                         help="pair by seed, each seed's runs averaged over their validation folds")
+    parser.add_argument("--seeds", default="", help="only these seeds (comma-separated), e.g. to pair with a "
+                        "shorter series")
     parser.add_argument("sources", nargs="+", help="FILE:ALGORITHM or FILE:ALGORITHM=LABEL")
     args = parser.parse_args()
-    rows = pooled(args.sources)
+    rows = pooled(args.sources, {int(s) for s in args.seeds.split(",")} if args.seeds else None)
     if args.mean_over_folds:
         rows = mean_over_folds(rows)
         folds = sorted({tuple(r["folds"]) for r in rows})

@@ -137,6 +137,10 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     uneven = subprocess.run(command[:3] + ["uneven", *command[4:6], "--mean-over-folds", "a:feddiff", "f:feddiff",
                                            "a:fedavg"], env=env, capture_output=True, text=True, timeout=120)
     assert uneven.returncode != 0 and "cover different folds" in uneven.stderr
+    some = subprocess.run(command[:3] + ["some", *command[4:6], "--seeds", "1,3", *command[6:]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert some.returncode == 0, some.stderr[-2000:]
+    assert sorted({r["seed"] for r in json.loads((tmp_path / "real_scene_some.json").read_text())["rows"]}) == [1, 3]
     missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
     # a seed run again in a later source replaces the earlier run
