@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -255,3 +256,23 @@ def test_the_gpu_bench_measures_each_models_local_update():
     for name in ("FedDiff classifier (both branches)", "DDPM HSI, C = 32 (default)"):
         row = bench_gpu.measure(name, "cpu", "fp32", samples=16, epochs=1)
         assert row["samples_per_s"] > 0 and math.isfinite(row["train_loss"]) and row["gpu_peak_mb"] is None
+
+
+def test_split_distances_put_strips_beside_their_roi_and_whole_rois_away_from_their_class():
+    """bench/split_distances.py on a hand-made class of two ROIs 20 pixels apart: a strip's pixels sit
+    next to the training strips of its own ROI, a held-out whole ROI 21 pixels or more from the other,
+    and the test pixel between them 10 or 11 pixels from whichever ROI trained."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from split_distances import distances_to_own_class, split_distances
+
+    train = np.zeros((5, 40), np.int64)
+    test = np.zeros_like(train)
+    train[0:3, 0:10] = 1
+    train[0:3, 30:32] = 1
+    test[1, 20] = 1
+    assert distances_to_own_class(train, test).tolist() == [10.0]
+    assert distances_to_own_class(np.zeros_like(train), test).size == 0  # a class nobody trained on is left out
+    strips = split_distances(train, test, "strips", [1, 2, 3], [0, 1], validation_fraction=0.5)
+    rois = split_distances(train, test, "rois", [1, 2, 3], [0, 1], validation_fraction=0.5)
+    assert strips["validation_within_3"] >= 0.5 and rois["validation_within_3"] == 0.0
+    assert rois["validation_median"] > 20 and rois["test_median"] == pytest.approx(10.5)
