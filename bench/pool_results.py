@@ -58,8 +58,8 @@ def mean_over_folds(rows: list[dict]) -> list[dict]:
             values = [r[measure] for r in runs if r.get(measure) is not None]
             merged[measure] = statistics.mean(values) if values else None
         if all(r.get("val_pixels") and r.get("val_oa_final") is not None for r in runs):
-            # folds of whole ROIs differ in size (119–227 pixels here): a mean of their OAs would weigh a
-            # pixel of a small fold more than one of a large fold
+            # folds of whole ROIs differ in size (100–227 pixels on the Houston development scene): a mean
+            # of their OAs would weigh a pixel of a small fold more than one of a large fold
             pixels = sum(r["val_pixels"] for r in runs)
             merged["val_oa_final"] = sum(r["val_oa_final"] * r["val_pixels"] for r in runs) / pixels
             merged["val_pixels"] = pixels
