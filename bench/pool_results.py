@@ -32,14 +32,32 @@ def pooled(sources: list[str], seeds: set[int] | None = None) -> list[dict]:
     for source in sources:
         name, _, wanted = source.partition(":")
         algorithm, _, label = wanted.partition("=")
-        found = [r for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        found = [r for r in result["rows"]
                  if r["algorithm"] == algorithm and "error" not in r and (seeds is None or r["seed"] in seeds)]
         if not found:
             raise SystemExit(f"{name}.json has no run of {algorithm!r}")
+        cpu = result.get("machine", "").split(",")[0] or None  # the CPU model of common.machine()
         for row in found:
-            row = {**row, "algorithm": label or algorithm, "source": name}
+            row = {**row, "algorithm": label or algorithm, "source": name, "cpu": cpu}
             rows[key(row)] = row
     return list(rows.values())
+
+
+def cpu_kinds_note(rows: list[dict]) -> list[str]:
+    """A warning where the pooled runs come from more than one CPU model: outside strict mode the kernels
+    round otherwise on each, and on Houston the same 25 FedDiff runs scored 2.0 validation points apart
+    (+0.7 … +3.4) between an Intel Xeon and an AMD EPYC — the size of the differences these tables test."""
+    kinds: dict[str, set[str]] = {}
+    for row in rows:
+        if row.get("cpu"):
+            kinds.setdefault(row["cpu"], set()).add(row["algorithm"])
+    if len(kinds) < 2:
+        return []
+    where = "; ".join(f"{cpu}: {', '.join(sorted(algorithms))}" for cpu, algorithms in sorted(kinds.items()))
+    return [f"**Runs from {len(kinds)} CPU kinds** ({where}): outside strict mode the same settings score "
+            "differently on each (docs/reproducibility.md), so these pairs compare machines as well as "
+            "settings.", ""]
 
 
 MEASURES = ("oa", "aa", "kappa", "val_oa_final", "mb_sent", "mb_dense", "training_seconds")
@@ -79,6 +97,9 @@ def main() -> None:
     parser.add_argument("sources", nargs="+", help="FILE:ALGORITHM or FILE:ALGORITHM=LABEL")
     args = parser.parse_args()
     rows = pooled(args.sources, {int(s) for s in args.seeds.split(",")} if args.seeds else None)
+    mixed = cpu_kinds_note(rows)
+    if mixed:
+        print(mixed[0])
     if args.mean_over_folds:
         rows = mean_over_folds(rows)
         folds = sorted({tuple(r["folds"]) for r in rows})
@@ -89,7 +110,7 @@ def main() -> None:
          [f"Pooled from {', '.join(f'`{s}`' for s in args.sources)} (no run repeated)"
           + (f"; each seed's runs averaged over validation folds {rows[0]['folds']}"
              + (" (validation OA pooled over the folds' pixels)" if all(r.get("val_pixels") for r in rows)
-                else "") + "." if args.mean_over_folds else ".")] + [""]
+                else "") + "." if args.mean_over_folds else ".")] + [""] + mixed
          + summary(rows, args.scene, args.reference))
 
 

@@ -138,6 +138,18 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
     uneven = subprocess.run(command[:3] + ["uneven", *command[4:6], "--mean-over-folds", "a:feddiff", "f:feddiff",
                                            "a:fedavg"], env=env, capture_output=True, text=True, timeout=120)
     assert uneven.returncode != 0 and "cover different folds" in uneven.stderr
+    # runs measured on two CPU models: the table says so (outside strict mode they are not clean pairs)
+    for name, rows, cpu in (("x", first, "Intel(R) Xeon(R) Processor"), ("e", first, "AMD EPYC")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"machine": f"{cpu}, 2 cores, torch", "rows": rows}))
+    mixed = subprocess.run(command[:3] + ["mixed", *command[4:6], "x:feddiff", "e:fedavg"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert mixed.returncode == 0, mixed.stderr[-2000:]
+    note = "**Runs from 2 CPU kinds** (AMD EPYC: fedavg; Intel(R) Xeon(R) Processor: feddiff)"
+    assert note in (tmp_path / "real_scene_mixed.md").read_text() and note in mixed.stdout
+    same = subprocess.run(command[:3] + ["same", *command[4:6], "x:feddiff", "x:fedavg"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert same.returncode == 0 and "CPU kinds" not in (tmp_path / "real_scene_same.md").read_text()
+    assert "CPU kinds" not in (tmp_path / "real_scene_pooled.md").read_text()  # files that name no machine
     some = subprocess.run(command[:3] + ["some", *command[4:6], "--seeds", "1,3", *command[6:]], env=env,
                           capture_output=True, text=True, timeout=120)
     assert some.returncode == 0, some.stderr[-2000:]
