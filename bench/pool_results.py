@@ -97,9 +97,7 @@ def main() -> None:
     parser.add_argument("sources", nargs="+", help="FILE:ALGORITHM or FILE:ALGORITHM=LABEL")
     args = parser.parse_args()
     rows = pooled(args.sources, {int(s) for s in args.seeds.split(",")} if args.seeds else None)
-    mixed = cpu_kinds_note(rows)
-    if mixed:
-        print(mixed[0])
+    mixed = cpu_kinds_note(rows)  # before the fold means, which keep no source
     if args.mean_over_folds:
         rows = mean_over_folds(rows)
         folds = sorted({tuple(r["folds"]) for r in rows})
