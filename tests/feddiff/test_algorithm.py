@@ -233,6 +233,23 @@ def test_present_classes_only_leaves_the_other_sites_classes_alone(rng):
     assert torch.equal(moved[True][2:], torch.zeros(2)) and (moved[True][:2] > 0).all()
 
 
+def test_the_consistency_target_reaches_the_client_update(rng):
+    """Through a real client update: the detached target trains another model than the spec's loss,
+    and a misspelt target is refused before any training."""
+    alg = get_algorithm("feddiff_centralized")
+    data = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    states = {}
+    for target in ("joint", "detached"):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        alg.client_update(model, data, ("hsi", "lidar"), {"epochs": 1, "batch_size": 10, "optimizer": "sgd",
+                                                          "consistency_target": target}, seed=0)
+        states[target] = model.head1.net[-2].weight.detach().clone()
+    assert not torch.allclose(states["joint"], states["detached"])
+    with pytest.raises(ValueError, match="consistency_target 'both'"):
+        alg.client_update(alg.build_model(SPEC), data, ("hsi", "lidar"), {"consistency_target": "both"}, seed=0)
+
+
 def test_logit_adjustment_moves_the_clients_prior_into_its_logits(rng):
     from fedrs.feddiff.algorithm import prior_adjustment
 

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from fedrs.feddiff.classifier import FR, FedDiffClassifier, FedDiffSpec, Head, conv_weight_penalty, feddiff_loss
+from fedrs.feddiff.classifier import (
+    FR,
+    FedDiffClassifier,
+    FedDiffSpec,
+    Head,
+    conv_weight_penalty,
+    feddiff_loss,
+    feddiff_loss_terms,
+)
 
 
 def spec(**kw):
@@ -48,6 +56,28 @@ def test_loss_with_a_weight_term_that_acts():
     with_decay.backward()
     conv = model.hsi_branch.layer1[0].weight
     assert conv.grad is not None and conv.grad.abs().sum() > 0
+
+
+def test_a_detached_consistency_target_keeps_o1_out_of_the_consistency():
+    """joint: the heads' consistency pulls o1 toward o2 and o3; detached: the same value, but o1's
+    gradient is the cross-entropy's alone while o2 and o3 still learn to match o1."""
+    torch.manual_seed(0)
+    base = [torch.randn(6, 5) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    grads, values = {}, {}
+    for target in ("joint", "detached"):
+        outs = [o.clone().requires_grad_(True) for o in base]
+        ce, consistency = feddiff_loss_terms(tuple(outs), y, target)
+        values[target] = (ce.item(), consistency.item())
+        consistency.backward()
+        grads[target] = [o.grad for o in outs]
+    assert values["joint"] == values["detached"]
+    assert grads["joint"][0].abs().sum() > 0
+    assert grads["detached"][0] is None  # o1 takes no gradient from the consistency
+    for k in (1, 2):
+        torch.testing.assert_close(grads["detached"][k], grads["joint"][k])
+    with pytest.raises(ValueError, match="consistency_target 'stop'"):
+        feddiff_loss_terms(tuple(base), y, "stop")
 
 
 def test_the_centre_path_feeds_the_classified_pixel_into_cnn():

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from fedrs.config import from_mapping
-from fedrs.feddiff.classifier import FedDiffClassifier, FedDiffSpec, conv_weight_penalty, feddiff_loss_terms
+from fedrs.feddiff.classifier import (
+    CONSISTENCY_TARGETS,
+    FedDiffClassifier,
+    FedDiffSpec,
+    conv_weight_penalty,
+    feddiff_loss_terms,
+)
 from fedrs.feddiff.ddpm import diffusion_feature_bundle, unet_input
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
 from fedrs.federated.algorithm_base import ClassifierAlgorithm, Modalities, inference_config, layer_inputs
@@ -45,8 +51,12 @@ class FedDiffTraining:
     exchange_bn: str = "eval"              # BatchNorm of the outputs sent to the partner: eval | train
     present_classes_only: bool = False     # cross-entropy over the classes the client holds
     logit_adjustment: float = 0.0          # τ: train on logits + τ·log(client's class prior) (logit calibration)
+    consistency_target: str = "joint"      # joint: the spec's consistency, its gradient into o1 too | detached
 
     def __post_init__(self) -> None:
+        if self.consistency_target not in CONSISTENCY_TARGETS:
+            raise ValueError(f"feddiff: consistency_target {self.consistency_target!r}; expected one of "
+                             f"{list(CONSISTENCY_TARGETS)}")
         if self.weight_term_mode not in ("loss", "decoupled"):
             raise ValueError(f"feddiff: weight_term_mode {self.weight_term_mode!r}; expected 'loss' or 'decoupled'")
         if self.exchange_bn not in ("eval", "train"):
@@ -201,7 +211,7 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
                 outs = (outs[0].masked_fill(absent.to(outs[0].device), float("-inf")), *outs[1:])
             if adjustment is not None:
                 outs = tuple(o + adjustment.to(o.device) for o in outs)
-            ce, consistency = feddiff_loss_terms(outs, batch.take(labels, torch.long))
+            ce, consistency = feddiff_loss_terms(outs, batch.take(labels, torch.long), own.consistency_target)
             penalty = conv_weight_penalty(weights=conv_weights) if conv_weights else ce.new_zeros(())
             value = ce + consistency + weight_term * penalty
             return value, {"ce": float(ce.detach()), "consistency": float(consistency.detach()),
