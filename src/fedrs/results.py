@@ -53,7 +53,7 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
     return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state, **extra}
 
 
-ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_conv_weight_norm2",
+ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_unimodal_ce", "train_conv_weight_norm2",
               "train_infiltration_loss", "val_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up",
               "bytes_down", "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_loss_growing_rounds",
               "val_oa_before_statistics", "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std",

@@ -250,6 +250,25 @@ def test_the_consistency_target_reaches_the_client_update(rng):
         alg.client_update(alg.build_model(SPEC), data, ("hsi", "lidar"), {"consistency_target": "both"}, seed=0)
 
 
+def test_unimodal_cross_entropy_trains_the_unimodal_heads_on_the_labels(rng):
+    """μ > 0 adds CE(o2) + CE(o3): the HSI-only head (head2) moves otherwise than under the spec's
+    loss, and the client reports the unimodal heads' cross-entropy either way."""
+    alg = get_algorithm("feddiff_centralized")
+    data = {**client(rng, "hsi"), **{k: v for k, v in client(rng, "lidar").items() if k != "labels"}}
+    states, reports = {}, {}
+    for mu in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = alg.build_model(SPEC)
+        _, reports[mu] = alg.client_update(model, data, ("hsi", "lidar"), {"epochs": 1, "batch_size": 10,
+                                                                            "optimizer": "sgd", "unimodal_ce": mu},
+                                              seed=0)
+        states[mu] = model.head2.net[-2].weight.detach().clone()
+    assert not torch.allclose(states[0.0], states[1.0])
+    assert reports[0.0]["unimodal_ce"] > 0 and reports[1.0]["unimodal_ce"] > 0
+    with pytest.raises(ValueError, match="unimodal_ce -1"):
+        alg.client_update(alg.build_model(SPEC), data, ("hsi", "lidar"), {"unimodal_ce": -1.0}, seed=0)
+
+
 def test_logit_adjustment_moves_the_clients_prior_into_its_logits(rng):
     from fedrs.feddiff.algorithm import prior_adjustment
 

@@ -11,6 +11,7 @@ from fedrs.feddiff.classifier import (
     conv_weight_penalty,
     feddiff_loss,
     feddiff_loss_terms,
+    unimodal_cross_entropy,
 )
 
 
@@ -78,6 +79,15 @@ def test_a_detached_consistency_target_keeps_o1_out_of_the_consistency():
         torch.testing.assert_close(grads["detached"][k], grads["joint"][k])
     with pytest.raises(ValueError, match="consistency_target 'stop'"):
         feddiff_loss_terms(tuple(base), y, "stop")
+
+
+def test_unimodal_cross_entropy_scores_the_unimodal_heads_against_the_labels():
+    y = torch.tensor([0, 1, 2])
+    right = torch.eye(5)[y] * 20.0
+    wrong = torch.eye(5)[(y + 1) % 5] * 20.0
+    assert unimodal_cross_entropy((wrong, right, right), y).item() < 1e-6  # o1 takes no part
+    assert unimodal_cross_entropy((right, wrong, right), y).item() == pytest.approx(20.0, abs=1e-3)
+    assert unimodal_cross_entropy((right, wrong, wrong), y).item() == pytest.approx(40.0, abs=1e-3)
 
 
 def test_the_centre_path_feeds_the_classified_pixel_into_cnn():

@@ -24,6 +24,7 @@ from fedrs.feddiff.classifier import (
     FedDiffSpec,
     conv_weight_penalty,
     feddiff_loss_terms,
+    unimodal_cross_entropy,
 )
 from fedrs.feddiff.ddpm import diffusion_feature_bundle, unet_input
 from fedrs.feddiff.unet import DiffusionUNet, UNetSpec
@@ -52,8 +53,11 @@ class FedDiffTraining:
     present_classes_only: bool = False     # cross-entropy over the classes the client holds
     logit_adjustment: float = 0.0          # τ: train on logits + τ·log(client's class prior) (logit calibration)
     consistency_target: str = "joint"      # joint: the spec's consistency, its gradient into o1 too | detached
+    unimodal_ce: float = 0.0               # μ: adds μ·(CE(o2, y) + CE(o3, y)), the unimodal heads against the labels
 
     def __post_init__(self) -> None:
+        if self.unimodal_ce < 0:
+            raise ValueError(f"feddiff: unimodal_ce {self.unimodal_ce}; expected a weight ≥ 0")
         if self.consistency_target not in CONSISTENCY_TARGETS:
             raise ValueError(f"feddiff: consistency_target {self.consistency_target!r}; expected one of "
                              f"{list(CONSISTENCY_TARGETS)}")
@@ -211,11 +215,15 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
                 outs = (outs[0].masked_fill(absent.to(outs[0].device), float("-inf")), *outs[1:])
             if adjustment is not None:
                 outs = tuple(o + adjustment.to(o.device) for o in outs)
-            ce, consistency = feddiff_loss_terms(outs, batch.take(labels, torch.long), own.consistency_target)
+            y = batch.take(labels, torch.long)
+            ce, consistency = feddiff_loss_terms(outs, y, own.consistency_target)
+            unimodal = unimodal_cross_entropy(outs, y)  # logged always: how well each modality alone classifies
             penalty = conv_weight_penalty(weights=conv_weights) if conv_weights else ce.new_zeros(())
             value = ce + consistency + weight_term * penalty
+            if own.unimodal_ce:
+                value = value + own.unimodal_ce * unimodal
             return value, {"ce": float(ce.detach()), "consistency": float(consistency.detach()),
-                           "conv_weight_norm2": float(penalty.detach())}
+                           "unimodal_ce": float(unimodal.detach()), "conv_weight_norm2": float(penalty.detach())}
 
         return Objective(int(len(labels)), loss, cfg, trainable, keys)
 

@@ -212,6 +212,13 @@ def feddiff_loss_terms(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     return F.cross_entropy(o1, labels), consistency
 
 
+def unimodal_cross_entropy(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor
+                           ) -> torch.Tensor:
+    """CE(o2, y) + CE(o3, y): the HSI-only and LiDAR-only heads against the labels (FedCMI's
+    per-modality classifier losses, which the spec's FedDiff has not: there they learn only to match o1)."""
+    return F.cross_entropy(outputs[1].float(), labels) + F.cross_entropy(outputs[2].float(), labels)
+
+
 def feddiff_loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor,
                  model: nn.Module | None = None, weight_decay: float = 0.01) -> torch.Tensor:
     """CE(o1, y) + mean((o2 − o1)²) + mean((o3 − o1)²) + λ·Σ‖W‖² over conv weights."""
