@@ -90,6 +90,26 @@ def test_unimodal_cross_entropy_scores_the_unimodal_heads_against_the_labels():
     assert unimodal_cross_entropy((right, wrong, wrong), y).item() == pytest.approx(40.0, abs=1e-3)
 
 
+def test_a_spectral_stem_maps_the_bands_pointwise_before_the_hsi_branch():
+    torch.manual_seed(0)
+    plain, stemmed = FedDiffClassifier(spec(use_diffusion=False)), FedDiffClassifier(spec(use_diffusion=False,
+                                                                                          spectral_stem=4))
+    assert not hasattr(plain.hsi_branch, "spectral") and not hasattr(stemmed.lidar_branch, "spectral")
+    assert stemmed.hsi_branch.layer1[0].in_channels == 4 and plain.hsi_branch.layer1[0].in_channels == 7
+    extra = sum(p.numel() for p in stemmed.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (7 * 4 + 4 + 2 * 4) + (4 - 7) * 16 * 9  # the 1×1 conv and its BatchNorm; a narrower layer1
+    stemmed.eval()
+    hsi = torch.randn(3, 7, 8, 8)
+    outs = stemmed(hsi, torch.randn(3, 1, 8, 8))
+    assert all(o.shape == (3, 5) for o in outs)
+    # pointwise: a band pattern moved to another position gives the stem's same output there
+    mapped = stemmed.hsi_branch.spectral(hsi)
+    rolled = stemmed.hsi_branch.spectral(hsi.roll(1, dims=3))
+    torch.testing.assert_close(rolled, mapped.roll(1, dims=3))
+    with pytest.raises(ValueError, match="spectral_stem -1"):
+        spec(spectral_stem=-1)
+
+
 def test_the_centre_path_feeds_the_classified_pixel_into_cnn():
     from fedrs.feddiff.classifier import PatchBranch
 

@@ -49,8 +49,12 @@ class FedDiffSpec:
     unet_size: int = 8                 # patch side the branches see (the U-Net's input size)
     norm: str = "batch"                # batch (FedFusion's code) | group (no running statistics)
     centre_path: bool = False          # add the centre pixel's own features to cnn_m
+    spectral_stem: int = 0             # K > 0: a 1×1 convolution to K channels in front of the HSI branch
 
     def __post_init__(self) -> None:
+        if self.spectral_stem < 0:
+            raise ValueError(f"FedDiff classifier spectral_stem {self.spectral_stem}; expected 0 (none) or a "
+                             "number of channels > 0")
         unknown = set(self.diffusion_modalities) - {"hsi", "lidar"}
         if unknown:
             raise ValueError(f"FedDiff classifier diffusion_modalities {list(self.diffusion_modalities)}: "
@@ -81,12 +85,14 @@ class PatchBranch(nn.Module):
     """One modality's patch CNN, diffusion stem and diffusion-enhanced path."""
 
     def __init__(self, in_channels: int, feature_channels: int, use_diffusion: bool, norm: str = "batch",
-                 centre_path: bool = False):
+                 centre_path: bool = False, spectral_stem: int = 0):
         super().__init__()
         if centre_path:  # the pixel being classified, straight into cnn_m: pooling blurs it into its neighbours
             self.centre = nn.Sequential(*_conv_bn(in_channels, 128, 1, norm), nn.ReLU(inplace=True))
+        if spectral_stem:  # one spectral mapping shared by every position before anything mixes space
+            self.spectral = nn.Sequential(*_conv_bn(in_channels, spectral_stem, 1, norm), nn.ReLU(inplace=True))
         self.use_diffusion = use_diffusion
-        self.layer1 = nn.Sequential(*_conv_bn(in_channels, 16, 3, norm), nn.ReLU(inplace=True))
+        self.layer1 = nn.Sequential(*_conv_bn(spectral_stem or in_channels, 16, 3, norm), nn.ReLU(inplace=True))
         self.layer2 = nn.Sequential(*_conv_bn(16, 32, 1, norm), nn.MaxPool2d(2), nn.ReLU(inplace=True))
         self.layer3 = nn.Sequential(*_conv_bn(32, 64, 3, norm), nn.ReLU(inplace=True))
         self.layer4 = nn.Sequential(*_conv_bn(64, 128, 1, norm), nn.MaxPool2d(2), nn.ReLU(inplace=True))
@@ -97,7 +103,7 @@ class PatchBranch(nn.Module):
                                       nn.ReLU(inplace=True))
 
     def forward(self, patch: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        third = self.layer3(self.layer2(self.layer1(patch)))
+        third = self.layer3(self.layer2(self.layer1(self.spectral(patch) if hasattr(self, "spectral") else patch)))
         cnn = self.layer4(third)
         if hasattr(self, "centre"):
             h, w = patch.shape[-2:]
@@ -147,7 +153,7 @@ class FedDiffClassifier(nn.Module):
         both = set(spec.modalities) == {"hsi", "lidar"}
         if "hsi" in spec.modalities:
             self.hsi_branch = PatchBranch(spec.hsi_channels, spec.hsi_feature_channels, spec.diffuses("hsi"),
-                                          spec.norm, spec.centre_path)
+                                          spec.norm, spec.centre_path, spec.spectral_stem)
             self.fr2, self.head2 = FR(), Head(spec.num_classes, norm=spec.norm)
         if "lidar" in spec.modalities:
             self.lidar_branch = PatchBranch(spec.lidar_channels, spec.lidar_feature_channels, spec.diffuses("lidar"),
