@@ -68,7 +68,7 @@ def test_a_detached_consistency_target_keeps_o1_out_of_the_consistency():
     grads, values = {}, {}
     for target in ("joint", "detached"):
         outs = [o.clone().requires_grad_(True) for o in base]
-        ce, consistency = feddiff_loss_terms(tuple(outs), y, target)
+        ce, consistency = feddiff_loss_terms(tuple(outs), y, detach_target=target == "detached")
         values[target] = (ce.item(), consistency.item())
         consistency.backward()
         grads[target] = [o.grad for o in outs]
@@ -77,8 +77,10 @@ def test_a_detached_consistency_target_keeps_o1_out_of_the_consistency():
     assert grads["detached"][0] is None  # o1 takes no gradient from the consistency
     for k in (1, 2):
         torch.testing.assert_close(grads["detached"][k], grads["joint"][k])
-    with pytest.raises(ValueError, match="consistency_target 'stop'"):
-        feddiff_loss_terms(tuple(base), y, "stop")
+    from fedrs.feddiff.algorithm import FedDiffTraining
+
+    with pytest.raises(ValueError, match="consistency_target 'stop'"):  # the config is where it is checked
+        FedDiffTraining(consistency_target="stop")
 
 
 def test_unimodal_cross_entropy_scores_the_unimodal_heads_against_the_labels():

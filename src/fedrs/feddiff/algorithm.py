@@ -19,7 +19,6 @@ from torch import nn
 
 from fedrs.config import from_mapping
 from fedrs.feddiff.classifier import (
-    CONSISTENCY_TARGETS,
     FedDiffClassifier,
     FedDiffSpec,
     conv_weight_penalty,
@@ -40,6 +39,7 @@ from fedrs.federated.local import (
 )
 
 MODALITIES = ("hsi", "lidar")
+CONSISTENCY_TARGETS = ("joint", "detached")
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class FedDiffAlgorithm(ClassifierAlgorithm):
             if adjustment is not None:
                 outs = tuple(o + adjustment.to(o.device) for o in outs)
             y = batch.take(labels, torch.long)
-            ce, consistency = feddiff_loss_terms(outs, y, own.consistency_target)
+            ce, consistency = feddiff_loss_terms(outs, y, detach_target=own.consistency_target == "detached")
             unimodal = unimodal_cross_entropy(outs, y)  # logged always: how well each modality alone classifies
             penalty = conv_weight_penalty(weights=conv_weights) if conv_weights else ce.new_zeros(())
             value = ce + consistency + weight_term * penalty

@@ -197,21 +197,15 @@ def conv_weight_penalty(model: nn.Module | None = None, weights: Sequence[torch.
     return torch.stack([w.float().pow(2).sum() for w in weights]).sum()
 
 
-CONSISTENCY_TARGETS = ("joint", "detached")
-
-
 def feddiff_loss_terms(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor,
-                       consistency_target: str = "joint") -> tuple[torch.Tensor, torch.Tensor]:
+                       detach_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """CE(o1, y) and the heads' consistency mean((o2 − o1)²) + mean((o3 − o1)²).
 
-    ``joint`` (the spec): the consistency's gradient reaches o1 too, pulling the fused prediction
-    toward what one modality's head can express. ``detached``: o1 is a fixed target there, so the
-    unimodal heads learn from the fused one and the fused head from the labels alone."""
-    if consistency_target not in CONSISTENCY_TARGETS:
-        raise ValueError(f"feddiff: consistency_target {consistency_target!r}; "
-                         f"expected one of {list(CONSISTENCY_TARGETS)}")
+    As the spec has it, the consistency's gradient reaches o1 too, pulling the fused prediction
+    toward what one modality's head can express. ``detach_target``: o1 is a fixed target there, so
+    the unimodal heads learn from the fused one and the fused head from the labels alone."""
     o1, o2, o3 = (o.float() for o in outputs)
-    target = o1.detach() if consistency_target == "detached" else o1
+    target = o1.detach() if detach_target else o1
     raw = torch.where(torch.isfinite(target), target, target.new_zeros(()))  # masked logits take no part in consistency
     finite = torch.isfinite(o1).float()
     consistency = (((o2 - raw) * finite).pow(2).sum() + ((o3 - raw) * finite).pow(2).sum()) / finite.sum()
