@@ -7,8 +7,9 @@ of one sitting and seeds 6–10 of another, for the same algorithms at the same 
 Each source is ``FILE:ALGORITHM`` (a results file under bench/results without ``.json``, and the row
 name in it), or ``FILE:ALGORITHM=LABEL`` to list its runs under another name (the same settings
 measured before a default changed: ``...:feddiff=feddiff, LiDAR DDPM``); ``--seeds`` keeps only those
-seeds; a run of the same row and
-seed in a later source replaces an earlier one. Nothing is re-run: the table is
+seeds; ``--confidence`` sets the paired intervals' level (0.99 for a second look at a variant
+that was level at the first, so that looking twice does not adopt a null effect more often than
+once at 95%); a run of the same row and seed in a later source replaces an earlier one. Nothing is re-run: the table is
 ``real_scene_results.summary`` over the pooled rows. ``--mean-over-folds`` first makes each
 algorithm's runs of one seed (its validation folds; a run without a fold is fold 0) one row, every
 measure their mean, so the pairing is by seed over several validation folds. The validation OA is
@@ -94,8 +95,12 @@ def main() -> None:
                         help="pair by seed, each seed's runs averaged over their validation folds")
     parser.add_argument("--seeds", default="", help="only these seeds (comma-separated), e.g. to pair with a "
                         "shorter series")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="level of the paired intervals (0.99: a second look at a variant level at the first)")
     parser.add_argument("sources", nargs="+", help="FILE:ALGORITHM or FILE:ALGORITHM=LABEL")
     args = parser.parse_args()
+    if not 0.5 < args.confidence < 1:
+        raise SystemExit(f"--confidence {args.confidence}: expected a level between 0.5 and 1, e.g. 0.95 or 0.99")
     rows = pooled(args.sources, {int(s) for s in args.seeds.split(",")} if args.seeds else None)
     mixed = cpu_kinds_note(rows)  # before the fold means, which keep no source
     if args.mean_over_folds:
@@ -109,7 +114,7 @@ def main() -> None:
           + (f"; each seed's runs averaged over validation folds {rows[0]['folds']}"
              + (" (validation OA pooled over the folds' pixels)" if all(r.get("val_pixels") for r in rows)
                 else "") + "." if args.mean_over_folds else ".")] + [""] + mixed
-         + summary(rows, args.scene, args.reference))
+         + summary(rows, args.scene, args.reference, args.confidence))
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def unit(row: dict) -> str:
     return str(row["seed"]) if row.get("fold") is None else f"{row['seed']}/f{row['fold']}"
 
 
-def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[str]:
+def summary(rows: list[dict], scene: str, reference: str = "feddiff", confidence: float = 0.95) -> list[str]:
     lines = [f"Scene `{scene}`; per algorithm mean ± standard deviation over its runs (seeds, or seed/fold "
              "under cross-validation by blob).", "",
              "| algorithm | runs | test OA | test AA | test κ | validation OA | MB sent (dense) | training s |",
@@ -147,7 +147,7 @@ def summary(rows: list[dict], scene: str, reference: str = "feddiff") -> list[st
             for algorithm, ok in ok_rows.items():
                 other = {unit(r): r[metric] for r in ok if r.get(metric) is not None}
                 if algorithm != reference and set(ref) & set(other):
-                    lines.append("- " + paired_interval(ref, other).describe(reference, algorithm,
+                    lines.append("- " + paired_interval(ref, other, confidence).describe(reference, algorithm,
                                                                              runs="runs" if folds else "seeds"))
     return lines
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -154,6 +155,19 @@ def test_pooled_results_pair_runs_from_two_sittings_by_seed(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert some.returncode == 0, some.stderr[-2000:]
     assert sorted({r["seed"] for r in json.loads((tmp_path / "real_scene_some.json").read_text())["rows"]}) == [1, 3]
+    # a second look judged at 99%: a wider interval, named as such
+    strict = subprocess.run(command[:3] + ["strict", *command[4:6], "--confidence", "0.99", *command[6:]], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 0, strict.stderr[-2000:]
+    wide, narrow = ((tmp_path / f"real_scene_{n}.md").read_text() for n in ("strict", "pooled"))
+    assert "99% interval" in wide and "95% interval" not in wide and "95% interval" in narrow
+    def low(text, level):  # the lower end of feddiff − fedavg's interval (+10.8 points in both)
+        return float(re.search(r"fedavg \(\+10\.8 points, " + level + r"% interval ([-+][\d.]+) … ", text).group(1))
+
+    assert low(wide, "99") < low(narrow, "95") < 10.8
+    bad = subprocess.run(command[:3] + ["bad", *command[4:6], "--confidence", "95", *command[6:]], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--confidence 95.0: expected a level between 0.5 and 1" in bad.stderr
     missing = subprocess.run(command[:-1] + ["b:fedcmi"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "b.json has no run of 'fedcmi'" in missing.stderr
     # a seed run again in a later source replaces the earlier run
