@@ -69,7 +69,15 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
             "oa_before_calibration": run_.get("oa_before_calibration"),
             "loss_growing_rounds": run_.get("loss_growing_rounds"),
             "val_loss_growing_rounds": run_.get("val_loss_growing_rounds"), "lost_clients": run_.get("lost_clients"),
-            "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started}
+            "training_seconds": run_.get("wall_seconds"), "command_seconds": time.perf_counter() - started,
+            # the probabilities: test cross-entropy and ECE (before temperature scaling too, where it ran), the
+            # temperature and the final model's validation loss at every T of its grid
+            "test_loss": metrics.get("loss"), "test_ece": metrics.get("ece"),
+            **{k: metrics[k] for k in ("temperature", "loss_before_temperature", "ece_before_temperature")
+               if k in metrics},
+            **{k: (run_.get("rounds") or [{}])[-1][k] for k in ("temperature_grid", "val_loss_by_temperature",
+                                                               "val_loss_before_temperature")
+               if k in (run_.get("rounds") or [{}])[-1]}}
 
 
 def main() -> None:

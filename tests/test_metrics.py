@@ -54,3 +54,22 @@ def test_rejects_out_of_range_labels():
         confusion_matrix([0, 3], [0, 1], 3)
     with pytest.raises(ValueError, match="2 labels but y_pred has 3"):
         confusion_matrix([0, 1], [0, 1, 1], 3)
+
+
+def test_expected_calibration_error_by_hand():
+    from fedrs.metrics import confidence_bin_sums, expected_calibration_error
+
+    # four pixels in two bins (of 10): 0.95 and 1.0 (right, right) in the last; 0.25 and 0.3 (right, wrong)
+    confidence = np.array([0.95, 1.0, 0.25, 0.3])
+    correct = np.array([1, 1, 1, 0])
+    bins = confidence_bin_sums(confidence, correct, bins=10)
+    assert bins[:, 9].tolist() == [2, 1.95, 2] and bins[:, 2].tolist() == [1, 0.25, 1]
+    assert bins[:, 3].tolist() == [1, 0.3, 0]
+    # |2 − 1.95| + |1 − 0.25| + |0 − 0.3| over four pixels
+    assert expected_calibration_error(bins) == pytest.approx((0.05 + 0.75 + 0.3) / 4)
+    # additive: two halves give the whole
+    halves = confidence_bin_sums(confidence[:2], correct[:2], 10) + confidence_bin_sums(confidence[2:], correct[2:], 10)
+    np.testing.assert_allclose(halves, bins)
+    assert np.isnan(expected_calibration_error(np.zeros((3, 10))))
+    with pytest.raises(ValueError, match="expected probabilities"):
+        confidence_bin_sums(np.array([1.2]), np.array([1]))

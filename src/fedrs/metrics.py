@@ -12,6 +12,9 @@ import numpy as np
 
 CONFUSION = "confusion"  # the name confusion counts go by (in reports, and on their way from a client)
 CROSS_ENTROPY = "cross_entropy_sum"  # a client's summed cross-entropy of the pixels it scored (validation)
+# the same sum with the logits divided by each temperature of a grid (temperature scaling's fit)
+CROSS_ENTROPY_BY_TEMPERATURE = "cross_entropy_by_temperature"
+CONFIDENCE_BINS = 15  # equal-width bins of the top-class probability (Guo et al., 2017)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -86,3 +89,26 @@ def confusion_report(cm: np.ndarray, class_names: list[str] | None = None) -> di
         CONFUSION: cm.tolist(),
         "num_samples": int(cm.sum()),
     }
+
+
+def confidence_bin_sums(confidence: np.ndarray, correct: np.ndarray, bins: int = CONFIDENCE_BINS) -> np.ndarray:
+    """Per equal-width bin of the top-class probability: the pixel count, the summed confidence and
+    the number predicted correctly (rows 0, 1, 2) — additive, so batches and clients add them."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    if confidence.shape != correct.shape:
+        raise ValueError(f"confidence has {confidence.size} values but correct has {correct.size}")
+    if confidence.size and (np.nanmin(confidence) < 0 or np.nanmax(confidence) > 1):
+        raise ValueError(f"confidence holds values {confidence.min()}..{confidence.max()}; expected probabilities")
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)  # 1.0 falls in the last bin
+    return np.stack([np.bincount(index, minlength=bins).astype(np.float64),
+                     np.bincount(index, weights=confidence, minlength=bins),
+                     np.bincount(index, weights=correct, minlength=bins)])
+
+
+def expected_calibration_error(bin_sums: np.ndarray) -> float:
+    """ECE: the pixel-weighted mean over bins of |accuracy − mean confidence| (``confidence_bin_sums``);
+    0 for a model whose p-confident predictions are right a fraction p of the time."""
+    count, confidence, correct = np.asarray(bin_sums, dtype=np.float64)
+    total = count.sum()
+    return float(np.abs(correct - confidence).sum() / total) if total else float("nan")

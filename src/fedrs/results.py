@@ -53,13 +53,22 @@ def artifact(name: str, spec: dict[str, Any], modalities: list[str], state: dict
     return {"algorithm": name, "spec": spec, "modalities": modalities, "state": state, **extra}
 
 
+def temperature_of(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """``{"temperature": T}`` where the run's last round divided its logits by a fitted T (the state
+    already carries it; the evaluation reports what it changed), else nothing."""
+    last = rounds[-1] if rounds else {}
+    return {"temperature": float(last["temperature"])} if last.get("temperature") is not None else {}
+
+
 ROUND_KEYS = ("round", "train_loss", "train_ce", "train_consistency", "train_unimodal_ce", "train_conv_weight_norm2",
               "train_infiltration_loss", "val_loss", "val_oa", "val_aa", "val_kappa", "val_l1", "lr", "bytes_up",
               "bytes_down", "bytes_up_dense", "bytes_down_dense", "loss_growing_rounds", "val_loss_growing_rounds",
               "val_oa_before_statistics", "dp_epsilon", "dp_noise_std", "dp_clipped", "exchange_noise_std",
               "exchange_clipped_fraction", "secagg_sums", "secagg_seconds", "val_oa_before_calibration",
               "calibration_clients", "calibration_pixels", "calibration_classes", "validation_clients",
-              "validation_pixels", "bytes_validation", "noise", "dp_unit", "dp_record_epsilon", "dp_record_unit")
+              "validation_pixels", "bytes_validation", "noise", "dp_unit", "dp_record_epsilon", "dp_record_unit",
+              "temperature", "temperature_inside_grid", "val_loss_before_temperature", "temperature_grid",
+              "val_loss_by_temperature")
 
 # the per-round curves an MLflow run shows (step = round)
 MLFLOW_ROUND_KEYS = ("train_loss", "val_loss", "val_oa", "val_aa", "val_kappa", "bytes_down", "bytes_up", "dp_epsilon",
@@ -68,7 +77,7 @@ MLFLOW_ROUND_KEYS = ("train_loss", "val_loss", "val_oa", "val_aa", "val_kappa", 
 MLFLOW_SUMMARY_KEYS = ("wall_seconds", "peak_rss_mb", "mean_oa", "worst_oa", "clients_failed", "clients_dropped",
                        "updates_rejected", "loss_growing_rounds", "val_loss_growing_rounds", "dp_epsilon",
                        "dp_record_epsilon", "secagg_seconds_per_round",
-                       "oa_before_calibration", "deterministic_noise")
+                       "oa_before_calibration", "temperature", "val_loss_before_temperature", "deterministic_noise")
 
 
 def lost_clients(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,6 +144,9 @@ def run_summary(history: dict[str, Any]) -> dict[str, Any]:
             summary[f"dp{level}_not_covered"] = ", ".join(not_covered(history, stages, f"dp{level}_epsilon")) or "–"
     if rounds and rounds[-1].get("val_oa_before_calibration") is not None:  # what the calibration changed
         summary["oa_before_calibration"] = float(rounds[-1]["val_oa_before_calibration"])
+    for key in ("temperature", "val_loss_before_temperature"):  # what temperature scaling did
+        if rounds and rounds[-1].get(key) is not None:
+            summary[key] = float(rounds[-1][key])
     flagged = [r["noise"] for r in rounds if r.get("noise")]
     if flagged:  # deterministic (test) noise: anyone with the run seed can remove it
         summary["noise"] = flagged[-1]

@@ -199,13 +199,15 @@ class ClassifierAlgorithm(Algorithm):
         return self.predict(model, data, config, tally=tally)
 
     def score(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any], modalities: Modalities,
-              **forward: Any) -> dict[str, Any]:
+              *, tally: CrossEntropyTally | None = None, **forward: Any) -> dict[str, Any]:
+        """OA, AA, κ, per class; the scored model's own cross-entropy (``loss``) and expected
+        calibration error (``ece``). ``tally``: the one to gather them in (one with temperatures)."""
         labels = np.asarray(test["labels"])
-        tally = CrossEntropyTally(labels)
+        tally = CrossEntropyTally(labels) if tally is None else tally
         pred = self.predict(model, test, config, modalities, tally=tally, **forward)
         report = classification_report(labels, pred, int(test["num_classes"]),
                                        list(test.get("class_names") or []) or None)
-        return {**report, "loss": tally.mean}  # the scored model's own cross-entropy
+        return {**report, "loss": tally.mean, "ece": tally.ece}
 
     def evaluate(self, model: nn.Module, test: dict[str, Any], config: dict[str, Any],
                  modalities: Modalities | None = None) -> dict[str, Any]:

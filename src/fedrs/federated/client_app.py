@@ -44,7 +44,7 @@ from fedrs.federated.privacy import ExchangeProtection, protect_exchange, public
 from fedrs.federated.secure import PROTOCOL_RECORD, held_contribution, hold_update
 from fedrs.federated.upload import Outgoing, run_path, upload_path
 from fedrs.federated.wire import pack_tensors, payload_bytes, unpack_tensors
-from fedrs.metrics import CONFUSION, CROSS_ENTROPY, confusion_matrix
+from fedrs.metrics import CONFUSION, CROSS_ENTROPY, CROSS_ENTROPY_BY_TEMPERATURE, confusion_matrix
 from fedrs.partition import validation_count, validation_view
 from fedrs.reproducible import torch_threads
 
@@ -370,15 +370,15 @@ def probe(msg: Message, context: Context) -> Message:
 @reports_traceback
 def validation(msg: Message, context: Context) -> Message:
     """The global model's confusion counts on the client's own validation pixels (FedDiff: with its
-    partner's outputs of them) — dense, with their summed cross-entropy, or held for one more SecAgg+
-    sum, scaled by the public bound on any client's validation pixels (the cross-entropy is not sent
-    then: one organisation's loss in the clear would tell what the secure sum hides). No prediction,
-    no pixel leaves."""
+    partner's outputs of them) — dense, with their summed cross-entropy (and, asked for ``temperatures``,
+    that sum at each: temperature scaling's fit), or held for one more SecAgg+ sum, scaled by the
+    public bound on any client's validation pixels (no cross-entropy is sent then: one organisation's
+    loss in the clear would tell what the secure sum hides). No prediction, no pixel leaves."""
     started = time.perf_counter()
     job = round_inputs(msg, context)
     assert isinstance(job.algorithm, ClassifierAlgorithm)
     labels = np.asarray(job.data["labels"])
-    tally = CrossEntropyTally(labels)
+    tally = CrossEntropyTally(labels, tuple(float(t) for t in job.settings.get("temperatures") or ()))
     predicted = job.algorithm.client_predict(job.model, job.data, job.modalities, job.settings["train"],
                                              tally=tally, **job.extra)
     counts = torch.as_tensor(confusion_matrix(labels, predicted, int(job.data["num_classes"])), dtype=torch.float64)
@@ -393,6 +393,8 @@ def validation(msg: Message, context: Context) -> Message:
         metrics.update(bytes_dense=payload_bytes({CONFUSION: counts}), bytes_sent=0)
     else:
         sums = {CONFUSION: counts, CROSS_ENTROPY: torch.tensor([tally.total], dtype=torch.float64)}
+        if tally.temperatures:  # temperature scaling's fit: the same sum at each temperature of the grid
+            sums[CROSS_ENTROPY_BY_TEMPERATURE] = torch.as_tensor(tally.by_temperature, dtype=torch.float64)
         records = {"arrays": ArrayRecord.from_torch_state_dict(sums), "codec": ConfigRecord({})}
         metrics.update(bytes_dense=payload_bytes(sums), bytes_sent=payload_bytes(sums))
     metrics["compute_seconds"] = time.perf_counter() - started

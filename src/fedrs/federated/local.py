@@ -33,6 +33,7 @@ from fedrs.federated.record_privacy import (
     refuse_batch_norm,
     sampling_rate,
 )
+from fedrs.metrics import CONFIDENCE_BINS, confidence_bin_sums, expected_calibration_error
 
 MODALITIES = ("hsi", "lidar")
 AUGMENTS = ("none", "dihedral")
@@ -437,20 +438,45 @@ def inference_batches(n: int, batch_size: int) -> Iterator[slice]:
 class CrossEntropyTally:
     """The summed cross-entropy of a model's logits against ``labels`` (0-based), gathered batch by
     batch while predicting — the loss of the scored model itself, at no second forward pass (a round's
-    logged training loss is the clients' mean over their local steps, not the global model's)."""
+    logged training loss is the clients' mean over their local steps, not the global model's). Also
+    the top-class probability's calibration bins (``fedrs.metrics.confidence_bin_sums``: the ECE)
+    and, with ``temperatures``, both again for the logits divided by each (temperature scaling)."""
 
     labels: np.ndarray
+    temperatures: tuple[float, ...] = ()
     total: float = 0.0
     count: int = 0
+    bins: np.ndarray = field(default_factory=lambda: np.zeros((3, CONFIDENCE_BINS)))
+    by_temperature: np.ndarray = field(default_factory=lambda: np.zeros(0))  # summed cross-entropy at each
+    bins_by_temperature: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, CONFIDENCE_BINS)))
+
+    def __post_init__(self) -> None:
+        self.by_temperature = np.zeros(len(self.temperatures))
+        self.bins_by_temperature = np.zeros((len(self.temperatures), 3, CONFIDENCE_BINS))
 
     def add(self, logits: torch.Tensor, rows: slice) -> None:
         target = torch.as_tensor(np.asarray(self.labels[rows]), dtype=torch.long, device=logits.device)
-        self.total += float(F.cross_entropy(logits.float(), target, reduction="sum").double())
+        logits = logits.float()
+        self.total += float(F.cross_entropy(logits, target, reduction="sum").double())
         self.count += int(target.numel())
+        self.bins += self._bins(logits.double(), target)
+        for i, temperature in enumerate(self.temperatures):
+            scaled = logits.double() / temperature
+            self.by_temperature[i] += float(F.cross_entropy(scaled, target, reduction="sum"))
+            self.bins_by_temperature[i] += self._bins(scaled, target)
+
+    @staticmethod
+    def _bins(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        confidence, predicted = F.softmax(logits, dim=1).max(dim=1)
+        return confidence_bin_sums(confidence.cpu().numpy(), (predicted == target).cpu().numpy())
 
     @property
     def mean(self) -> float:
         return self.total / self.count if self.count else float("nan")
+
+    @property
+    def ece(self) -> float:
+        return expected_calibration_error(self.bins)
 
 
 def predict_batches(n: int, cfg: TrainConfig, logits_of: Callable[[slice, torch.device], torch.Tensor],

@@ -57,6 +57,8 @@ class FederatedConfig:
                                                       # defaults); None: off
     calibration: dict[str, Any] | None = None  # after the last round, the last layer retrained on virtual features
                                                # from the clients' class statistics (fedrs.federated.calibration)
+    temperature: dict[str, Any] | None = None  # after the last round (and calibration), the logits divided by one T
+                                               # fitted on the validation pixels (fedrs.federated.temperature)
     probe: dict[str, Any] | None = None  # stage 1: each round, a linear probe of the diffusion features
                                          # against the raw bands (fedrs.feddiff.probe)
     client_threads: int = 1  # PyTorch threads per client on either engine: the same bits from simulation and

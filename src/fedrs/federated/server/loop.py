@@ -21,7 +21,14 @@ from fedrs.federated.server.aggregators import account_records, check_record_pri
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.downlink import Downlink
 from fedrs.federated.server.messaging import discover_clients, wait_for_nodes
-from fedrs.federated.server.passes import calibration_round, check_calibration, probe_round, statistics_round
+from fedrs.federated.server.passes import (
+    calibration_round,
+    check_calibration,
+    check_temperature,
+    probe_round,
+    statistics_round,
+    temperature_round,
+)
 from fedrs.federated.server.protocol import RoundProtocol
 from fedrs.federated.server.record import RoundRecord
 from fedrs.federated.server.state import RunState, eval_subset
@@ -53,6 +60,8 @@ def start_run(grid: Grid, cfg: FederatedConfig, validation: dict[str, Any], expe
     aggregator.check(cfg, algorithm)
     if cfg.calibration is not None:
         check_calibration(cfg, algorithm)
+    if cfg.temperature is not None:
+        check_temperature(cfg, algorithm)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = algorithm.build_model(cfg.model)
     protocol = PROTOCOLS[algorithm.round_protocol]()
@@ -101,6 +110,7 @@ def run_round(grid: Grid, run: RunState, rnd: int) -> RoundRecord:
         average_tail(run)
         statistics_round(grid, run, record)
         calibration_round(grid, run, record)
+        temperature_round(grid, run, record)
     if run.cfg.validation_due(rnd):
         evaluate_round(grid, run, record)
     probe_round(grid, run, record)

@@ -1,6 +1,6 @@
 """The passes after the last round's aggregation, which count with that round: the BatchNorm
-statistics of the final model (``statistics_round``) and classifier calibration
-(``calibration_round``)."""
+statistics of the final model (``statistics_round``), classifier calibration
+(``calibration_round``) and temperature scaling (``temperature_round``)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
 from fedrs.federated.server.steps import collect_updates, encode_downloads
 from fedrs.federated.server.validation import evaluate_round
+from fedrs.federated.temperature import TemperatureConfig, fit_temperature, scale_layer
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,46 @@ def check_calibration(cfg: FederatedConfig, algorithm: Algorithm) -> None:
         raise ValueError("calibration with exchange_privacy: the class statistics would be those of noised partner "
                          "outputs, which no test pixel sees (and relaying them unprotected would undo the "
                          "protection); set calibration: null")
+
+
+def temperature_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
+    """After the last round, the statistics pass and calibration: the final model scored on the
+    validation pixels at every temperature of a grid (the clients send one summed cross-entropy per
+    temperature beside their counts), and its last layer divided by the T the summed curve is
+    lowest at (``fedrs.federated.temperature``). The predicted classes stay; the probabilities change."""
+    if run.cfg.temperature is None or not record.aggregated:
+        return
+    cfg = TemperatureConfig.from_dict(run.cfg.temperature)
+    layer = run.algorithm.require_calibration_layer()
+    grid_ = cfg.grid()
+    curve = evaluate_round(grid, run, record, grid_)
+    if curve is None:
+        logger.warning("%s: no validation cross-entropy arrived at the temperatures; the logits are not scaled",
+                       run.cfg.algorithm)
+        return
+    record.scores_before_temperature = dict(record.scores)
+    temperature, inside = fit_temperature(grid_, curve)
+    if not inside:
+        logger.warning("%s: the validation cross-entropy is lowest at the grid's end (T = %.3g); widen "
+                       "temperature.lowest / highest", run.cfg.algorithm, temperature)
+    weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
+    run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"] = scale_layer(weight, bias, temperature)
+    # the curve itself too: the validation loss at any T, for judging a T fitted elsewhere on these pixels
+    record.temperature = {"temperature": temperature, "temperature_inside_grid": inside,
+                          "temperature_grid": list(grid_), "val_loss_by_temperature": [float(v) for v in curve]}
+    logger.info("%s: the logits divided by T = %.3f, fitted on the validation pixels (cross-entropy %.4f at T = 1)",
+                run.cfg.algorithm, temperature, record.scores.get("loss", float("nan")))
+
+
+def check_temperature(cfg: FederatedConfig, algorithm: Algorithm) -> None:
+    """Temperature scaling's requirements, before the first round: a last layer to scale, and the
+    validation pixels' cross-entropy — which clients keep home under SecAgg+ and DP."""
+    TemperatureConfig.from_dict(cfg.temperature)
+    algorithm.require_calibration_layer()
+    if cfg.validation == "clients" and (cfg.secure or cfg.privacy or cfg.exchange_privacy):
+        raise ValueError("temperature with validation: clients under secure_aggregation or DP: each client's "
+                         "cross-entropy at every temperature would travel in the clear, outside the secure sum and "
+                         "the accountant; set temperature: null (or validation: server)")
 
 
 def probe_round(grid: Grid, run: RunState, record: RoundRecord) -> None:

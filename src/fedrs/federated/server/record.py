@@ -60,6 +60,8 @@ class RoundRecord:
     scores_before_statistics: dict[str, float] = field(default_factory=dict)
     scores_before_calibration: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)  # the calibration pass: clients, classes, losses
+    scores_before_temperature: dict[str, float] = field(default_factory=dict)
+    temperature: dict[str, Any] = field(default_factory=dict)  # temperature scaling: T, whether inside its grid
     validation: dict[str, float] = field(default_factory=dict)  # clients' validation: who scored, how many pixels
     secure_means: State = field(default_factory=dict)  # secure aggregation: the unmasked mean contributions
     secure_from: dict[int, int] = field(default_factory=dict)  # client → secure sums it is in
@@ -150,10 +152,13 @@ class RoundRecord:
                     "bytes_validation_dense": sum(t["bytes_dense"] for t in scoring)} if scoring else {})}
 
     def pass_summary(self) -> dict[str, Any]:
-        """What the passes after the last round changed: scores before each, calibration's report."""
+        """What the passes after the last round changed: scores before each, calibration's report, the
+        temperature."""
         return {**{f"val_{k}_before_statistics": v for k, v in self.scores_before_statistics.items()},
                 **{f"val_{k}_before_calibration": v for k, v in self.scores_before_calibration.items()},
                 **{f"calibration_{k}": v for k, v in self.calibration.items()},
+                **{f"val_{k}_before_temperature": v for k, v in self.scores_before_temperature.items()},
+                **self.temperature,
                 **{f"validation_{k}": v for k, v in self.validation.items()}}
 
     def protection_summary(self) -> dict[str, Any]:

@@ -20,12 +20,13 @@ import torch
 from flwr.serverapp import Grid
 
 from fedrs.federated.algorithm_base import ClassifierAlgorithm
+from fedrs.federated.local import CrossEntropyTally
 from fedrs.federated.secure import SecureAggregationConfig
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
 from fedrs.federated.server.steps import collect_updates, encode_downloads
-from fedrs.metrics import CONFUSION, CROSS_ENTROPY, confusion_report
+from fedrs.metrics import CONFUSION, CROSS_ENTROPY, CROSS_ENTROPY_BY_TEMPERATURE, confusion_report
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,25 @@ def server_validation(cfg: FederatedConfig, validation: dict[str, Any]) -> dict[
     return {k: validation[k] for k in SERVER_VALIDATION_KEYS if k in validation}
 
 
-def evaluate_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
-    """The round's validation scores of the global model (``record.scores``)."""
+def evaluate_round(grid: Grid, run: RunState, record: RoundRecord, temperatures: tuple[float, ...] = ()
+                   ) -> np.ndarray | None:
+    """The round's validation scores of the global model (``record.scores``); with ``temperatures``
+    also the mean cross-entropy of its logits divided by each, over every scored pixel (what
+    temperature scaling fits; None where it did not arrive)."""
     if run.cfg.validation == "clients":
-        client_validation(grid, run, record)
-        return
+        return client_validation(grid, run, record, temperatures)
     run.model.load_state_dict(run.global_state)
-    report = run.algorithm.evaluate(run.model, run.validation, record.settings["train"])
-    record.scores = {k: float(v) for k, v in report.items() if isinstance(v, int | float) and k != "num_samples"}
+    if temperatures:
+        assert isinstance(run.algorithm, ClassifierAlgorithm)
+        tally = CrossEntropyTally(np.asarray(run.validation["labels"]), temperatures)
+        report = run.algorithm.score(run.model, run.validation, record.settings["train"], run.algorithm.modalities,
+                                     tally=tally)
+    else:
+        report = run.algorithm.evaluate(run.model, run.validation, record.settings["train"])
+    # the history's scores are those the clients' counts give too (the ECE: the test report's)
+    record.scores = {k: float(v) for k, v in report.items()
+                     if isinstance(v, int | float) and k not in ("num_samples", "ece")}
+    return tally.by_temperature / tally.count if temperatures else None
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -86,21 +98,24 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
+def client_validation(grid: Grid, run: RunState, record: RoundRecord, temperatures: tuple[float, ...] = ()
+                      ) -> np.ndarray | None:
     assert isinstance(run.algorithm, ClassifierAlgorithm)
     # the last round's models exactly (what settings are chosen on); a round before it through the downlink's
     # codec, as the clients would receive it to train (every weight changes each round: exact, the scoring
     # would cost about twice what training sends)
     exact = record.round == run.cfg.num_rounds
     digest = f"{state_digest(run.global_state)}:{exact}"
-    if run.last_scored is not None and run.last_scored[0] == digest:
+    if run.last_scored is not None and run.last_scored[0] == digest and not temperatures:
         # the same model scored again (a round that aggregated nothing, a pass that changed nothing): the
         # same scores, and no second sum whose senders could differ by one organisation — whose counts
         # the difference of the two sums would then be
         record.scores, record.validation = dict(run.last_scored[1]), dict(run.last_scored[2])
-        return
+        return None
     # uncoded exchange: a validation pixel is scored as the assembled model scores it, without the codec's error
     settings = {**record.settings, "split": "validation", "exchange_compression": None}
+    if temperatures:
+        settings["temperatures"] = list(temperatures)
     asked = scorers(run.algorithm, run.clients, run.eligible)
     sub = RoundRecord(record.round, record.lr, settings, asked, "validation")
     encode_downloads(run, sub, exact=exact, aside=True, payload="validation weights")
@@ -123,7 +138,7 @@ def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s round %d: no client's validation counts arrived; the round is not scored",
                        run.cfg.algorithm, record.round)
         record.scores = {}
-        return
+        return None
     if pixels < expected:
         logger.warning("%s round %d: validation scored on %d of the clients' %d validation pixels (a scorer or its "
                        "partner failed)", run.cfg.algorithm, record.round, pixels, expected)
@@ -134,6 +149,18 @@ def client_validation(grid: Grid, run: RunState, record: RoundRecord) -> None:
     if loss is not None:
         record.scores["loss"] = loss
     run.last_scored = (digest, dict(record.scores), dict(record.validation))
+    curve = loss_curve_received(sub, len(temperatures)) if temperatures else None
+    return None if curve is None else curve / pixels
+
+
+def loss_curve_received(sub: RoundRecord, points: int) -> np.ndarray | None:
+    """The senders' summed cross-entropy at each temperature, added (None unless every sender of
+    counts sent one of the asked length)."""
+    senders = [u.state for u in sub.updates if CONFUSION in u.state]
+    curves = [state.get(CROSS_ENTROPY_BY_TEMPERATURE) for state in senders]
+    if not curves or any(c is None or c.numel() != points for c in curves):
+        return None
+    return torch.stack([c.double().flatten() for c in curves if c is not None]).sum(0).numpy()
 
 
 def expected_pixels(run: RunState, asked: list[int]) -> int:

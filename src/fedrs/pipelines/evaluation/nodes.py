@@ -14,7 +14,11 @@ from fedrs.federated.local import TrainConfig
 from fedrs.plots import classification_map_figure, confusion_figure, curves_figure
 from fedrs.results import MLFLOW_ROUND_KEYS, MLFLOW_SUMMARY_KEYS, run_summary
 
-VALIDATION_KEYS = ("oa", "aa", "kappa", "num_samples")
+VALIDATION_KEYS = ("oa", "aa", "kappa", "loss", "ece", "num_samples")
+# the test scores MLflow logs at step 0 (loss, ece: the model's cross-entropy and calibration error;
+# with temperature scaling also both before it)
+TEST_KEYS = ("oa", "aa", "kappa", "per_class_spread", "loss", "ece", "loss_before_temperature",
+             "ece_before_temperature")
 
 
 def evaluate(model: dict[str, Any], test_patches: dict[str, Any], validation_patches: dict[str, Any],
@@ -25,7 +29,7 @@ def evaluate(model: dict[str, Any], test_patches: dict[str, Any], validation_pat
     inference = with_compute(params.get("inference"), compute)
     report = evaluate_artifact(model, test_patches, inference)
     validation = evaluate_artifact(model, validation_patches, inference, variants=False)
-    report["validation"] = {k: validation[k] for k in VALIDATION_KEYS}
+    report["validation"] = {k: validation[k] for k in VALIDATION_KEYS if k in validation}
     report["evaluation"] = TrainConfig.from_dict(inference_config(inference)).policy().describe()
     report["run"] = run_summary(history)
     return report, confusion_figure(report, list(test_patches["class_names"]))
@@ -48,9 +52,7 @@ def curves(history: dict[str, Any]) -> Figure:
 def mlflow_metrics(report: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
     """Final scores at step 0 and per-round curves with the round as step, for kedro-mlflow (FedDiff:
     its DDPMs' rounds too, ``diffusion.<modality>.round.<key>``)."""
-    metrics: dict[str, Any] = {
-        k: {"value": float(report[k]), "step": 0} for k in ("oa", "aa", "kappa", "per_class_spread")
-    }
+    metrics: dict[str, Any] = {k: {"value": float(report[k]), "step": 0} for k in TEST_KEYS if k in report}
     for key, value in report.get("validation", {}).items():
         metrics[f"val_{key}"] = {"value": float(value), "step": 0}
     for name, acc in report["per_class"].items():

@@ -23,7 +23,7 @@ from fedrs.federated.jobs import FeaturesJob, RoundsJob
 from fedrs.federated.local import TrainConfig
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.standalone import train_centralized
-from fedrs.results import artifact, run_history, traffic_table
+from fedrs.results import artifact, run_history, temperature_of, traffic_table
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
                   checkpoint_dir=f"{checkpoint_dir}/{name}", client_features=client_features)
     result = run_job(RoundsJob(cfg, validation_inputs), int(manifest["num_clients"]), federation,
                      SimulationResources.from_dict(resources), deployment_dir)
-    model_artifact["state"] = result["state"]
+    model_artifact.update(state=result["state"], **temperature_of(result["history"]))
     history = run_history(
         name,
         result["history"],

@@ -13,7 +13,7 @@ from fedrs.federated.engine import SimulationResources, run_job
 from fedrs.federated.jobs import RoundsJob
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.standalone import summarise_local, train_centralized, train_local
-from fedrs.results import artifact, merge, model_spec, run_history, traffic_table
+from fedrs.results import artifact, merge, model_spec, run_history, temperature_of, traffic_table
 
 
 def federated_config(params: dict[str, Any], spec: dict[str, Any], compute: dict[str, Any], partition_dir: str = "",
@@ -38,7 +38,8 @@ def train_federated(manifest: dict[str, Any], partition_dir: str, checkpoint_dir
     modalities = list(get_algorithm(cfg.algorithm).modalities)
     history = run_history(cfg.algorithm, result["history"], started, cfg.train, clients=result["clients"],
                           layout=manifest["layout"])
-    return artifact(cfg.algorithm, spec, modalities, result["state"]), history, traffic_table(result["traffic"])
+    return (artifact(cfg.algorithm, spec, modalities, result["state"], **temperature_of(result["history"])), history,
+            traffic_table(result["traffic"]))
 
 
 def train_pooled(train_patches: dict[str, Any], validation_patches: dict[str, Any], baseline: dict[str, Any],
