@@ -302,3 +302,30 @@ def test_split_distances_put_strips_beside_their_roi_and_whole_rois_away_from_th
     rois = split_distances(train, test, "rois", [1, 2, 3], [0, 1], validation_fraction=0.5)
     assert strips["validation_within_3"] >= 0.5 and rois["validation_within_3"] == 0.0
     assert rois["validation_median"] > 20 and rois["test_median"] == pytest.approx(10.5)
+
+
+def test_the_temperature_check_scores_each_fold_at_the_other_folds_temperature(tmp_path):
+    """bench/temperature_check.py: with curves whose minimum lies at a known T per fold, the held-out
+    loss of a fold is its curve at the geometric mean of the other folds' T — read, not refitted."""
+    grid = np.geomspace(0.05, 20, 61)
+
+    def run(seed, fold, temperature):
+        curve = (np.log(grid) - math.log(temperature)) ** 2 + 1.0  # lowest (1.0) at ``temperature``
+        return {"algorithm": "feddiff", "seed": seed, "fold": fold, "temperature": temperature,
+                "temperature_grid": grid.tolist(), "val_loss_by_temperature": curve.tolist(),
+                "test_loss": 1.0, "test_ece": 0.05, "loss_before_temperature": 2.0, "ece_before_temperature": 0.2}
+
+    rows = [run(1, 0, 2.0), run(1, 1, 8.0), run(2, 0, 3.0), run(2, 1, 3.0), run(2, 2, 3.0)]
+    (tmp_path / "t.json").write_text(json.dumps({"rows": rows}))
+    env = {**os.environ, "FEDRS_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "temperature_check.py"), "--name", "check", "t"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    per_seed = json.loads((tmp_path / "check.json").read_text())["per_seed"]
+    # seed 1: fold 0 scored at T = 8, fold 1 at T = 2: both log(4)² above their minimum
+    assert per_seed["1"]["held_out"] == pytest.approx(1.0 + math.log(4) ** 2, rel=1e-3)
+    # (between grid points the curve is read linearly in log T: within (0.1 / 2)² of the parabola)
+    assert per_seed["1"]["own"] == pytest.approx(1.0, abs=3e-3)
+    assert per_seed["1"]["at_1"] == pytest.approx(1.0 + (math.log(2) ** 2 + math.log(8) ** 2) / 2, abs=3e-3)
+    assert per_seed["2"]["held_out"] == pytest.approx(per_seed["2"]["own"], abs=1e-9)  # every fold agrees on T
+    assert "ECE" in done.stdout and "held out" in done.stdout
