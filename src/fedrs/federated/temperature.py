@@ -54,7 +54,8 @@ class TemperatureConfig:
 def fit_temperature(grid: tuple[float, ...] | list[float], loss: np.ndarray) -> tuple[float, bool]:
     """The temperature minimising ``loss`` (the summed cross-entropy at each temperature of ``grid``,
     ascending): the grid's minimum, refined by the vertex of the parabola through it and its two
-    neighbours in log T (kept within them); and whether the minimum lay inside the grid."""
+    neighbours in log T (kept within them), to four significant digits; and whether the minimum
+    lay inside the grid."""
     grid_ = np.log(np.asarray(grid, dtype=np.float64))
     loss = np.asarray(loss, dtype=np.float64)
     if grid_.shape != loss.shape or grid_.size < 3:
@@ -63,12 +64,18 @@ def fit_temperature(grid: tuple[float, ...] | list[float], loss: np.ndarray) -> 
         raise ValueError("temperature: a client sent a non-finite cross-entropy; no temperature is fitted")
     i = int(np.argmin(loss))
     if i in (0, len(loss) - 1):
-        return float(math.exp(grid_[i])), False
+        return significant(math.exp(grid_[i])), False
     left, centre, right = loss[i - 1: i + 2]
     curvature = left - 2 * centre + right
     step = (grid_[i + 1] - grid_[i - 1]) / 2
     offset = 0.5 * step * (left - right) / curvature if curvature > 0 else 0.0
-    return float(math.exp(grid_[i] + float(np.clip(offset, -step, step)))), True
+    return significant(math.exp(grid_[i] + float(np.clip(offset, -step, step)))), True
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits: the fit is no finer than that, and a last-bit
+    difference in the curve (another CPU's exp) cannot move the T a model is divided by."""
+    return float(f"{value:.{digits - 1}e}")
 
 
 def scale_layer(weight: torch.Tensor, bias: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
