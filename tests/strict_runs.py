@@ -1,7 +1,8 @@
 """Tiny federated runs of every kind of work the pipelines do, for the strict mode's cross-CPU check:
 FedAvg with the low-rank codec both ways and classifier calibration, with DP, with SecAgg+ and DP,
-FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration (and once more,
-without calibration, with dihedral augmentation), and a DDPM
+FedCMI, FedDiff's classifier with the feature exchange, its codec and calibration (once more with
+its clients scoring and temperature scaling, and once without calibration, with dihedral
+augmentation), and a DDPM
 stage-1 round with features — on
 the in-process grid (the real ClientApp handlers, no Ray). Prints one digest per run, of the final
 weights and every number of its history but the clock's.
@@ -61,6 +62,9 @@ def runs(root: Path, only: set[str] | None = None) -> dict[str, str]:
                                                 "deterministic_noise": True}}),
         "fedcmi": (flat, {"algorithm": "fedcmi", "model": {**flat["spec"], "width": 8, "dim": 16}}),
         "feddiff": (split, {**feddiff, "calibration": {"virtual_per_class": 20, "steps": 20}}),
+        # the clients scoring, then temperature scaling: their curves added, the last layer divided by T
+        "feddiff_temperature": (split, {**feddiff, "validation": "clients", "temperature": {},
+                                        "calibration": {"virtual_per_class": 20, "steps": 20}}),
         # dihedral augmentation: integer draws and exact copies (rot90, flip), so no kernel choice should
         # enter — this digest is what shows it, on patches, features and the partner's maps alike
         "feddiff_augmented": (split, {**feddiff, "train": {**base["train"], "augment": "dihedral"}}),

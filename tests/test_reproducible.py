@@ -95,9 +95,11 @@ def test_the_trace_names_the_first_operation_that_differs():
 # what shows no kernel enters — equal under qemu's EPYC-Rome too. 2026-12-06: the two FedDiff runs moved
 # because each round's row gained the unimodal heads' cross-entropy (train_unimodal_ce); with that key
 # left out of the digest both are the committed ones, measured on an AMD EPYC with AVX-512 — the new
-# values are that machine's, not re-run under emulation.)
+# values are that machine's, not re-run under emulation. Later that day a FedDiff run with its clients
+# scoring and temperature scaling joined them (the curve in float32 as the model's own loss, T to four
+# significant digits): measured on that AMD EPYC, no qemu on the machine to re-run it emulated.)
 STRICT_RUNS = {"fedavg": "08be4d39197dc663", "fedavg_dp": "a34223cfb980a30e", "fedavg_secure_dp": "5688aaf816275c8f",
-               "fedcmi": "a3dd77deccf51d66", "feddiff": "43ccb9a8a060fa5e",
+               "fedcmi": "a3dd77deccf51d66", "feddiff": "43ccb9a8a060fa5e", "feddiff_temperature": "4dadf6d47cf9ad6d",
                "feddiff_augmented": "389e751cc4a26aed", "ddpm_hsi": "1a5aef03220395c1",
                "ddpm_features": "49bfba186a94e65a"}
 
