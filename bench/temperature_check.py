@@ -89,7 +89,6 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for source in args.sources for r in json.loads((RESULTS / f"{source}.json").read_text())["rows"]]
     lines = summary(rows, args.confidence)
-    print("\n".join(lines))
     save(args.name, {"sources": args.sources, "per_seed": {str(k): v for k, v in held_out(rows).items()}}, lines)
 
 

@@ -48,6 +48,8 @@ def test_feddiff_runs_all_three_stages_on_an_authenticated_federation(tiny_feddi
         conf["feddiff"][stage]["federated"]["statistics_pass"] = False
     conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 1
     conf["feddiff"]["classifier"]["federated"]["calibration"] = None
+    # the clients' loss curves would leave them outside the secure sum: temperature scaling is refused beside it
+    conf["feddiff"]["classifier"]["federated"]["temperature"] = None
     # the classifier's updates through Flower's SecAgg+ (its four stages are train messages between the
     # SuperLink and the SuperNodes); uploads go dense, as secure sums need — the exchange keeps its codec
     conf["feddiff"]["classifier"]["federated"]["secure_aggregation"] = {}
