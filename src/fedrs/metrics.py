@@ -93,12 +93,15 @@ def confusion_report(cm: np.ndarray, class_names: list[str] | None = None) -> di
 
 def confidence_bin_sums(confidence: np.ndarray, correct: np.ndarray, bins: int = CONFIDENCE_BINS) -> np.ndarray:
     """Per equal-width bin of the top-class probability: the pixel count, the summed confidence and
-    the number predicted correctly (rows 0, 1, 2) — additive, so batches and clients add them."""
+    the number predicted correctly (rows 0, 1, 2) — additive, so batches and clients add them. A
+    pixel without a finite confidence (a diverged model) falls in no bin."""
     confidence = np.asarray(confidence, dtype=np.float64).ravel()
     correct = np.asarray(correct, dtype=np.float64).ravel()
     if confidence.shape != correct.shape:
         raise ValueError(f"confidence has {confidence.size} values but correct has {correct.size}")
-    if confidence.size and (np.nanmin(confidence) < 0 or np.nanmax(confidence) > 1):
+    finite = np.isfinite(confidence)  # a diverged model's NaN scores: binned nowhere (its ECE: NaN if all are)
+    confidence, correct = confidence[finite], correct[finite]
+    if confidence.size and (confidence.min() < 0 or confidence.max() > 1):
         raise ValueError(f"confidence holds values {confidence.min()}..{confidence.max()}; expected probabilities")
     index = np.minimum((confidence * bins).astype(np.int64), bins - 1)  # 1.0 falls in the last bin
     return np.stack([np.bincount(index, minlength=bins).astype(np.float64),

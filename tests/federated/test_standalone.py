@@ -60,3 +60,21 @@ def test_local_clients_train_alone_and_are_summarised(tiny_federation):
     oas = [r["val_oa"] for r in results]
     assert summary["worst_oa"] == min(oas) and summary["best_oa"] == max(oas)
     assert summary["mean_oa"] == np.mean(oas) and summary["median_client"] in parts
+
+
+def test_centralized_training_fits_a_temperature_on_its_validation_pixels(tiny_federation):
+    """As the federated runs' last pass: the last layer divided by T, no class changed, and the last
+    round's row rescored (its loss no higher than before T, the scores before T kept)."""
+    parts = _partitions(tiny_federation)
+    pooled = {k: np.concatenate([p[k] for p in parts.values()]) for k in ("hsi", "lidar", "labels")}
+    plain, plain_history = train_centralized(pooled, tiny_federation["test"], _cfg(tiny_federation))
+    scaled, history = train_centralized(pooled, tiny_federation["test"], _cfg(tiny_federation, temperature={}))
+    last = history[-1]
+    temperature, layer = last["temperature"], "classifier.3"
+    changed = {k for k in plain if not torch.equal(plain[k], scaled[k])}
+    assert changed == {f"{layer}.weight", f"{layer}.bias"}
+    torch.testing.assert_close(scaled[f"{layer}.weight"], plain[f"{layer}.weight"] / temperature)
+    assert last["val_oa"] == last["val_oa_before_temperature"] == plain_history[-1]["val_oa"]
+    assert last["val_loss_before_temperature"] == plain_history[-1]["val_loss"]
+    assert last["val_loss"] <= last["val_loss_before_temperature"] + 1e-6
+    assert history[0] == {**plain_history[0], "seconds": history[0]["seconds"]}  # the rounds before: untouched

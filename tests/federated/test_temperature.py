@@ -155,11 +155,23 @@ def test_a_horizontal_run_fits_its_temperature_without_calibration(tiny_federati
     assert 0 <= report["ece"] <= 1
 
 
-@pytest.mark.parametrize("extra", [
-    {"secure_aggregation": {}, "compression": None},
-    {"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}},
+@pytest.mark.parametrize("extra, message", [
+    ({"secure_aggregation": {}, "compression": None}, "temperature with validation: clients under secure_aggregation"),
+    # client-level DP refuses the clients' scoring itself, curves and all
+    ({"privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}}, "validation: clients with privacy"),
 ])
-def test_temperature_refuses_to_send_a_clients_curve_outside_its_protection(tiny_federation, extra):
+def test_temperature_refuses_to_send_a_clients_curve_outside_its_protection(tiny_federation, extra, message):
     fed = tiny_federation
-    with pytest.raises(ValueError, match="temperature with validation: clients under secure_aggregation or DP"):
+    with pytest.raises(ValueError, match=message):
         start_run(FakeGrid(3), config(fed, validation="clients", temperature={}, **extra), fed["test"], 3)
+    # under SecAgg+ the server may fit T on its own copy of the validation pixels
+    if "secure_aggregation" in extra:
+        start_run(FakeGrid(3), config(fed, validation="server", temperature={}, **extra), fed["test"], 3)
+
+
+def test_a_diverged_models_scores_fall_in_no_calibration_bin():
+    from fedrs.metrics import confidence_bin_sums
+
+    bins = confidence_bin_sums(np.array([0.5, np.nan, 0.95]), np.array([1, 0, 0]), bins=10)
+    assert bins[0].sum() == 2 and expected_calibration_error(bins) == pytest.approx((0.5 + 0.95) / 2)
+    assert np.isnan(expected_calibration_error(confidence_bin_sums(np.array([np.nan]), np.array([1]))))

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedrs.federated.algorithm_base import ClassifierAlgorithm
 from fedrs.federated.algorithms import get_algorithm
-from fedrs.federated.local import derive_seed, lr_at_round
+from fedrs.federated.local import CrossEntropyTally, derive_seed, lr_at_round
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.state import eval_subset
 from fedrs.federated.server.watch import loss_growth
+from fedrs.federated.temperature import TemperatureConfig, apply_temperature
 
 
 def train_centralized(train: dict[str, Any], validation: dict[str, Any], cfg: FederatedConfig
@@ -48,7 +50,30 @@ def train_centralized(train: dict[str, Any], validation: dict[str, Any], cfg: Fe
         history[-1]["loss_growing_rounds"] = loss_growth(history, cfg.loss_growth_rounds)
         if "val_loss" in history[-1]:  # the model's own validation loss, flagged as the federated runs' is
             history[-1]["val_loss_growing_rounds"] = loss_growth(history, cfg.loss_growth_rounds, key="val_loss")
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if cfg.temperature is not None and history:
+        centralized_temperature(algorithm, model, state, validation_round, cfg, history[-1])
+    return state, history
+
+
+def centralized_temperature(algorithm: Any, model: torch.nn.Module, state: dict[str, torch.Tensor],
+                            validation: dict[str, Any], cfg: FederatedConfig, row: dict[str, Any]) -> None:
+    """Temperature scaling as the federated runs' last pass does it, on the validation pixels held
+    here: ``state``'s last layer divided by the fitted T, and ``row`` (the last round's) rescored."""
+    if not isinstance(algorithm, ClassifierAlgorithm) or algorithm.calibration_layer() is None:
+        raise ValueError(f"temperature: {cfg.algorithm} has no last layer to divide by T; set temperature: null")
+    grid = TemperatureConfig.from_dict(cfg.temperature).grid()
+    tally = CrossEntropyTally(np.asarray(validation["labels"]), grid)
+    algorithm.score(model, validation, cfg.train, algorithm.modalities, tally=tally)
+    curve = tally.by_temperature / tally.count
+    if not np.isfinite(curve).all():
+        return
+    before = {k: row[k] for k in ("val_oa", "val_aa", "val_kappa", "val_loss") if k in row}
+    fitted = apply_temperature(state, algorithm.require_calibration_layer(), grid, curve)
+    model.load_state_dict(state)
+    scores = algorithm.evaluate(model, validation, cfg.train)
+    row.update({f"{k}_before_temperature": v for k, v in before.items()}, **fitted,
+               **{f"val_{k}": v for k, v in scores.items() if isinstance(v, int | float) and k != "num_samples"})
 
 
 def train_local(

@@ -13,7 +13,9 @@ the grid's minimum and refines it by a parabola through its neighbours (in log T
 last layer's weight and bias by T — the model itself carries the temperature, so every consumer of
 its logits (the evaluation, the maps, the registered MLflow model) sees the scaled probabilities.
 T is fitted on the validation pixels, so the final validation cross-entropy is in-sample for one
-parameter (an optimism of about 1/(2N) nats a pixel over N pixels); the test pixels say what it buys.
+parameter (on Houston's whole-ROI folds about 0.03 nats below a T fitted on other folds: the
+held-out check of ``bench/temperature_check.py``); the test pixels say what it buys. Centralized
+training fits T the same way on its validation pixels; local (per-client) runs fit none.
 
 Plain functions over arrays and tensors: the grid, the fit, the scaling.
 """
@@ -74,7 +76,8 @@ def fit_temperature(grid: tuple[float, ...] | list[float], loss: np.ndarray) -> 
 
 def significant(value: float, digits: int = 4) -> float:
     """``value`` to ``digits`` significant digits: the fit is no finer than that, and a last-bit
-    difference in the curve (another CPU's exp) cannot move the T a model is divided by."""
+    difference in the curve (another CPU's exp) is very unlikely to move the T a model is divided by
+    (only a fit within a last bit of a rounding boundary, or a near-tie at the grid's minimum, would)."""
     return float(f"{value:.{digits - 1}e}")
 
 
@@ -83,3 +86,16 @@ def scale_layer(weight: torch.Tensor, bias: torch.Tensor, temperature: float) ->
     if not temperature > 0:
         raise ValueError(f"temperature: {temperature!r}; expected > 0")
     return weight / temperature, bias / temperature
+
+
+def apply_temperature(state: dict[str, torch.Tensor], layer: str, grid: tuple[float, ...], curve: np.ndarray
+                      ) -> dict[str, Any]:
+    """Fit T to ``curve`` (the validation cross-entropy at each temperature of ``grid``) and divide
+    ``layer``'s weight and bias in ``state`` by it, in place; what the history keeps of it (T,
+    whether it lay inside the grid, the curve itself — the validation loss at any T, for judging a T
+    fitted elsewhere on these pixels)."""
+    temperature, inside = fit_temperature(grid, curve)
+    state[f"{layer}.weight"], state[f"{layer}.bias"] = scale_layer(state[f"{layer}.weight"], state[f"{layer}.bias"],
+                                                                   temperature)
+    return {"temperature": temperature, "temperature_inside_grid": inside, "temperature_grid": list(grid),
+            "val_loss_by_temperature": [float(v) for v in curve]}

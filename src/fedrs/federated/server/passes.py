@@ -27,7 +27,7 @@ from fedrs.federated.server.record import RoundRecord, merge_pass
 from fedrs.federated.server.state import RunState
 from fedrs.federated.server.steps import collect_updates, encode_downloads
 from fedrs.federated.server.validation import evaluate_round
-from fedrs.federated.temperature import TemperatureConfig, fit_temperature, scale_layer
+from fedrs.federated.temperature import TemperatureConfig, apply_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -160,29 +160,30 @@ def temperature_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s: no validation cross-entropy arrived at the temperatures; the logits are not scaled",
                        run.cfg.algorithm)
         return
+    if not np.isfinite(curve).all():  # a run's training is not thrown away for want of a temperature
+        logger.warning("%s: the validation cross-entropy is not finite at every temperature; the logits are not "
+                       "scaled", run.cfg.algorithm)
+        return
     record.scores_before_temperature = dict(record.scores)
-    temperature, inside = fit_temperature(grid_, curve)
-    if not inside:
+    record.temperature = apply_temperature(run.global_state, layer, grid_, curve)
+    temperature = record.temperature["temperature"]
+    if not record.temperature["temperature_inside_grid"]:
         logger.warning("%s: the validation cross-entropy is lowest at the grid's end (T = %.3g); widen "
                        "temperature.lowest / highest", run.cfg.algorithm, temperature)
-    weight, bias = run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"]
-    run.global_state[f"{layer}.weight"], run.global_state[f"{layer}.bias"] = scale_layer(weight, bias, temperature)
-    # the curve itself too: the validation loss at any T, for judging a T fitted elsewhere on these pixels
-    record.temperature = {"temperature": temperature, "temperature_inside_grid": inside,
-                          "temperature_grid": list(grid_), "val_loss_by_temperature": [float(v) for v in curve]}
     logger.info("%s: the logits divided by T = %.3f, fitted on the validation pixels (cross-entropy %.4f at T = 1)",
                 run.cfg.algorithm, temperature, record.scores.get("loss", float("nan")))
 
 
 def check_temperature(cfg: FederatedConfig, algorithm: Algorithm) -> None:
     """Temperature scaling's requirements, before the first round: a last layer to scale, and the
-    validation pixels' cross-entropy — which clients keep home under SecAgg+ and DP."""
+    validation pixels' cross-entropy — which clients keep home under SecAgg+."""
     TemperatureConfig.from_dict(cfg.temperature)
-    algorithm.require_calibration_layer()
-    if cfg.validation == "clients" and (cfg.secure or cfg.privacy or cfg.exchange_privacy):
-        raise ValueError("temperature with validation: clients under secure_aggregation or DP: each client's "
-                         "cross-entropy at every temperature would travel in the clear, outside the secure sum and "
-                         "the accountant; set temperature: null (or validation: server)")
+    if algorithm.calibration_layer() is None:
+        raise ValueError(f"temperature: {algorithm.name} has no last layer to divide by T; set temperature: null")
+    if cfg.validation == "clients" and cfg.secure:  # (client-level DP refuses the clients' scoring itself)
+        raise ValueError("temperature with validation: clients under secure_aggregation: each client's "
+                         "cross-entropy at every temperature would travel in the clear, outside the secure sum; set "
+                         "temperature: null (or validation: server)")
 
 
 def probe_round(grid: Grid, run: RunState, record: RoundRecord) -> None:

@@ -253,6 +253,6 @@ def train_classifier_pooled(
         for patches in (train_patches, validation_patches, test_patches))
     cfg = _config(name, spec, classifier, compute)
     state, rounds = train_centralized(train_inputs, validation_inputs, cfg)
-    model_artifact["state"] = state
+    model_artifact.update(state=state, **temperature_of(rounds))
     history = run_history(name, rounds, started, cfg.train, earlier_stages=[diffusion_history])
     return model_artifact, history, traffic_table([]), validation_inputs, test_inputs

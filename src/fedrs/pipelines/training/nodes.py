@@ -50,8 +50,8 @@ def train_pooled(train_patches: dict[str, Any], validation_patches: dict[str, An
     started = time.perf_counter()
     state, rounds = train_centralized(train_patches, validation_patches, cfg)
     modalities = list(get_algorithm(cfg.algorithm).modalities)
-    return (artifact(cfg.algorithm, spec, modalities, state), run_history(cfg.algorithm, rounds, started, cfg.train),
-            traffic_table([]))
+    return (artifact(cfg.algorithm, spec, modalities, state, **temperature_of(rounds)),
+            run_history(cfg.algorithm, rounds, started, cfg.train), traffic_table([]))
 
 
 def train_each_client(manifest: dict[str, Any], client_partitions: dict[str, Any], validation_patches: dict[str, Any],
