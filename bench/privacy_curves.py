@@ -181,6 +181,8 @@ def secure_level(args: argparse.Namespace, project: Path) -> tuple[list[dict[str
         for name, calibration in ((f"SecAgg+, calibrated (feature_clip {clip:.3g})", {"feature_clip": clip}),
                                   ("SecAgg+, no calibration", None)):
             params = overrides(algo, {**secure, **({"calibration": None} if calibration is None else {})})
+            if algo == "fedcmi":  # its own block's temperature (its default) wins over the baseline block's
+                params = deep_merge(params, {"fedcmi": {"training": {"federated": {"temperature": None}}}})
             if calibration is not None:  # the configured calibration block, with the public bound
                 params = deep_merge(params, overrides(algo, {"calibration": calibration}))
             rows.append({"setting": name, "sigma": None, "seed": seed,

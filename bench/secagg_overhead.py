@@ -43,13 +43,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for label, secure in (("plain", None), ("SecAgg+", {})):
             baseline = {"num_rounds": args.rounds, "secure_aggregation": secure}
-            # calibration and temperature scaling (FedDiff's defaults) are refused beside SecAgg (with the
-            # clients scoring): off in both runs, like for like
+            # calibration and temperature scaling (FedDiff's defaults; FedCMI's temperature below) are refused
+            # beside SecAgg (with the clients scoring): off in both runs, like for like
             classifier = {"num_rounds": args.rounds, "secure_aggregation": secure, "calibration": None,
                           "temperature": None,
                           **({"compression": None} if secure is not None else {})}
             root = scratch_project(Path(work) / label, {
                 "parameters_baselines.yml": {"baseline": {"federated": baseline, "resources": SEQUENTIAL}},
+                # FedCMI's own block fits a temperature by default: off beside SecAgg, as FedDiff's
+                "parameters_fedcmi.yml": {"fedcmi": {"training": {"federated": {"temperature": None}}}},
                 "parameters_feddiff.yml": {"feddiff": {"diffusion": STAGE_1,
                                                        "classifier": {"federated": classifier},
                                                        "resources": SEQUENTIAL}},

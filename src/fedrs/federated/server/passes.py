@@ -183,7 +183,8 @@ def check_temperature(cfg: FederatedConfig, algorithm: Algorithm) -> None:
     if cfg.validation == "clients" and cfg.secure:  # (client-level DP refuses the clients' scoring itself)
         raise ValueError("temperature with validation: clients under secure_aggregation: each client's "
                          "cross-entropy at every temperature would travel in the clear, outside the secure sum; set "
-                         "temperature: null (or validation: server)")
+                         "temperature: null in the algorithm's federated block (feddiff.classifier.federated, "
+                         "fedcmi.training.federated: on by default there) or validation: server")
 
 
 def probe_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
