@@ -55,6 +55,7 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
         return {"algorithm": label or algorithm, "seed": seed, "error": done.stderr[-3000:]}
     metrics = json.loads((ROOT / f"data/08_reporting/{scene}/{algorithm}/metrics.json").read_text())
     run_ = metrics.get("run", {})
+    last = (run_.get("rounds") or [{}])[-1]  # the last round's row: what the passes after it did
     return {"algorithm": label or algorithm, "params": params, "seed": seed,
             "oa": metrics["oa"], "aa": metrics["aa"], "kappa": metrics["kappa"],
             "val_oa_final": metrics.get("validation", {}).get("oa"),
@@ -75,9 +76,8 @@ def run(env: str, algorithm: str, seed: int, maps: bool, scene: str, params: str
             "test_loss": metrics.get("loss"), "test_ece": metrics.get("ece"),
             **{k: metrics[k] for k in ("temperature", "loss_before_temperature", "ece_before_temperature")
                if k in metrics},
-            **{k: (run_.get("rounds") or [{}])[-1][k] for k in ("temperature_grid", "val_loss_by_temperature",
-                                                               "val_loss_before_temperature")
-               if k in (run_.get("rounds") or [{}])[-1]}}
+            **{k: last[k] for k in ("temperature_grid", "val_loss_by_temperature", "val_loss_before_temperature")
+               if k in last}}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from fedrs.evaluation import evaluate_artifact
 from fedrs.federated.jobs import RoundsJob
 from fedrs.federated.local import CrossEntropyTally
 from fedrs.federated.server.loop import run_rounds, start_run
-from fedrs.federated.temperature import TemperatureConfig, fit_temperature, scale_layer
+from fedrs.federated.temperature import TemperatureConfig, apply_temperature, fit_temperature, scale_layer
 from fedrs.metrics import CROSS_ENTROPY_BY_TEMPERATURE, expected_calibration_error
 from fedrs.results import artifact, temperature_of
 from tests.federated.fake_grid import FakeGrid
@@ -91,6 +91,17 @@ def test_the_scaled_layer_divides_the_logits_exactly_enough():
     assert torch.allclose(F.conv2d(x, weight, bias), layer(x).detach() / 2.5, atol=1e-6)
     with pytest.raises(ValueError, match="expected > 0"):
         scale_layer(weight, bias, 0.0)
+
+
+def test_a_diverged_curve_fits_nothing_and_leaves_the_layer():
+    """A non-finite curve (NaN logits) is no reason to fail a run at its end: the state stays."""
+    grid = (0.5, 1.0, 2.0)
+    state = {"head.weight": torch.ones(3, 4), "head.bias": torch.ones(3)}
+    assert apply_temperature(state, "head", grid, np.array([1.0, np.nan, 2.0])) == {}
+    assert torch.equal(state["head.weight"], torch.ones(3, 4))
+    fitted = apply_temperature(state, "head", grid, np.array([3.0, 2.0, 1.0]))  # lowest at the grid's end
+    assert fitted["temperature"] == 2.0 and not fitted["temperature_inside_grid"]
+    assert torch.equal(state["head.bias"], torch.full((3,), 0.5))
 
 
 def _feddiff(fed, **overrides):

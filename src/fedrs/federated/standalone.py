@@ -15,6 +15,7 @@ from fedrs.federated.algorithm_base import ClassifierAlgorithm
 from fedrs.federated.algorithms import get_algorithm
 from fedrs.federated.local import CrossEntropyTally, derive_seed, lr_at_round
 from fedrs.federated.server.config import FederatedConfig
+from fedrs.federated.server.passes import check_temperature
 from fedrs.federated.server.state import eval_subset
 from fedrs.federated.server.watch import loss_growth
 from fedrs.federated.temperature import TemperatureConfig, apply_temperature
@@ -60,16 +61,15 @@ def centralized_temperature(algorithm: Any, model: torch.nn.Module, state: dict[
                             validation: dict[str, Any], cfg: FederatedConfig, row: dict[str, Any]) -> None:
     """Temperature scaling as the federated runs' last pass does it, on the validation pixels held
     here: ``state``'s last layer divided by the fitted T, and ``row`` (the last round's) rescored."""
-    if not isinstance(algorithm, ClassifierAlgorithm) or algorithm.calibration_layer() is None:
-        raise ValueError(f"temperature: {cfg.algorithm} has no last layer to divide by T; set temperature: null")
+    check_temperature(cfg, algorithm)  # the federated runs' requirements: a last layer to divide
+    assert isinstance(algorithm, ClassifierAlgorithm)
     grid = TemperatureConfig.from_dict(cfg.temperature).grid()
     tally = CrossEntropyTally(np.asarray(validation["labels"]), grid)
     algorithm.score(model, validation, cfg.train, algorithm.modalities, tally=tally)
-    curve = tally.by_temperature / tally.count
-    if not np.isfinite(curve).all():
-        return
     before = {k: row[k] for k in ("val_oa", "val_aa", "val_kappa", "val_loss") if k in row}
-    fitted = apply_temperature(state, algorithm.require_calibration_layer(), grid, curve)
+    fitted = apply_temperature(state, algorithm.require_calibration_layer(), grid, tally.by_temperature / tally.count)
+    if not fitted:
+        return
     model.load_state_dict(state)
     scores = algorithm.evaluate(model, validation, cfg.train)
     row.update({f"{k}_before_temperature": v for k, v in before.items()}, **fitted,

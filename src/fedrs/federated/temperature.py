@@ -93,7 +93,11 @@ def apply_temperature(state: dict[str, torch.Tensor], layer: str, grid: tuple[fl
     """Fit T to ``curve`` (the validation cross-entropy at each temperature of ``grid``) and divide
     ``layer``'s weight and bias in ``state`` by it, in place; what the history keeps of it (T,
     whether it lay inside the grid, the curve itself — the validation loss at any T, for judging a T
-    fitted elsewhere on these pixels)."""
+    fitted elsewhere on these pixels). A curve that is not finite everywhere (a diverged model) fits
+    nothing: ``state`` stays and the answer is empty — a run's training is not thrown away for want
+    of a temperature."""
+    if not np.isfinite(curve).all():
+        return {}
     temperature, inside = fit_temperature(grid, curve)
     state[f"{layer}.weight"], state[f"{layer}.bias"] = scale_layer(state[f"{layer}.weight"], state[f"{layer}.bias"],
                                                                    temperature)

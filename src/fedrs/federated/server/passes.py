@@ -160,13 +160,13 @@ def temperature_round(grid: Grid, run: RunState, record: RoundRecord) -> None:
         logger.warning("%s: no validation cross-entropy arrived at the temperatures; the logits are not scaled",
                        run.cfg.algorithm)
         return
-    if not np.isfinite(curve).all():  # a run's training is not thrown away for want of a temperature
+    fitted = apply_temperature(run.global_state, layer, grid_, curve)
+    if not fitted:
         logger.warning("%s: the validation cross-entropy is not finite at every temperature; the logits are not "
                        "scaled", run.cfg.algorithm)
         return
-    record.scores_before_temperature = dict(record.scores)
-    record.temperature = apply_temperature(run.global_state, layer, grid_, curve)
-    temperature = record.temperature["temperature"]
+    record.scores_before_temperature, record.temperature = dict(record.scores), fitted
+    temperature = fitted["temperature"]
     if not record.temperature["temperature_inside_grid"]:
         logger.warning("%s: the validation cross-entropy is lowest at the grid's end (T = %.3g); widen "
                        "temperature.lowest / highest", run.cfg.algorithm, temperature)
