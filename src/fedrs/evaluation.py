@@ -30,24 +30,20 @@ def evaluate_artifact(artifact: dict[str, Any], test: dict[str, Any], config: di
     algorithm, model = load_model(artifact)
     modalities = tuple(artifact["modalities"])
     test = algorithm.prepare(artifact, test, config)
-    report = algorithm.evaluate(model, test, config, modalities)
-    if artifact.get("temperature") is not None:
-        report.update(before_temperature(algorithm, model, test, config, modalities, float(artifact["temperature"])))
+    temperature = artifact.get("temperature")
+    # a scaled model's logits times T are the model's before scaling: one pass scores both
+    before = () if temperature is None else (1.0 / float(temperature),)
+    tally = CrossEntropyTally(np.asarray(test["labels"]), before, calibration_by_temperature=True)
+    report = algorithm.score(model, test, config, modalities, tally=tally)
+    if temperature is not None:
+        report.update(temperature=float(temperature),
+                      loss_before_temperature=float(tally.by_temperature[0] / tally.count),
+                      ece_before_temperature=expected_calibration_error(tally.bins_by_temperature[0]))
     report["algorithm"] = artifact["algorithm"]
     report["modalities"] = list(modalities)
     if variants:
         report["variants"] = algorithm.evaluation_variants(model, test, config, modalities)
     return report
-
-
-def before_temperature(algorithm: ClassifierAlgorithm, model: torch.nn.Module, test: dict[str, Any],
-                       config: dict[str, Any], modalities: tuple[str, ...], temperature: float) -> dict[str, float]:
-    """What temperature scaling changed on these pixels: the model's cross-entropy and ECE with its
-    logits multiplied back by T (the classes, and so OA/AA/κ, are the same either way)."""
-    tally = CrossEntropyTally(np.asarray(test["labels"]), (1.0 / temperature,))
-    algorithm.score(model, test, config, modalities, tally=tally)
-    return {"temperature": temperature, "loss_before_temperature": float(tally.by_temperature[0] / tally.count),
-            "ece_before_temperature": expected_calibration_error(tally.bins_by_temperature[0])}
 
 
 @torch.no_grad()

@@ -26,8 +26,8 @@ def overconfident(n=4000, classes=5, factor=3.0, seed=0):
     return calibrated * factor, labels.numpy()
 
 
-def tally_of(logits, labels, temperatures=(), batch=512):
-    tally = CrossEntropyTally(labels, tuple(temperatures))
+def tally_of(logits, labels, temperatures=(), batch=512, calibration=False):
+    tally = CrossEntropyTally(labels, tuple(temperatures), calibration_by_temperature=calibration)
     for start in range(0, len(labels), batch):
         tally.add(logits[start:start + batch], slice(start, start + batch))
     return tally
@@ -50,13 +50,17 @@ def test_the_fit_recovers_the_temperature_that_made_logits_overconfident():
 
 def test_the_sums_at_each_temperature_are_the_cross_entropy_of_the_divided_logits():
     logits, labels = overconfident(n=300, factor=2.0)
-    tally = tally_of(logits, labels, (0.5, 1.0, 4.0), batch=64)  # batches add up
+    tally = tally_of(logits, labels, (0.5, 1.0, 4.0), batch=64, calibration=True)  # batches add up
     target = torch.as_tensor(labels)
     for i, t in enumerate((0.5, 1.0, 4.0)):
         assert tally.by_temperature[i] == pytest.approx(float(F.cross_entropy(logits / t, target, reduction="sum")))
     assert tally.by_temperature[1] == pytest.approx(tally.total, rel=1e-6)
     np.testing.assert_allclose(tally.bins_by_temperature[1], tally.bins)
     assert expected_calibration_error(tally.bins) == tally.ece
+    # a client's curve (what it sends) gathers no bins per temperature: the same curve, no binning
+    curve = tally_of(logits, labels, (0.5, 1.0, 4.0), batch=64)
+    np.testing.assert_array_equal(curve.by_temperature, tally.by_temperature)
+    assert not curve.bins_by_temperature.any() and np.array_equal(curve.bins, tally.bins)
 
 
 def test_a_minimum_at_the_grid_end_is_reported_and_the_refinement_stays_between_neighbours():

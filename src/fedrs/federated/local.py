@@ -440,10 +440,13 @@ class CrossEntropyTally:
     batch while predicting — the loss of the scored model itself, at no second forward pass (a round's
     logged training loss is the clients' mean over their local steps, not the global model's). Also
     the top-class probability's calibration bins (``fedrs.metrics.confidence_bin_sums``: the ECE)
-    and, with ``temperatures``, both again for the logits divided by each (temperature scaling)."""
+    and, with ``temperatures``, the cross-entropy again for the logits divided by each (temperature
+    scaling: what a client sends), and their bins too with ``calibration_by_temperature`` (the
+    evaluation's ECE before a model's temperature)."""
 
     labels: np.ndarray
     temperatures: tuple[float, ...] = ()
+    calibration_by_temperature: bool = False
     total: float = 0.0
     count: int = 0
     bins: np.ndarray = field(default_factory=lambda: np.zeros((3, CONFIDENCE_BINS)))
@@ -464,7 +467,8 @@ class CrossEntropyTally:
         for i, temperature in enumerate(self.temperatures):
             scaled = logits / temperature
             self.by_temperature[i] += float(F.cross_entropy(scaled, target, reduction="sum").double())
-            self.bins_by_temperature[i] += self._bins(scaled, target)
+            if self.calibration_by_temperature:
+                self.bins_by_temperature[i] += self._bins(scaled, target)
 
     @staticmethod
     def _bins(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:

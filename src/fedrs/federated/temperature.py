@@ -5,7 +5,8 @@ Why: classifier calibration (CCVR) retrains the last layer on virtual features u
 cross-entropy is small; on held-out Houston ROIs that layer's logits come out over-confident — the
 final validation cross-entropy rose over round 14's in 15 of 25 whole-ROI runs while the OA rose
 (docs/houston-dev.md). One scalar T > 0 divides the logits: the predicted class of every pixel stays
-what it was (OA, AA, κ and every map unchanged), the probabilities become scores one can read.
+what it was (OA, AA, κ and every map unchanged; under bf16 the divided weights round afresh and a
+near-tied pixel may change, as between bf16 and fp32), the probabilities become scores one can read.
 
 Federated: each client that scores validation pixels sends, beside its confusion counts, its summed
 cross-entropy at every temperature of a fixed log-spaced grid; the server adds the curves, takes

@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from fedrs.compute import compute_policy
+from fedrs.evaluation import evaluate_artifact
 from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.aggregation import ClientUpdate
 from fedrs.federated.algorithms import get_algorithm
+from fedrs.federated.jobs import RoundsJob
+from fedrs.federated.local import batch_inputs
+from fedrs.federated.server.loop import run_rounds
+from fedrs.results import artifact, temperature_of
+from tests.federated.fake_grid import FakeGrid
+from tests.federated.server.runs import config
 from tests.federated.tiny_data import TINY_FEDDIFF_SPEC, TINY_FUSION_SPEC, tiny_client_data, with_diffusion_features
 
 BF16 = {"epochs": 1, "batch_size": 8, "precision": "bf16-force"}
@@ -112,3 +119,51 @@ def test_feddiff_variants_without_partner_in_bf16(rng, name):
     data = _with_features(rng, tiny_client_data(rng))
     alg, model = _round_trip(name, FEDDIFF_SPEC, [(("hsi", "lidar"), data)])
     assert 0.0 <= alg.evaluate(model, data, BF16)["oa"] <= 1.0
+
+
+def test_temperature_scaling_in_bf16(tiny_federation):
+    """The clients score their validation pixels at every temperature under bf16 (the logits cast to
+    float32 before the cross-entropy): the summed curve is finite, the fit lies inside the grid and T
+    divides the last layer alone. In fp32 no class changes. In bf16 the divided weights round afresh,
+    so a pixel whose top two logits nearly tie may change class, as it may between bf16 and fp32:
+    only such pixels, and few of them (docs/runtime.md)."""
+    fed = tiny_federation
+    train = {"epochs": 1, "batch_size": 8, "precision": BF16["precision"], "device": BF16["device"]}
+
+    def federated_run(**extra):
+        cfg = config(fed, validation="clients", num_rounds=1, train=train, **extra)
+        return run_rounds(FakeGrid(3), cfg, RoundsJob(cfg, fed["test"]).validation, 3)
+
+    plain, scaled = federated_run(), federated_run(temperature={})
+    last = scaled["history"][-1]
+    assert np.isfinite(last["val_loss_by_temperature"]).all() and last["temperature_inside_grid"]
+    assert last["val_oa_before_temperature"] == plain["history"][-1]["val_oa"]
+    assert last["val_oa"] == pytest.approx(last["val_oa_before_temperature"], abs=0.01)
+    assert last["val_loss"] <= last["val_loss_before_temperature"] + 1e-6
+    changed = {k for k in plain["state"] if not torch.equal(plain["state"][k], scaled["state"][k])}
+    assert len(changed) == 2 and all(k.endswith((".weight", ".bias")) for k in changed)
+    for name in changed:
+        torch.testing.assert_close(scaled["state"][name], plain["state"][name] / last["temperature"])
+
+    alg, test, fp32 = get_algorithm("fedavg"), fed["test"], {"device": BF16["device"]}
+    models = {}
+    for name, run in (("plain", plain), ("scaled", scaled)):
+        models[name] = alg.build_model(fed["spec"])
+        models[name].load_state_dict(run["state"])
+    np.testing.assert_array_equal(alg.predict(models["plain"], test, fp32), alg.predict(models["scaled"], test, fp32))
+    flipped = alg.predict(models["plain"], test, BF16) != alg.predict(models["scaled"], test, BF16)
+    with torch.no_grad():
+        logits = models["plain"].cpu()(**batch_inputs(test, slice(None), ("hsi", "lidar"), torch.device("cpu")))
+    top = logits.topk(2).values
+    margin = ((top[:, 0] - top[:, 1]) / logits.abs().max(1).values).numpy()  # the top two's gap, relative
+    assert flipped.mean() <= 0.01 and (margin[flipped] <= np.quantile(margin, 0.1)).all()
+
+    spec = fed["spec"]
+    scaled_artifact = artifact("fedavg", spec, ["hsi", "lidar"], scaled["state"], **temperature_of(scaled["history"]))
+    report = evaluate_artifact(scaled_artifact, test, BF16, variants=False)
+    reference = evaluate_artifact(artifact("fedavg", spec, ["hsi", "lidar"], plain["state"]), test, BF16,
+                                  variants=False)
+    assert report["oa"] == pytest.approx(reference["oa"], abs=0.01)
+    # the scaled layer's bf16 weights round apart from the unscaled ones by up to 2^-8 of each
+    assert report["loss_before_temperature"] == pytest.approx(reference["loss"], rel=0.02)
+    assert np.isfinite([report["loss"], report["ece"], report["ece_before_temperature"]]).all()
