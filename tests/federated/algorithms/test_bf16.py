@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedrs.compute import compute_policy
-from fedrs.evaluation import evaluate_artifact
+from fedrs.evaluation import evaluate_artifact, load_model
 from fedrs.feddiff.ddpm import diffusion_feature_bundle
 from fedrs.federated.aggregation import ClientUpdate
 from fedrs.federated.algorithms import get_algorithm
@@ -145,24 +145,22 @@ def test_temperature_scaling_in_bf16(tiny_federation):
     for name in changed:
         torch.testing.assert_close(scaled["state"][name], plain["state"][name] / last["temperature"])
 
-    alg, test, fp32 = get_algorithm("fedavg"), fed["test"], {"device": BF16["device"]}
-    models = {}
-    for name, run in (("plain", plain), ("scaled", scaled)):
-        models[name] = alg.build_model(fed["spec"])
-        models[name].load_state_dict(run["state"])
-    np.testing.assert_array_equal(alg.predict(models["plain"], test, fp32), alg.predict(models["scaled"], test, fp32))
-    flipped = alg.predict(models["plain"], test, BF16) != alg.predict(models["scaled"], test, BF16)
+    test, fp32 = fed["test"], {"device": BF16["device"]}
+    plain_artifact = artifact("fedavg", fed["spec"], ["hsi", "lidar"], plain["state"])
+    scaled_artifact = artifact("fedavg", fed["spec"], ["hsi", "lidar"], scaled["state"],
+                               **temperature_of(scaled["history"]))
+    alg, plain_model = load_model(plain_artifact)
+    _, scaled_model = load_model(scaled_artifact)
+    np.testing.assert_array_equal(alg.predict(plain_model, test, fp32), alg.predict(scaled_model, test, fp32))
+    flipped = alg.predict(plain_model, test, BF16) != alg.predict(scaled_model, test, BF16)
     with torch.no_grad():
-        logits = models["plain"].cpu()(**batch_inputs(test, slice(None), ("hsi", "lidar"), torch.device("cpu")))
+        logits = plain_model.cpu()(**batch_inputs(test, slice(None), ("hsi", "lidar"), torch.device("cpu")))
     top = logits.topk(2).values
     margin = ((top[:, 0] - top[:, 1]) / logits.abs().max(1).values).numpy()  # the top two's gap, relative
     assert flipped.mean() <= 0.01 and (margin[flipped] <= np.quantile(margin, 0.1)).all()
 
-    spec = fed["spec"]
-    scaled_artifact = artifact("fedavg", spec, ["hsi", "lidar"], scaled["state"], **temperature_of(scaled["history"]))
     report = evaluate_artifact(scaled_artifact, test, BF16, variants=False)
-    reference = evaluate_artifact(artifact("fedavg", spec, ["hsi", "lidar"], plain["state"]), test, BF16,
-                                  variants=False)
+    reference = evaluate_artifact(plain_artifact, test, BF16, variants=False)
     assert report["oa"] == pytest.approx(reference["oa"], abs=0.01)
     # the scaled layer's bf16 weights round apart from the unscaled ones by up to 2^-8 of each
     assert report["loss_before_temperature"] == pytest.approx(reference["loss"], rel=0.02)
