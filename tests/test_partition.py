@@ -55,7 +55,7 @@ def test_modality_split_errors(pixels):
         modality_split(rows, cols, (40, 120), num_sites=4, min_samples=100)
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "spatial"])
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "spatial", "sites"])
 def test_horizontal_schemes_cover_every_pixel_once(pixels, scheme):
     rows, cols, labels = pixels
     clients = horizontal(rows, cols, labels, (40, 120), num_clients=6, scheme=scheme, seed=1)
@@ -87,6 +87,28 @@ def test_spatial_blocks_are_compact(pixels):
     # a wide scene gets 1 row band × 4 column bands: column ranges do not interleave
     spans = sorted((cols[c.indices].min(), cols[c.indices].max()) for c in clients)
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(3))
+
+
+@pytest.mark.parametrize("grid", [(40, 120), (120, 40)])
+def test_sites_scheme_gives_the_baselines_feddiffs_own_organisations(rng, grid):
+    # the like-for-like comparison with FedDiff: the same training pixels per organisation and the same
+    # validation pixels, each site one client holding both modalities instead of two holding one each
+    rows, cols = rng.integers(0, grid[0], 300), rng.integers(0, grid[1], 300)
+    labels = rng.integers(0, 5, 300)
+    train = _patch_set(rows, cols, labels, rng)
+    validation = _patch_set(rng.integers(0, grid[0], 60), rng.integers(0, grid[1], 60), rng.integers(0, 5, 60), rng)
+    sites = make_partition(train, grid, {"layout": "modality_split", "num_sites": 3})
+    flat = make_partition(train, grid, {"layout": "horizontal", "scheme": "sites", "num_clients": 3,
+                                        "multimodal_ratio": 1.0, "seed": 9})
+    assert [c.modalities for c in flat] == [("hsi", "lidar")] * 3
+    for g, client in enumerate(flat):
+        np.testing.assert_array_equal(client.indices, sites[2 * g].indices)
+    owned_sites = assign_validation(sites, train, validation)
+    owned_flat = assign_validation(flat, train, validation)
+    for g, owned in enumerate(owned_flat):
+        np.testing.assert_array_equal(owned, owned_sites[2 * g])
+        np.testing.assert_array_equal(owned, owned_sites[2 * g + 1])
+    assert sum(o.size for o in owned_flat) == 60
 
 
 def test_modality_mix(rng):

@@ -5,8 +5,10 @@ Layouts:
   (strips along the longer image axis, equal pixel counts); in each site one client holds the HSI
   and another the LiDAR of the same pixels — 2G clients, client 2g = HSI of site g, 2g+1 = LiDAR.
 - ``horizontal`` (FedCMI and the baselines): N clients share the training pixels by ``iid``,
-  per-class ``dirichlet`` (α) label skew or ``spatial`` blocks; a ``multimodal_ratio`` of them hold
-  both modalities, the rest are split half HSI-only, half LiDAR-only (assignment seeded).
+  per-class ``dirichlet`` (α) label skew, ``spatial`` blocks or ``sites`` — FedDiff's G = N sites
+  themselves, so that a baseline can be compared with FedDiff on the same pixels per organisation; a
+  ``multimodal_ratio`` of them hold both modalities, the rest are split half HSI-only, half
+  LiDAR-only (assignment seeded).
 
 Every function takes an explicit seed; the same seed gives the same assignment.
 """
@@ -24,7 +26,7 @@ from fedrs.errors import InputError
 
 MODALITIES = ("hsi", "lidar")
 LAYOUTS = ("modality_split", "horizontal")
-SCHEMES = ("iid", "dirichlet", "spatial")
+SCHEMES = ("iid", "dirichlet", "spatial", "sites")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ def _strips(coord: np.ndarray, parts: int) -> np.ndarray:
     return strip
 
 
+def site_of_pixel(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int) -> np.ndarray:
+    """FedDiff's sites: equal-count strips along the longer image axis (compact blocks there)."""
+    coord = cols if grid_shape[1] >= grid_shape[0] else rows
+    return _strips(coord.astype(np.float64) + 1e-6 * rows, num_sites)
+
+
 def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int,
                    min_samples: int = 1) -> list[ClientSpec]:
     if num_sites < 1:
@@ -53,9 +61,7 @@ def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, in
             f"partition.num_sites is {num_sites} but there are only {rows.size} training pixels; "
             "expected at most one site per pixel"
         )
-    # along the longer axis: strips then stay compact blocks
-    coord = cols if grid_shape[1] >= grid_shape[0] else rows
-    site = _strips(coord.astype(np.float64) + 1e-6 * rows, num_sites)
+    site = site_of_pixel(rows, cols, grid_shape, num_sites)
     clients = []
     for g in range(num_sites):
         idx = np.flatnonzero(site == g)
@@ -147,6 +153,9 @@ def horizontal(
         parts = [np.sort(p) for p in np.array_split(rng.permutation(labels.size), num_clients)]
     elif scheme == "dirichlet":
         parts = _dirichlet_split(labels, num_clients, alpha, max(min_samples, 1), rng)
+    elif scheme == "sites":
+        site = site_of_pixel(rows, cols, grid_shape, num_clients)
+        parts = [np.flatnonzero(site == g) for g in range(num_clients)]
     else:
         parts = _spatial_split(rows, cols, grid_shape, num_clients)
     for client, part in enumerate(parts):
