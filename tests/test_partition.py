@@ -47,6 +47,18 @@ def test_modality_split_sites_are_contiguous_pairs(pixels):
     assert max(len(c.indices) for c in hsi_holders) - min(len(c.indices) for c in hsi_holders) <= 1
 
 
+def test_modality_split_unsplit_gives_each_site_one_client_with_both(pixels):
+    rows, cols, _ = pixels
+    split = modality_split(rows, cols, (40, 120), num_sites=3)
+    whole = modality_split(rows, cols, (40, 120), num_sites=3, split_modalities=False)
+    assert [(c.client_id, c.modalities, c.site) for c in whole] == [(g, ("hsi", "lidar"), g) for g in range(3)]
+    for g, client in enumerate(whole):
+        np.testing.assert_array_equal(client.indices, split[2 * g].indices)
+    with pytest.raises(InputError, match="split_modalities is 'no'; expected true or false"):
+        make_partition({"rows": rows, "cols": cols, "labels": rows % 3}, (40, 120),
+                       {"layout": "modality_split", "split_modalities": "no"})
+
+
 def test_modality_split_errors(pixels):
     rows, cols, _ = pixels
     with pytest.raises(InputError, match="only 300 training pixels"):

@@ -53,7 +53,9 @@ def site_of_pixel(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int
 
 
 def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int,
-                   min_samples: int = 1) -> list[ClientSpec]:
+                   min_samples: int = 1, split_modalities: bool = True) -> list[ClientSpec]:
+    """G sites; ``split_modalities: False`` gives each site to one client holding both modalities
+    (client g = site g): FedDiff's organisations without the split, to measure what the split costs."""
     if num_sites < 1:
         raise InputError(f"partition.num_sites is {num_sites}; expected at least 1")
     if num_sites > rows.size:
@@ -70,8 +72,11 @@ def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, in
                 f"site {g} of {num_sites} holds {idx.size} training pixels; expected at least "
                 f"{min_samples} (partition.min_samples_per_client) — use fewer sites"
             )
-        clients.append(ClientSpec(2 * g, idx, ("hsi",), g))
-        clients.append(ClientSpec(2 * g + 1, idx, ("lidar",), g))
+        if split_modalities:
+            clients.append(ClientSpec(2 * g, idx, ("hsi",), g))
+            clients.append(ClientSpec(2 * g + 1, idx, ("lidar",), g))
+        else:
+            clients.append(ClientSpec(g, idx, MODALITIES, g))
     return clients
 
 
@@ -176,7 +181,10 @@ def make_partition(patch_set: dict[str, Any], grid_shape: tuple[int, int], param
     rows, cols, labels = patch_set["rows"], patch_set["cols"], patch_set["labels"]
     min_samples = int(params.get("min_samples_per_client", 1))
     if layout == "modality_split":
-        return modality_split(rows, cols, grid_shape, int(params.get("num_sites", 2)), min_samples)
+        split = params.get("split_modalities", True)
+        if not isinstance(split, bool):
+            raise InputError(f"partition.split_modalities is {split!r}; expected true or false")
+        return modality_split(rows, cols, grid_shape, int(params.get("num_sites", 2)), min_samples, split)
     return horizontal(
         rows,
         cols,

@@ -15,7 +15,7 @@ import pytest
 from fedrs.datasets import TorchArtifactDataset
 from fedrs.registry import load_registered_artifact
 from fedrs.registry import main as registry_main
-from tests.conftest import INPROCESS, REPO, TINY_FEDCMI, TINY_FEDDIFF
+from tests.conftest import INPROCESS, REPO, TINY_FEDCMI, TINY_FEDDIFF, TINY_PARTITION
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +246,34 @@ def test_feddiff_without_any_ddpm(tiny_feddiff):
     assert 0.0 <= metrics["oa"] <= 1.0 and metrics["run"]["bytes_sent"] == int(
         sum(r["bytes_up"] + r["bytes_down"] for r in history["rounds"]))  # the classifier's rounds alone
 
+
+def test_feddiff_on_whole_sites_federates_its_classifier_without_the_split(tiny_feddiff):
+    """``modality_split.partition.split_modalities: false``: each site is one client holding both
+    modalities (the split's ablation): FedDiff's classifier trained by FedAvg over the sites, every
+    branch live on every client, nothing relayed between partners."""
+    conf = copy.deepcopy(TINY_FEDDIFF)
+    conf["feddiff"]["diffusion"]["modalities"] = []
+    conf["feddiff"]["classifier"]["federated"]["num_rounds"] = 2
+    tiny_feddiff.write_conf("local", "parameters_feddiff.yml", conf)
+    tiny_feddiff.write_conf("local", "parameters_partition.yml", {
+        **TINY_PARTITION, "modality_split": {"partition": {"min_samples_per_client": 2, "split_modalities": False}}})
+    tiny_feddiff.run(["feddiff"], to_nodes=["feddiff.evaluate"])
+    p = tiny_feddiff.path
+    manifest = json.loads(p("data/05_model_input/synthetic/modality_split/manifest.json").read_text())
+    assert [(c["modalities"], c["site"]) for c in manifest["clients"]] == [(["hsi", "lidar"], 0), (["hsi", "lidar"], 1)]
+    assert all(c["validation_samples"] > 0 for c in manifest["clients"])
+    history = json.loads(p("data/07_model_output/synthetic/feddiff/history.json").read_text())
+    assert history["algorithm"] == "feddiff_sites"
+    assert [r["accepted"] for r in history["rounds"]] == [[0, 1], [0, 1]]
+    assert history["rounds"][-1]["val_loss"] > 0
+    traffic = pd.read_csv(p("data/07_model_output/synthetic/feddiff/traffic.csv"))
+    assert "weights" in set(traffic["payload"]) and "features" not in set(traffic["payload"])  # no relay
+    artifact = TorchArtifactDataset(str(p("data/06_models/synthetic/feddiff/model.pt"))).load()
+    assert artifact["algorithm"] == "feddiff_sites"
+    assert any(k.startswith("hsi_branch.") for k in artifact["state"])
+    assert any(k.startswith("lidar_branch.") for k in artifact["state"])
+    metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
+    assert 0.0 <= metrics["oa"] <= 1.0
 
 @pytest.mark.heavy(25)
 def test_centralized_feddiff_pipeline(tiny_baselines):

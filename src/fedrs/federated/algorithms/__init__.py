@@ -29,6 +29,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     "feddiff_hsi": FedDiffAlgorithm("feddiff_hsi", ("hsi",)),
     "feddiff_lidar": FedDiffAlgorithm("feddiff_lidar", ("lidar",)),
     "feddiff_centralized": FedDiffAlgorithm("feddiff_centralized", exchange=False),
+    # FedDiff's classifier on its sites unsplit (modality_split.partition.split_modalities: false): each site one
+    # client with both modalities, no exchange — what the modality split costs
+    "feddiff_sites": FedDiffAlgorithm("feddiff_sites", exchange=False),
 }
 
 # The algorithms with a Kedro pipeline and a DVC stage of their own on the horizontal partition

@@ -88,11 +88,19 @@ def classifier_spec(patches: dict[str, Any], unets: dict[str, Any], classifier: 
     return spec
 
 
-def classifier_algorithm(classifier: dict[str, Any], centralized: bool = False) -> str:
-    """``feddiff``, or a single-modality variant when ``classifier.modalities`` names one."""
+def classifier_algorithm(classifier: dict[str, Any], centralized: bool = False,
+                         manifest: dict[str, Any] | None = None) -> str:
+    """``feddiff``, or a single-modality variant when ``classifier.modalities`` names one, or
+    ``feddiff_sites`` when the partition left each site whole (``split_modalities: false``)."""
     modalities = tuple(classifier.get("modalities", MODALITIES))
     if centralized:
         return "feddiff_centralized"
+    whole = manifest is not None and all(len(c["modalities"]) > 1 for c in manifest["clients"])
+    if whole:
+        if set(modalities) != set(MODALITIES):
+            raise ValueError(f"feddiff.classifier.modalities is {list(modalities)}, but each site holds both "
+                             "modalities (modality_split.partition.split_modalities: false); expected both")
+        return "feddiff_sites"
     return "feddiff" if set(modalities) == set(MODALITIES) else f"feddiff_{modalities[0]}"
 
 
@@ -169,7 +177,7 @@ def train_classifier(manifest: dict[str, Any], partition_dir: str, features_mani
     # the features the clients computed in stage 2, as its manifest names them
     spec = classifier_spec(validation_patches, unets, classifier, features_manifest["timesteps"],
                            features_manifest["seed"], diffusion_modalities(diffusion), patch_params["unet_size"])
-    name = classifier_algorithm(classifier)
+    name = classifier_algorithm(classifier, manifest=manifest)
     model_artifact = _artifact(name, spec, unets, {})
     # the server holds the global U-Nets after stage 1, so the evaluation pipeline scores the final model
     # centrally (validation and test pixels); the rounds are scored by the clients (validation: clients)
