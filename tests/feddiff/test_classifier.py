@@ -128,3 +128,32 @@ def test_the_centre_path_feeds_the_classified_pixel_into_cnn():
     cnn_without, _ = centred(patch, features)
     assert not torch.allclose(cnn1, cnn_without)  # the centre path contributes to cnn_m
     assert not torch.allclose(cnn0, cnn1)
+
+
+def test_dropout_on_the_fused_maps_acts_in_training_only_and_adds_no_parameter():
+    torch.manual_seed(0)
+    plain = FedDiffClassifier(spec(use_diffusion=False))
+    torch.manual_seed(0)
+    dropped = FedDiffClassifier(spec(use_diffusion=False, dropout=0.5))
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    for a, b in zip(plain.state_dict().values(), dropped.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # same initialisation: dropout draws nothing while the model is built
+    hsi, lidar = torch.randn(6, 7, 8, 8), torch.randn(6, 1, 8, 8)
+    for model in (plain, dropped):
+        model.eval()
+    for a, b in zip(plain(hsi, lidar), dropped(hsi, lidar), strict=True):
+        assert torch.equal(a, b)  # evaluation: no dropout
+    plain.train()
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped(hsi, lidar)[0]
+    torch.manual_seed(2)
+    assert not torch.equal(first, dropped(hsi, lidar)[0])  # training: a fresh mask each pass
+    # p = 0 draws no random numbers: the global stream is where it was
+    torch.manual_seed(3)
+    plain(hsi, lidar)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(1))
+    with pytest.raises(ValueError, match="dropout 1.0; expected a probability in"):
+        spec(dropout=1.0)

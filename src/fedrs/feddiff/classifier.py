@@ -50,8 +50,11 @@ class FedDiffSpec:
     norm: str = "batch"                # batch (FedFusion's code) | group (no running statistics)
     centre_path: bool = False          # add the centre pixel's own features to cnn_m
     spectral_stem: int = 0             # K > 0: a 1×1 convolution to K channels in front of the HSI branch
+    dropout: float = 0.0               # p > 0: dropout on the fused maps j1, j2, j3 before their heads (training only)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"FedDiff classifier dropout {self.dropout}; expected a probability in [0, 1)")
         if self.spectral_stem < 0:
             raise ValueError(f"FedDiff classifier spectral_stem {self.spectral_stem}; expected 0 (none) or a "
                              "number of channels > 0")
@@ -163,6 +166,9 @@ class FedDiffClassifier(nn.Module):
             self.head1 = Head(spec.num_classes, norm=spec.norm)
             if spec.bilateral:
                 self.fr1 = FR()
+        # as the fusion CNN drops its fused features before its classifier; no parameters, so a model
+        # without it has the same state; p = 0 builds nothing and draws no random numbers
+        self.drop = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
 
     def fuse(self, cnn_h: torch.Tensor, diff_h: torch.Tensor, cnn_l: torch.Tensor, diff_l: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,17 +177,17 @@ class FedDiffClassifier(nn.Module):
         j2 = self.fr2(cnn_h, diff_h)
         j3 = self.fr3(diff_l, cnn_l)
         j1 = self.fr1(cnn_h + diff_l, cnn_l + diff_h) if self.spec.bilateral else j2 + j3
-        return self.head1(j1), self.head2(j2), self.head3(j3)
+        return self.head1(self.drop(j1)), self.head2(self.drop(j2)), self.head3(self.drop(j3))
 
     def forward(self, hsi: torch.Tensor | None = None, lidar: torch.Tensor | None = None,
                 hsi_features: torch.Tensor | None = None, lidar_features: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.spec.modalities == ("hsi",):  # single-modality ablation: j2 and its head, thrice
-            o = self.head2(self.fr2(*self.hsi_branch(hsi, hsi_features)))
+            o = self.head2(self.drop(self.fr2(*self.hsi_branch(hsi, hsi_features))))
             return o, o, o
         if self.spec.modalities == ("lidar",):
             cnn_l, diff_l = self.lidar_branch(lidar, lidar_features)
-            o = self.head3(self.fr3(diff_l, cnn_l))
+            o = self.head3(self.drop(self.fr3(diff_l, cnn_l)))
             return o, o, o
         cnn_h, diff_h = self.hsi_branch(hsi, hsi_features)
         cnn_l, diff_l = self.lidar_branch(lidar, lidar_features)
