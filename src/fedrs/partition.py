@@ -46,10 +46,13 @@ def _strips(coord: np.ndarray, parts: int) -> np.ndarray:
     return strip
 
 
-def site_of_pixel(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int) -> np.ndarray:
-    """FedDiff's sites: equal-count strips along the longer image axis (compact blocks there)."""
+def site_pixels(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int
+                ) -> list[np.ndarray]:
+    """FedDiff's sites, each its training pixels' indices: equal-count strips along the longer image
+    axis (compact blocks there)."""
     coord = cols if grid_shape[1] >= grid_shape[0] else rows
-    return _strips(coord.astype(np.float64) + 1e-6 * rows, num_sites)
+    site = _strips(coord.astype(np.float64) + 1e-6 * rows, num_sites)
+    return [np.flatnonzero(site == g) for g in range(num_sites)]
 
 
 def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, int], num_sites: int,
@@ -63,10 +66,8 @@ def modality_split(rows: np.ndarray, cols: np.ndarray, grid_shape: tuple[int, in
             f"partition.num_sites is {num_sites} but there are only {rows.size} training pixels; "
             "expected at most one site per pixel"
         )
-    site = site_of_pixel(rows, cols, grid_shape, num_sites)
     clients = []
-    for g in range(num_sites):
-        idx = np.flatnonzero(site == g)
+    for g, idx in enumerate(site_pixels(rows, cols, grid_shape, num_sites)):
         if idx.size < min_samples:
             raise InputError(
                 f"site {g} of {num_sites} holds {idx.size} training pixels; expected at least "
@@ -159,8 +160,7 @@ def horizontal(
     elif scheme == "dirichlet":
         parts = _dirichlet_split(labels, num_clients, alpha, max(min_samples, 1), rng)
     elif scheme == "sites":
-        site = site_of_pixel(rows, cols, grid_shape, num_clients)
-        parts = [np.flatnonzero(site == g) for g in range(num_clients)]
+        parts = site_pixels(rows, cols, grid_shape, num_clients)
     else:
         parts = _spatial_split(rows, cols, grid_shape, num_clients)
     for client, part in enumerate(parts):

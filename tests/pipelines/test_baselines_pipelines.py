@@ -275,6 +275,7 @@ def test_feddiff_on_whole_sites_federates_its_classifier_without_the_split(tiny_
     metrics = json.loads(p("data/08_reporting/synthetic/feddiff/metrics.json").read_text())
     assert 0.0 <= metrics["oa"] <= 1.0
 
+
 @pytest.mark.heavy(25)
 def test_centralized_feddiff_pipeline(tiny_baselines):
     tiny_baselines.write_conf(
