@@ -12,11 +12,9 @@ from fedrs.datasets import NpzDataset
 from fedrs.federated.server.config import FederatedConfig
 from fedrs.federated.server.loop import run_rounds
 from fedrs.partition import ClientSpec, assign_validation, client_bundle
-from fedrs.scene.assemble import assemble_scene
-from fedrs.scene.synthetic import generate_synthetic_scene
-from tests.conftest import REPO, TINY_SCENE
+from tests.conftest import REPO
 from tests.federated.fake_grid import FakeGrid
-from tests.federated.tiny import train_and_held_out
+from tests.federated.tiny import tiny_patch_sets
 
 
 def default_classifier_stage() -> dict:
@@ -30,9 +28,7 @@ def class_disjoint_sites(tmp_path_factory) -> dict:
     root: Path = tmp_path_factory.mktemp("disjoint")
     features = root / "features"
     features.mkdir()
-    raw = generate_synthetic_scene({**TINY_SCENE, "train_per_class": 12})
-    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
-    train, test = train_and_held_out(scene, 7)
+    train, test = tiny_patch_sets(7, train_per_class=12)
     k = int(train["num_classes"])
     site_of = (train["labels"] >= k // 2).astype(int)  # site 0: the first half of the classes, site 1 the rest
     rng = np.random.default_rng(0)

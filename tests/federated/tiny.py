@@ -29,12 +29,18 @@ def train_and_held_out(scene: dict, patch_size: int) -> tuple[dict, dict]:
     return train, held_out
 
 
+def tiny_patch_sets(patch_size: int, **scene_changes) -> tuple[dict, dict]:
+    """``train_and_held_out`` on the tiny synthetic scene (with ``scene_changes`` to its generator's
+    settings), assembled as the pipelines assemble it."""
+    raw = generate_synthetic_scene({**TINY_SCENE, **scene_changes})
+    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
+    return train_and_held_out(scene, patch_size)
+
+
 def horizontal_federation(root: Path) -> dict:
     """Three IID clients holding both modalities."""
     root.mkdir(parents=True, exist_ok=True)
-    raw = generate_synthetic_scene(TINY_SCENE)
-    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
-    train, test = train_and_held_out(scene, 5)
+    train, test = tiny_patch_sets(5)
     clients = make_partition(
         train,
         tuple(train["grid_shape"]),
@@ -56,9 +62,7 @@ def split_federation(root: Path) -> dict:
     """FedDiff's layout: 2 sites × {HSI holder, LiDAR holder}, with (random) diffusion features."""
     features = root / "features"
     features.mkdir(parents=True)
-    raw = generate_synthetic_scene(TINY_SCENE)
-    scene = assemble_scene(raw["hsi"], raw["lidar"], raw["train_labels"], raw["test_labels"], {})
-    train, test = train_and_held_out(scene, 5)
+    train, test = tiny_patch_sets(5)
     clients = make_partition(
         train,
         tuple(train["grid_shape"]),
